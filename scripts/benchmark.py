@@ -1,0 +1,159 @@
+"""Our training pipeline against a plain PyTorch loop, in one run, on the same data.
+
+    python scripts/benchmark.py                       # MLP and CNN throughput, then CNN time to 99%
+    python scripts/benchmark.py --models mlp --epochs 3 --no-time-to-acc
+
+Both sides train the same network (the default model config) with the same optimizer and batch
+size on the same in-memory MNIST tensors, augmentation and schedule off. Ours is the full
+pipeline train.py builds: Trainer, callbacks, metrics, checkpoints and the offline W&B logger.
+Throughput is training samples per second, the first epoch (warm-up) excluded, validation
+excluded; machines are noisy, so compare the ratio, not the absolute figures.
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+import nnlab.config  # noqa: F401  (registers the resolvers conf/ uses)
+from nnlab.callbacks import AtomicCheckpointIO, Throughput
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+NO_AUGMENT = ["data.augment.rotate=0", "data.augment.scale=0", "data.augment.translate=0", "model.scheduler=none"]
+
+
+def load_cfg(model: str, overrides: list[str], out: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("train", overrides=[f"model={model}", f"paths.output_dir={out}", *overrides])
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_loop(cfg, dm, epochs: int, device) -> float:
+    """What one writes by hand: shuffle, slice, forward, backward, step. Returns samples/s."""
+    torch.manual_seed(cfg.seed)
+    model = instantiate(cfg.model, _convert_="all").to(device)
+    optimizer = model.configure_optimizers()
+    net, x, y, bs = model.net.train(), dm.x_train.to(device), dm.y_train.to(device), cfg.data.batch_size
+    rates = []
+    for _ in range(epochs):
+        sync(device)
+        start = time.perf_counter()
+        perm = torch.randperm(len(y), device=device)
+        for i in range(0, len(y), bs):
+            idx = perm[i : i + bs]
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        sync(device)
+        rates.append(len(y) / (time.perf_counter() - start))
+    return sum(rates[1:]) / len(rates[1:])
+
+
+def ours(cfg, dm, epochs: int) -> float:
+    """The pipeline train.py builds, with the config's own callbacks and logger."""
+    L.seed_everything(cfg.seed, verbose=False)
+    model = instantiate(cfg.model, _convert_="all")
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    trainer = instantiate(cfg.trainer, max_epochs=epochs, logger=loggers, callbacks=callbacks,
+                          plugins=[AtomicCheckpointIO()], enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    for lg in loggers:
+        if hasattr(lg, "experiment") and hasattr(lg.experiment, "finish"):
+            lg.experiment.finish()
+    rates = next(c for c in callbacks if isinstance(c, Throughput)).samples_per_s
+    return sum(rates[1:]) / len(rates[1:])
+
+
+class StopAtAccuracy(L.Callback):
+    """Tests after every training epoch; stops once test accuracy reaches the target."""
+
+    def __init__(self, dm, target: float):
+        self.dm, self.target, self.spent, self.reached = dm, target, 0.0, None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        sync(pl_module.device)
+        self.start = time.perf_counter()
+
+    @torch.no_grad()
+    def on_train_epoch_end(self, trainer, pl_module):
+        sync(pl_module.device)
+        self.spent += time.perf_counter() - self.start
+        pl_module.eval()
+        x, y = self.dm.x_test, self.dm.y_test
+        acc = sum((pl_module(x[i : i + 1000]).argmax(-1) == y[i : i + 1000]).sum().item() for i in range(0, len(y), 1000))
+        acc /= len(y)
+        pl_module.train()
+        epoch = trainer.current_epoch + 1
+        print(f"  epoch {epoch}: test/acc {acc:.4f}, training time so far {self.spent:.1f} s")
+        if acc >= self.target and self.reached is None:
+            self.reached = (self.spent, epoch, acc)
+            trainer.should_stop = True
+
+
+def time_to_accuracy(cfg, dm, target: float):
+    """Train the default CNN (its augmentation and schedule) until test accuracy reaches the target.
+
+    Counts training time only: the per-epoch test pass and validation are excluded."""
+    L.seed_everything(cfg.seed, verbose=False)
+    stop = StopAtAccuracy(dm, target)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[stop], enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(instantiate(cfg.model, _convert_="all"), datamodule=dm)
+    return stop.reached
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["mlp", "cnn"])
+    p.add_argument("--epochs", type=int, default=3, help="epochs per side; the first is warm-up")
+    p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (default: the config's)")
+    p.add_argument("--no-time-to-acc", action="store_true")
+    p.add_argument("--target", type=float, default=0.99)
+    args = p.parse_args()
+    extra = [f"paths.data_dir={args.data_dir}"] if args.data_dir else []
+    out = tempfile.mkdtemp(prefix="nnlab-bench-")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"device {device}, torch threads {torch.get_num_threads()}, run files in {out}")
+
+    rows = []
+    for name in args.models:
+        cfg = load_cfg(name, [*NO_AUGMENT, *extra, "trainer.limit_val_batches=1"], out)
+        dm = instantiate(cfg.data, _convert_="all")
+        dm.prepare_data()
+        dm.setup()
+        plain = plain_loop(cfg, dm, args.epochs, device)
+        our = ours(cfg, dm, args.epochs)
+        rows.append((name, cfg.data.batch_size, plain, our, our / plain))
+        print(f"{name}: plain loop {plain:,.0f} samples/s, nnlab {our:,.0f} samples/s, ratio {our / plain:.2f}")
+
+    print("\n| model | batch | plain loop (samples/s) | nnlab (samples/s) | ratio |\n|---|---|---|---|---|")
+    for name, bs, plain, our, ratio in rows:
+        print(f"| {name} | {bs} | {plain:,.0f} | {our:,.0f} | {ratio:.2f} |")
+
+    if not args.no_time_to_acc:
+        cfg = load_cfg("cnn", extra, out)
+        dm = instantiate(cfg.data, _convert_="all")
+        dm.prepare_data()
+        print(f"\nCNN (default config) time to {args.target:.1%} test accuracy:")
+        reached = time_to_accuracy(cfg, dm, args.target)
+        if reached is None:
+            print(f"  not reached in {cfg.trainer.max_epochs} epochs")
+        else:
+            spent, epochs, acc = reached
+            print(f"  {spent:.0f} s of training ({epochs} epochs, test/acc {acc:.4f}) on {device}")
+
+
+if __name__ == "__main__":
+    main()

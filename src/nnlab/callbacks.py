@@ -1,0 +1,125 @@
+"""Lightning callbacks and plugins the configs refer to."""
+
+import math
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.loggers import WandbLogger
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file beside it, fsyncs, then renames over the old one.
+
+    A kill at any moment leaves either the previous checkpoint or the new one, never half a file.
+    (Lightning's own writer goes through an fsspec transaction whose temporary file lives in /tmp
+    and is then copied onto the target, which is not atomic.)
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class Throughput(L.Callback):
+    """Logs training samples per second for each epoch (validation excluded, device synchronised)."""
+
+    def __init__(self):
+        self.samples_per_s: list[float] = []
+
+    def _sync(self, trainer):
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._sync(trainer)
+        self.samples, self.start = 0, time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.samples += len(batch[1])
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._sync(trainer)
+        rate = self.samples * trainer.world_size / (time.perf_counter() - self.start)
+        self.samples_per_s.append(rate)
+        pl_module.log("train/samples_per_s", rate, rank_zero_only=True)
+
+
+class TestReport(L.Callback):
+    """After testing: the confusion matrix and a grid of misclassified images, as PNGs and W&B media."""
+
+    def __init__(self, out_dir: str, class_names: list | None = None):
+        self.out_dir = Path(out_dir)
+        self.class_names = class_names
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        confusion = pl_module.test_confusion.compute().cpu()  # (true, predicted), summed over ranks
+        pl_module.test_confusion.reset()
+        if not trainer.is_global_zero:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = self.class_names or [str(i) for i in range(len(confusion))]
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        fig, ax = plt.subplots(figsize=(6, 5.5))
+        ax.imshow(confusion.float().log1p(), cmap="Blues")
+        for (i, j), v in zip(torch.cartesian_prod(torch.arange(len(names)), torch.arange(len(names))).tolist(),
+                             confusion.flatten().tolist()):
+            ax.text(j, i, v, ha="center", va="center", fontsize=7)
+        ax.set(xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names,
+               xlabel="predicted", ylabel="true", title="test confusion matrix")
+        fig.tight_layout()
+        fig.savefig(self.out_dir / "confusion_matrix.png", dpi=120)
+        plt.close(fig)
+
+        mistakes = pl_module.test_mistakes
+        if mistakes:
+            images = torch.cat([m[0] for m in mistakes])[:64]  # (N, C, H, W)
+            labels = torch.cat([m[1] for m in mistakes])[:64]
+            probs = torch.cat([m[2] for m in mistakes])[:64]
+            cols = 8
+            rows = math.ceil(len(images) / cols)
+            fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.4), squeeze=False)
+            for ax in axes.flat:
+                ax.set_axis_off()
+            for ax, img, t, p in zip(axes.flat, images, labels, probs):
+                ax.imshow(img.permute(1, 2, 0).squeeze(-1), cmap="gray")
+                ax.set_title(f"{names[t]}→{names[p.argmax()]} {p.max():.2f}", fontsize=7)
+            fig.suptitle("misclassified test images: true→predicted, confidence", fontsize=9)
+            fig.tight_layout()
+            fig.savefig(self.out_dir / "misclassified.png", dpi=120)
+            plt.close(fig)
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                y_true = [i for i in range(len(names)) for j in range(len(names)) for _ in range(int(confusion[i, j]))]
+                y_pred = [j for i in range(len(names)) for j in range(len(names)) for _ in range(int(confusion[i, j]))]
+                media = {
+                    "test/confusion_matrix": wandb.plot.confusion_matrix(y_true=y_true, preds=y_pred, class_names=names),
+                    "test/confusion_matrix_png": wandb.Image(str(self.out_dir / "confusion_matrix.png")),
+                }
+                if mistakes:
+                    media["test/misclassified"] = wandb.Image(str(self.out_dir / "misclassified.png"))
+                logger.experiment.log(media)

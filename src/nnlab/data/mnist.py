@@ -1,0 +1,152 @@
+"""MNIST as two in-memory tensors, batched by slicing and augmented on whole batches on the device."""
+
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchvision.datasets import MNIST
+
+from nnlab.data.batches import TensorBatches
+
+MEAN, STD = 0.1307, 0.3081
+# (file, IDX magic number, bytes per item after the header, header bytes)
+FILES = {
+    "train-images-idx3-ubyte": (2051, 28 * 28, 16),
+    "train-labels-idx1-ubyte": (2049, 1, 8),
+    "t10k-images-idx3-ubyte": (2051, 28 * 28, 16),
+    "t10k-labels-idx1-ubyte": (2049, 1, 8),
+}
+
+
+class DatasetError(RuntimeError):
+    pass
+
+
+def check_idx(path: Path, magic: int, item_bytes: int, header: int) -> int:
+    """Validate an IDX file's magic number and size before torchvision parses it; returns its item count."""
+    with open(path, "rb") as f:
+        head = f.read(header)
+    if len(head) < header or int.from_bytes(head[:4], "big") != magic:
+        found = int.from_bytes(head[:4], "big") if len(head) >= 4 else None
+        raise DatasetError(
+            f"{path} is not an MNIST IDX file (magic number {found}, expected {magic}). "
+            "Delete it and run again to download a fresh copy, or copy the original file there."
+        )
+    count = int.from_bytes(head[4:8], "big")
+    expected = header + count * item_bytes
+    if (size := path.stat().st_size) != expected:
+        raise DatasetError(
+            f"{path} is {size} bytes but its header promises {count} items ({expected} bytes): the file is truncated "
+            "or damaged. Delete it and run again to download a fresh copy, or copy the original file there."
+        )
+    return count
+
+
+def random_affine(x, rotate: float, scale: float, translate: float, fill: float):
+    """Independent small rotation (degrees), zoom (fraction) and shift (pixels) for every image of a batch."""
+    b, _, h, _ = x.shape
+    u = lambda *s: torch.rand(*s, device=x.device) * 2 - 1  # noqa: E731  uniform in [-1, 1)
+    angle = u(b) * math.radians(rotate)
+    zoom = 1 + u(b) * scale
+    shift = u(b, 2) * translate * 2 / h  # pixels -> affine_grid's [-1, 1] coordinates
+    cos, sin = angle.cos() / zoom, angle.sin() / zoom
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
+    # grid_sample pads with zeros; shift so the padding is the background value instead.
+    return F.grid_sample(x - fill, grid, align_corners=False) + fill
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """torchvision's MNIST: 60,000 training images split into train/val with a fixed seed, 10,000 test."""
+
+    def __init__(
+        self,
+        kind: str,
+        channels: int,
+        image_size: int,
+        num_classes: int,
+        data_dir: str,
+        download: bool,
+        val_size: int,
+        split_seed: int,
+        batch_size: int,
+        eval_batch_size: int,
+        augment: dict,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.root = Path(data_dir)
+        self.raw = self.root / "MNIST" / "raw"
+
+    def prepare_data(self):
+        # Runs on one process per node; the others wait at a barrier until it returns.
+        missing = [name for name in FILES if not (self.raw / name).is_file()]
+        if not missing:
+            return
+        where = f"{self.raw.resolve()} (missing: {', '.join(missing)})"
+        how = (
+            "Copy train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+            f"t10k-labels-idx1-ubyte into {self.raw.resolve()}, or point data.data_dir (or NNLAB_DATA_DIR) "
+            "at the folder that holds MNIST/raw/."
+        )
+        if not self.hparams.download:
+            raise DatasetError(f"MNIST not found in {where} and data.download=false. {how}")
+        try:
+            MNIST(self.root, train=True, download=True)
+        except Exception as e:  # torchvision tries several mirrors and raises once all have failed
+            reason = " ".join(str(e).split())  # torchvision lists every mirror on its own lines
+            raise DatasetError(f"MNIST not found in {where} and the download failed ({reason}). {how}") from e
+
+    def setup(self, stage=None):
+        if hasattr(self, "x_test"):
+            return
+        counts = {name: check_idx(self.raw / name, *spec) for name, spec in FILES.items()}
+        for split in ("train", "t10k"):
+            if counts[f"{split}-images-idx3-ubyte"] != counts[f"{split}-labels-idx1-ubyte"]:
+                raise DatasetError(f"{self.raw}: {split} images and labels hold different numbers of items {counts}")
+        train, test = MNIST(self.root, train=True), MNIST(self.root, train=False)
+        n, val_size = len(train.targets), self.hparams.val_size
+        if not 0 < val_size < n:
+            raise ValueError(f"data.val_size={val_size} must be between 1 and {n - 1} (the training images)")
+        for ds in (train, test):
+            if int(ds.targets.max()) >= self.hparams.num_classes:
+                raise DatasetError(f"{self.raw} holds label {int(ds.targets.max())} >= data.num_classes")
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        as_input = lambda images: ((images.float() / 255 - MEAN) / STD).unsqueeze(1).to(device)  # noqa: E731 (N, 1, 28, 28)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.split_seed))
+        train_idx, val_idx = perm[val_size:], perm[:val_size]
+        self.x_train, self.y_train = as_input(train.data[train_idx]), train.targets[train_idx].to(device)
+        self.x_val, self.y_val = as_input(train.data[val_idx]), train.targets[val_idx].to(device)
+        self.x_test, self.y_test = as_input(test.data), test.targets.to(device)
+
+    def _ranks(self):
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def train_dataloader(self):
+        rank, world = self._ranks()
+        # The order follows the run's seed (seed_everything) and the epoch, so a resumed run repeats it.
+        epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0)
+        return TensorBatches(
+            self.x_train, self.y_train, self.hparams.batch_size, shuffle=True,
+            seed=torch.initial_seed() % 2**62, epoch=epoch, rank=rank, world=world,
+        )
+
+    def val_dataloader(self):
+        rank, world = self._ranks()
+        return TensorBatches(self.x_val, self.y_val, self.hparams.eval_batch_size, False, rank=rank, world=world)
+
+    def test_dataloader(self):
+        rank, world = self._ranks()
+        return TensorBatches(self.x_test, self.y_test, self.hparams.eval_batch_size, False, rank=rank, world=world)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        aug = self.hparams.augment
+        if self.trainer is not None and self.trainer.training and any(aug.values()):
+            x, y = batch
+            return random_affine(x, **aug, fill=-MEAN / STD), y
+        return batch

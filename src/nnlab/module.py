@@ -1,0 +1,147 @@
+"""The LightningModule: one classifier over any network in nnlab.nets."""
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from nnlab.nets import NETS
+
+
+# Steps between checks for a non-finite loss: each check waits for the device once.
+NONFINITE_CHECK_EVERY = 50
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy classification; every argument is a primitive, so checkpoints load anywhere.
+
+    input: the kind of data the network reads (checked against data.kind)
+    net, arch: a name in nnlab.nets.NETS and its constructor arguments
+    optimizer: sgd (with momentum) | adam | adamw;  scheduler: none | cosine | onecycle (warmup_pct)
+    """
+
+    def __init__(
+        self,
+        input: str,
+        net: str,
+        arch: dict,
+        optimizer: str,
+        lr: float,
+        weight_decay: float,
+        momentum: float,
+        scheduler: str,
+        warmup_pct: float,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        if net not in NETS:
+            raise ValueError(f"model.net={net!r} is not a network; choose one of {sorted(NETS)}")
+        self.net = NETS[net](**arch)
+        num_classes = arch["num_classes"]
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.val_acc_best = 0.0
+        # Step of the first non-finite loss, -1 while none; checked every few steps so the
+        # training loop never waits on the device for it.
+        self.register_buffer("first_bad_step", torch.tensor(-1), persistent=False)
+        self.test_mistakes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        self._watch_loss(loss)
+        self.train_acc.update(logits.detach(), y)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _watch_loss(self, loss):
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, self.global_step, self.first_bad_step)
+        if (self.global_step + 1) % NONFINITE_CHECK_EVERY == 0:
+            self._stop_if_nonfinite()
+
+    def on_train_epoch_end(self):
+        # Also catch the last steps of the epoch, before the epoch's checkpoint is written.
+        self._stop_if_nonfinite()
+
+    def _stop_if_nonfinite(self):
+        step = self.first_bad_step.item()
+        if step >= 0:
+            raise NonFiniteLossError(
+                f"training loss became non-finite at step {step} (epoch {self.current_epoch}); stopped without "
+                "saving, so the last checkpoint is the last good one. Lower model.optimizer.lr or check the data."
+            )
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        self.val_acc.update(logits, y)
+        self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+
+    def on_validation_epoch_end(self):
+        acc = self.val_acc.compute().item()
+        self.val_acc.reset()
+        if not self.trainer.sanity_checking:
+            self.val_acc_best = max(self.val_acc_best, acc)
+        self.log("val/acc", acc, prog_bar=True)
+        self.log("val/acc_best", self.val_acc_best)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        self.test_acc.update(logits, y)
+        self.test_confusion.update(logits, y)
+        self.log("test/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log("test/acc", self.test_acc, on_epoch=True)
+        probs = logits.softmax(-1)
+        wrong = probs.argmax(-1) != y
+        if wrong.any() and sum(len(m[0]) for m in self.test_mistakes) < 64:
+            self.test_mistakes.append((x[wrong].cpu(), y[wrong].cpu(), probs[wrong].cpu()))
+
+    def on_test_epoch_start(self):
+        self.test_mistakes = []
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["val_acc_best"] = self.val_acc_best
+
+    def on_load_checkpoint(self, checkpoint):
+        self.val_acc_best = checkpoint.get("val_acc_best", 0.0)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        # No weight decay on biases and normalisation parameters.
+        decay = [p for p in self.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.parameters() if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        elif hp.optimizer == "adam":
+            optimizer = torch.optim.Adam(groups, lr=hp.lr)
+        elif hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        else:
+            raise ValueError(f"model.optimizer={hp.optimizer!r} is not one of sgd, adam, adamw")
+
+        if hp.scheduler == "none":
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        if hp.scheduler == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        elif hp.scheduler == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=hp.lr, total_steps=total, pct_start=hp.warmup_pct
+            )
+        else:
+            raise ValueError(f"model.scheduler={hp.scheduler!r} is not one of none, cosine, onecycle")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,9 @@
+import pytest
+
+from tests.helpers import make_mnist
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory):
+    """A tiny MNIST written in the real IDX format, shared by the tests that only read it."""
+    return make_mnist(tmp_path_factory.mktemp("data"))

@@ -1,0 +1,106 @@
+"""Test data in the real on-disk formats, and fault-injecting callbacks the tests add through the config."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_idx(path: Path, array: np.ndarray):
+    """Write an array as an IDX file (the MNIST format: magic, dimension sizes, big-endian, then uint8 data)."""
+    magic = 0x0800 + array.ndim  # 0x08: unsigned byte
+    with open(path, "wb") as f:
+        f.write(magic.to_bytes(4, "big"))
+        for size in array.shape:
+            f.write(int(size).to_bytes(4, "big"))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def digit_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 28x28 'digits': class c is a bright bar at a class-dependent place, plus noise and jitter."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 40, (n, 28, 28))
+    for i, c in enumerate(labels):
+        r = 3 + 2 * c + rng.integers(-1, 2)
+        if c % 2:
+            images[i, r : r + 2, 4:24] = 255
+        else:
+            images[i, 4:24, r : r + 2] = 255
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def make_mnist(root: Path, n_train: int = 600, n_test: int = 200) -> Path:
+    """A tiny MNIST in torchvision's layout: root/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = digit_images(n, seed)
+        write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    return root
+
+
+def train(*overrides: str, timeout: int = 300, check: bool = True, env: dict | None = None):
+    """Run `python train.py overrides...` as a user would; returns the CompletedProcess."""
+    import os
+
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **(env or {})}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py {' '.join(overrides)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+class SlowSteps(L.Callback):
+    """Sleeps after every training step, so a test can kill the run mid-epoch."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args):
+        time.sleep(self.seconds)
+
+
+class PoisonWeights(L.Callback):
+    """From the given epoch on, fills the network's weights with NaN: the loss becomes non-finite."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch >= self.epoch:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.fill_(float("nan"))
+
+
+def read_wandb_records(path: Path):
+    """Yield the protobuf Records of a .wandb file (a LevelDB-style log: 7-byte file header, then 32 KiB
+    blocks of chunks, each `crc32c:u32 length:u16 type:u8 data`; type 1 is a whole record, 2/3/4 its
+    first/middle/last part)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32 * 1024
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    pos, parts = 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # too little room left in this block for a chunk header: padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0 and length == 0:
+            continue
+        parts = chunk if kind in (1, 2) else parts + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            yield record

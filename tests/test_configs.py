@@ -1,0 +1,73 @@
+"""Every config composes and instantiates; bad keys and bad pairings fail before training."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+import nnlab.config  # noqa: F401
+from tests.helpers import ROOT, train
+
+CONF = ROOT / "conf"
+OPTIONS = sorted(
+    (p.parent.relative_to(CONF).as_posix(), p.stem)
+    for p in CONF.glob("*/**/*.yaml")
+)
+# Instantiated on this CPU-only machine: GPU trainers are checked with the accelerator swapped for the CPU.
+ON_CPU = {"gpu": ["trainer.accelerator=cpu"], "ddp": ["trainer.accelerator=cpu", "trainer.devices=2"]}
+
+
+def compose_train(overrides, tmp_path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={tmp_path}", *overrides])
+
+
+def test_every_group_has_configs():
+    groups = {g for g, _ in OPTIONS}
+    assert {"model", "data", "trainer", "logger", "callbacks", "experiment", "paths"} <= groups
+
+
+@pytest.mark.parametrize("group,name", OPTIONS, ids=[f"{g}={n}" for g, n in OPTIONS])
+def test_config_composes_and_instantiates(group, name, tmp_path, mnist_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    extra = ON_CPU.get(name, []) if group == "trainer" else []
+    cfg = compose_train([f"{group}={name}", f"paths.data_dir={mnist_dir}", *extra], tmp_path)
+    instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    assert model.hparams.input == cfg.data.kind
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_model_config_picks_its_data_and_data_still_overrides(tmp_path):
+    cfg = compose_train(["model=mlp"], tmp_path)
+    assert cfg.data._target_.endswith("MNISTDataModule")
+    assert compose_train(["model=mlp", "data=mnist", "data.batch_size=7"], tmp_path).data.batch_size == 7
+
+
+def test_experiment_reproduces_the_seed_networks(tmp_path):
+    cnn = compose_train(["experiment=seed_cnn"], tmp_path)
+    assert list(cnn.model.arch.conv) == [32, "M", 64, "M", 64] and list(cnn.model.arch.hidden) == [64]
+    assert (cnn.model.optimizer, cnn.trainer.max_epochs) == ("adam", 5)
+    mlp = compose_train(["experiment=seed_mlp"], tmp_path)
+    assert list(mlp.model.arch.hidden) == [100, 100] and (mlp.model.optimizer, mlp.model.lr) == ("sgd", 0.01)
+
+
+def test_unknown_key_fails_with_hydras_message(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="model.lrr"):
+        compose_train(["model.lrr=0.1"], tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_rejects_unknown_key_and_bad_pairing(tmp_path, mnist_dir):
+    proc = train("model.lrr=0.1", check=False)
+    assert proc.returncode != 0 and "Key 'lrr' is not in struct" in proc.stderr
+    proc = train("model=mlp", "model.input=text", f"paths.data_dir={mnist_dir}", f"hydra.run.dir={tmp_path}",
+                 "logger=csv", check=False)
+    assert proc.returncode != 0
+    assert "model=mlp reads 'text' data but data=mnist provides 'image' data" in proc.stderr
+    assert not (tmp_path / "checkpoints").exists()

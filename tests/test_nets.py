@@ -1,0 +1,46 @@
+"""Each network: output shape, and it can overfit one batch."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+import nnlab.config  # noqa: F401
+from nnlab.nets import NETS
+from tests.helpers import ROOT
+
+CASES = ["model=mlp", "model=cnn", "experiment=seed_mlp", "experiment=seed_cnn"]
+
+
+def arch_of(override):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[override, "paths.output_dir=."])
+    return cfg.model.net, dict(cfg.model.arch)
+
+
+@pytest.mark.parametrize("override", CASES)
+def test_output_shape(override):
+    name, arch = arch_of(override)
+    net = NETS[name](**arch)
+    assert net(torch.randn(5, 1, 28, 28)).shape == (5, 10)
+
+
+@pytest.mark.parametrize("override", CASES)
+def test_overfits_one_batch(override):
+    torch.manual_seed(0)
+    name, arch = arch_of(override)
+    net = NETS[name](**{**arch, "dropout": 0.0})
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_cnn_that_shrinks_the_image_away_is_refused():
+    with pytest.raises(ValueError, match="shrinks a 28px image"):
+        NETS["cnn"](1, 28, 10, conv=[8, "M", 8, "M", 8, "M", 8, "M", 8, "M"], kernel_size=3, padding=0,
+                    batch_norm=False, hidden=[], dropout=0.0)

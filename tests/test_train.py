@@ -1,0 +1,142 @@
+"""train.py end to end, as a user runs it: fast_dev_run, checkpoints, evaluation, W&B, resume, DDP, NaN."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnlab.module import Classifier
+from tests.helpers import ROOT, read_wandb_records, train
+
+pytestmark = pytest.mark.slow
+TINY = ["data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100"]
+
+
+def run_args(run_dir, data_dir, *more):
+    return [f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", *TINY, *more]
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_fast_dev_run(model, tmp_path, mnist_dir):
+    train(f"model={model}", "trainer.fast_dev_run=true", "logger=csv", *run_args(tmp_path, mnist_dir))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["test/loss"] > 0
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, mnist_dir):
+    """Two epochs of the seed MLP with the default (W&B offline) logger."""
+    run_dir = tmp_path_factory.mktemp("run")
+    proc = train("experiment=seed_mlp", "trainer.max_epochs=2", "model.lr=0.1", *run_args(run_dir, mnist_dir))
+    return run_dir, proc
+
+
+def test_run_directory_describes_the_run(trained_run):
+    run_dir, proc = trained_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("test/acc", "test/loss", "val/acc_best", "epochs", "train/samples_per_s"):
+        assert metrics[key] is not None, key
+    assert metrics["epochs"] == 2 and metrics["test/acc"] > 0.5
+    info = json.loads((run_dir / "run.json").read_text())
+    assert len(info["git"]["commit"] or "0" * 40) == 40 and info["packages"]["torch"].startswith("2.11.0")
+    assert "lr: 0.1" in (run_dir / "config.yaml").read_text()  # resolved, with the override applied
+    assert "${" not in (run_dir / "config.yaml").read_text()
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    assert (run_dir / "confusion_matrix.png").stat().st_size > 0
+    assert (run_dir / "misclassified.png").is_file() == (metrics["test/acc"] < 1.0)
+    assert "wandb sync" in proc.stdout
+
+
+def test_checkpoint_loads_with_weights_only_and_without_hydra(trained_run):
+    run_dir, _ = trained_run
+    ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["arch"]["hidden"] == [100, 100]
+    # A fresh interpreter with no Hydra config loaded anywhere.
+    code = f"from nnlab.module import Classifier; m = Classifier.load_from_checkpoint({str(run_dir / 'checkpoints' / 'best.ckpt')!r}); print(type(m.net).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "MLP"
+
+
+def test_eval_mode_matches_training_test_accuracy(trained_run, mnist_dir, tmp_path):
+    run_dir, _ = trained_run
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    train("train=false", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "logger=csv",
+          *run_args(tmp_path, mnist_dir))
+    evaluated = json.loads((tmp_path / "metrics.json").read_text())
+    assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
+
+
+def test_wandb_offline_files_hold_the_metrics(trained_run, mnist_dir):
+    run_dir, _ = trained_run
+    (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    history, config, exit_code = [], {}, None
+    for record in read_wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+        elif kind == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
+    test_acc = [h["test/acc"] for h in history if "test/acc" in h]
+    assert test_acc and test_acc[-1] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test/acc"])
+    assert any("val/acc" in h for h in history) and any("train/loss_epoch" in h for h in history)
+    # The resolved config as a plain nested dict.
+    assert config["model"]["lr"] == 0.1 and config["model"]["arch"]["hidden"] == [100, 100]
+    assert config["data"]["data_dir"] == str(mnist_dir) and config["trainer"]["max_epochs"] == 2
+    assert exit_code == 0
+
+
+def test_kill_and_resume_ends_after_the_same_epochs(tmp_path, mnist_dir):
+    args = ["model=mlp", "trainer.max_epochs=3", "+callbacks.slow._target_=tests.helpers.SlowSteps",
+            "+callbacks.slow.seconds=0.15", *run_args(tmp_path, mnist_dir)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch (8 steps of 0.15 s each)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # one epoch done when killed
+    assert not (tmp_path / "metrics.json").exists()
+
+    train(*args, "resume=true")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["resumed_from"] == str(last)
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one W&B run id, resumed
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path, mnist_dir):
+    proc = train("model=mlp", "trainer.max_epochs=1", "logger=csv", "resume=true", *run_args(tmp_path, mnist_dir))
+    assert "does not exist: starting from scratch" in proc.stderr + proc.stdout
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, mnist_dir):
+    proc = train("model=mlp", "trainer.max_epochs=3", "logger=csv", "+callbacks.poison._target_=tests.helpers.PoisonWeights",
+                 "+callbacks.poison.epoch=1", *run_args(tmp_path, mnist_dir), check=False)
+    assert proc.returncode != 0
+    assert "training loss became non-finite at step 8 (epoch 1)" in proc.stderr  # 500 images / 64 = 8 steps an epoch
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_ddp_cpu_end_to_end(tmp_path, mnist_dir):
+    proc = train("model=mlp", "trainer=ddp_cpu", "trainer.max_epochs=2", *run_args(tmp_path, mnist_dir), timeout=400)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["test/acc"] > 0.3
+    assert "world_size: 2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1  # only rank zero logs
+    assert not list(tmp_path.glob("**/.hydra/config.yaml"))[1:]  # one .hydra, the launcher's
+    Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")

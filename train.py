@@ -1,0 +1,161 @@
+"""Train and test one model: `python train.py model=cnn` (README.md lists every option).
+
+Compose the config, seed, build data, model, loggers and trainer, fit, test, write metrics.json,
+and return the metric a sweeper optimizes. `train=false ckpt_path=...` only tests a checkpoint.
+"""
+
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+import nnlab.config  # noqa: F401  (registers the resolvers conf/ uses)
+from nnlab.callbacks import AtomicCheckpointIO, Throughput
+from nnlab.module import Classifier
+
+log = logging.getLogger("nnlab")
+
+
+def write_atomic(path: Path, text: str):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def git_state() -> dict:
+    here = Path(__file__).resolve().parent
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, check=True).stdout  # noqa: E731
+        return {"commit": run("rev-parse", "HEAD").strip(), "dirty": bool(run("status", "--porcelain").strip())}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+@rank_zero_only
+def describe_run(out: Path, cfg: DictConfig):
+    """The run directory holds what reproduces it: resolved config, commit, versions, command."""
+    write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    info = {
+        "run_id": cfg.run_id,
+        "command": [sys.executable, *sys.argv],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "git": git_state(),
+        "packages": {d.metadata["Name"]: d.version for d in sorted(metadata.distributions(), key=lambda d: d.metadata["Name"].lower())},
+    }
+    write_atomic(out / "run.json", json.dumps(info, indent=2))
+
+
+def check_pairing(cfg: DictConfig, model_input: str):
+    if model_input != cfg.data.kind:
+        choices = HydraConfig.get().runtime.choices
+        raise ValueError(
+            f"model={choices.get('model')} reads {model_input!r} data but data={choices.get('data')} provides "
+            f"{cfg.data.kind!r} data. Drop the data=... override (each model picks its own dataset) or pick a "
+            "dataset of the kind the model reads."
+        )
+
+
+@rank_zero_only
+def finish_wandb(loggers, exit_code: int):
+    """Close the W&B run (marked failed on a non-zero exit code) so the next run in this process is a new one."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            run_dir = Path(lg.experiment.dir).parent
+            offline = lg._offline
+            lg.experiment.finish(exit_code=exit_code)
+            if offline:
+                print(f"W&B is offline (no credentials found); upload this run with: wandb sync {run_dir}")
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    start = time.perf_counter()
+    out = Path(HydraConfig.get().runtime.output_dir)
+    last_ckpt = Path(cfg.callbacks.last_checkpoint.dirpath) / "last.ckpt"
+    ckpt_path = cfg.ckpt_path
+    if cfg.resume:
+        if last_ckpt.is_file():
+            ckpt_path = str(last_ckpt)
+            # Keep the run's id, so W&B continues the same run instead of starting a second one.
+            cfg.run_id = json.loads((out / "run.json").read_text())["run_id"]
+        else:
+            log.warning(f"resume=true but {last_ckpt} does not exist: starting from scratch in {out}")
+
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    L.seed_everything(cfg.seed, workers=True)
+
+    if cfg.train:
+        check_pairing(cfg, cfg.model.input)
+        model = instantiate(cfg.model, _convert_="all")
+    else:
+        if not cfg.ckpt_path:
+            raise ValueError("train=false tests a checkpoint: add ckpt_path=<path to a .ckpt file>")
+        model = Classifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu")
+        check_pairing(cfg, model.hparams.input)
+    datamodule = instantiate(cfg.data, _convert_="all")
+
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                     plugins=[AtomicCheckpointIO()])
+    describe_run(out, cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(resolved)
+
+    try:
+        metrics = {}
+        if cfg.train:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            metrics.update({k: v.item() for k, v in trainer.callback_metrics.items()})
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            test_ckpt = best or None
+        else:
+            test_ckpt = None
+        test = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
+    except BaseException:
+        finish_wandb(loggers, 1)
+        raise
+    finish_wandb(loggers, 0)
+
+    metrics.update(test[0])
+    throughput = next((c.samples_per_s for c in callbacks if isinstance(c, Throughput)), [])
+    metrics.update(
+        {
+            "epochs": trainer.current_epoch if cfg.train else None,
+            # The first epoch includes one-off warm-up; report the mean of the rest when there are any.
+            "train/samples_per_s": (sum(throughput[1:]) / len(throughput[1:]) if len(throughput) > 1
+                                    else (throughput[0] if throughput else None)),
+            "wall_time_s": time.perf_counter() - start,
+            "checkpoint": test_ckpt or cfg.ckpt_path,
+            "resumed_from": ckpt_path if cfg.resume else None,
+        }
+    )
+    if trainer.is_global_zero:
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+        log.info(f"metrics: {json.dumps({k: v for k, v in metrics.items() if k.startswith('test/')})}  run directory: {out}")
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()
