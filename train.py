@@ -96,7 +96,8 @@ def main(cfg: DictConfig) -> float | None:
         if last_ckpt.is_file():
             ckpt_path = str(last_ckpt)
             # Keep the run's id, so W&B continues the same run instead of starting a second one.
-            cfg.run_id = json.loads((out / "run.json").read_text())["run_id"]
+            if (out / "run.json").is_file():
+                cfg.run_id = json.loads((out / "run.json").read_text())["run_id"]
         else:
             log.warning(f"resume=true but {last_ckpt} does not exist: starting from scratch in {out}")
 

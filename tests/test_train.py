@@ -86,7 +86,7 @@ def test_wandb_offline_files_hold_the_metrics(trained_run, mnist_dir):
             exit_code = record.exit.exit_code
     test_acc = [h["test/acc"] for h in history if "test/acc" in h]
     assert test_acc and test_acc[-1] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test/acc"])
-    assert any("val/acc" in h for h in history) and any("train/loss_epoch" in h for h in history)
+    assert any("val/acc" in h for h in history) and any("train/loss" in h for h in history)
     # The resolved config as a plain nested dict.
     assert config["model"]["lr"] == 0.1 and config["model"]["arch"]["hidden"] == [100, 100]
     assert config["data"]["data_dir"] == str(mnist_dir) and config["trainer"]["max_epochs"] == 2
@@ -124,12 +124,15 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, mnist_dir):
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, mnist_dir):
-    proc = train("model=mlp", "trainer.max_epochs=3", "logger=csv", "+callbacks.poison._target_=tests.helpers.PoisonWeights",
+    proc = train("model=mlp", "trainer.max_epochs=3", "+callbacks.poison._target_=tests.helpers.PoisonWeights",
                  "+callbacks.poison.epoch=1", *run_args(tmp_path, mnist_dir), check=False)
     assert proc.returncode != 0
     assert "training loss became non-finite at step 8 (epoch 1)" in proc.stderr  # 500 images / 64 = 8 steps an epoch
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    exits = [r.exit.exit_code for r in read_wandb_records(run_file) if r.WhichOneof("record_type") == "exit"]
+    assert exits == [1]  # the W&B run is marked failed
 
 
 def test_ddp_cpu_end_to_end(tmp_path, mnist_dir):

@@ -39,25 +39,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class Throughput(L.Callback):
-    """Logs training samples per second for each epoch (validation excluded, device synchronised)."""
+    """Logs training samples per second for each epoch: validation excluded, device synchronised."""
 
     def __init__(self):
         self.samples_per_s: list[float] = []
 
-    def _sync(self, trainer):
+    def _now(self, trainer):
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()
+        return time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._sync(trainer)
-        self.samples, self.start = 0, time.perf_counter()
+        self.samples, self.start, self.paused = 0, self._now(trainer), 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.samples += len(batch[1])
 
+    # Validation runs inside the training epoch (before on_train_epoch_end): take its time out.
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.val_start = self._now(trainer)
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.paused += self._now(trainer) - self.val_start
+
     def on_train_epoch_end(self, trainer, pl_module):
-        self._sync(trainer)
-        rate = self.samples * trainer.world_size / (time.perf_counter() - self.start)
+        rate = self.samples * trainer.world_size / (self._now(trainer) - self.start - self.paused)
         self.samples_per_s.append(rate)
         pl_module.log("train/samples_per_s", rate, rank_zero_only=True)
 
@@ -82,10 +90,13 @@ class TestReport(L.Callback):
         names = self.class_names or [str(i) for i in range(len(confusion))]
         self.out_dir.mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(6, 5.5))
-        ax.imshow(confusion.float().log1p(), cmap="Blues")
-        for (i, j), v in zip(torch.cartesian_prod(torch.arange(len(names)), torch.arange(len(names))).tolist(),
-                             confusion.flatten().tolist()):
-            ax.text(j, i, v, ha="center", va="center", fontsize=7)
+        shade = confusion.float().log1p()
+        ax.imshow(shade, cmap="Blues")
+        for i in range(len(names)):
+            for j in range(len(names)):
+                dark = shade[i, j] > shade.max() / 2
+                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
         ax.set(xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names,
                xlabel="predicted", ylabel="true", title="test confusion matrix")
         fig.tight_layout()
