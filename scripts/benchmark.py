@@ -122,7 +122,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mlp", "cnn"])
     p.add_argument("--epochs", type=int, default=2, help="epochs per side and round; the first is warm-up")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of plain loop then nnlab")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of plain loop then nnlab")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (default: the config's)")
     p.add_argument("--no-time-to-acc", action="store_true")
     p.add_argument("--target", type=float, default=0.99)
