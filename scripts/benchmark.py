@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py                       # MLP and CNN throughput, then CNN time to 99%
     python scripts/benchmark.py --models mlp --rounds 2 --no-time-to-acc
+    python scripts/benchmark.py --models cnn data.batch_size=256      # any Hydra override, both sides
 
 Both sides train the same network (the default model config) with the same optimizer and batch
 size on the same in-memory MNIST tensors, augmentation and schedule off. Ours is the full
@@ -126,8 +127,9 @@ def main():
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (default: the config's)")
     p.add_argument("--no-time-to-acc", action="store_true")
     p.add_argument("--target", type=float, default=0.99)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for both sides, e.g. data.batch_size=256")
     args = p.parse_args()
-    extra = [f"paths.data_dir={args.data_dir}"] if args.data_dir else []
+    extra = ([f"paths.data_dir={args.data_dir}"] if args.data_dir else []) + args.overrides
     out = tempfile.mkdtemp(prefix="nnlab-bench-")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device {device}, torch threads {torch.get_num_threads()}, run files in {out}")
