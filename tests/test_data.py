@@ -69,9 +69,10 @@ def test_batches_shard_across_ranks(shuffle):
     x, y = torch.arange(103).float().unsqueeze(1), torch.arange(103)
     shards = [list(TensorBatches(x, y, 10, shuffle, seed=3, rank=r, world=2)) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == len(TensorBatches(x, y, 10, shuffle, seed=3, rank=0, world=2))
-    seen = [torch.cat([b[1] for b in s]) for s in shards]
-    assert not set(seen[0].tolist()) & set(seen[1].tolist()) or not shuffle
-    union = set(seen[0].tolist()) | set(seen[1].tolist())
+    seen = [set(torch.cat([b[1] for b in s]).tolist()) for s in shards]
+    if shuffle:
+        assert not seen[0] & seen[1]  # training shards are disjoint
+    union = seen[0] | seen[1]
     assert len(union) == (102 if shuffle else 103)  # training drops the remainder, evaluation pads
     for xb, yb in shards[0]:
         assert torch.equal(xb.squeeze(1).long(), yb)
@@ -93,4 +94,4 @@ def test_random_affine_keeps_shape_and_background():
     assert out.shape == x.shape
     assert torch.allclose(out[:, :, 0, :], torch.full_like(out[:, :, 0, :], bg), atol=1e-5)
     assert not torch.allclose(out, x)
-    assert torch.equal(random_affine(x, 0.0, 0.0, 0.0, bg), x) or torch.allclose(random_affine(x, 0.0, 0.0, 0.0, bg), x, atol=1e-5)
+    assert torch.allclose(random_affine(x, 0.0, 0.0, 0.0, bg), x, atol=1e-5)  # the identity transform
