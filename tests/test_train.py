@@ -87,6 +87,9 @@ def test_wandb_offline_files_hold_the_metrics(trained_run, mnist_dir):
     test_acc = [h["test/acc"] for h in history if "test/acc" in h]
     assert test_acc and test_acc[-1] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test/acc"])
     assert any("val/acc" in h for h in history) and any("train/loss" in h for h in history)
+    media = next(h for h in history if "test/confusion_matrix_png/_type" in h)  # media fields come flattened
+    assert media["test/confusion_matrix_png/_type"] == "image-file"
+    assert media["test/confusion_matrix_table/_type"] == "table-file"
     # The resolved config as a plain nested dict.
     assert config["model"]["lr"] == 0.1 and config["model"]["arch"]["hidden"] == [100, 100]
     assert config["data"]["data_dir"] == str(mnist_dir) and config["trainer"]["max_epochs"] == 2

@@ -73,7 +73,7 @@ class Throughput(L.Callback):
 class TestReport(L.Callback):
     """After testing: the confusion matrix and a grid of misclassified images, as PNGs and W&B media."""
 
-    def __init__(self, out_dir: str, class_names: list | None = None):
+    def __init__(self, out_dir: str, class_names: list | None):
         self.out_dir = Path(out_dir)
         self.class_names = class_names
 
@@ -125,10 +125,13 @@ class TestReport(L.Callback):
             if isinstance(logger, WandbLogger):
                 import wandb
 
-                y_true = [i for i in range(len(names)) for j in range(len(names)) for _ in range(int(confusion[i, j]))]
-                y_pred = [j for i in range(len(names)) for j in range(len(names)) for _ in range(int(confusion[i, j]))]
+                # W&B's interactive matrix wants one (true, predicted) pair per test sample.
+                n = len(names)
+                pairs = torch.cartesian_prod(torch.arange(n), torch.arange(n)).repeat_interleave(confusion.flatten(), 0)
                 media = {
-                    "test/confusion_matrix": wandb.plot.confusion_matrix(y_true=y_true, preds=y_pred, class_names=names),
+                    "test/confusion_matrix": wandb.plot.confusion_matrix(
+                        y_true=pairs[:, 0].tolist(), preds=pairs[:, 1].tolist(), class_names=names
+                    ),
                     "test/confusion_matrix_png": wandb.Image(str(self.out_dir / "confusion_matrix.png")),
                 }
                 if mistakes:
