@@ -71,3 +71,9 @@ def test_cli_rejects_unknown_key_and_bad_pairing(tmp_path, mnist_dir):
     assert proc.returncode != 0
     assert "model=mlp reads 'text' data but data=mnist provides 'image' data" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_run_ids_differ_within_a_second_and_stay_fixed_within_a_run(tmp_path):
+    first, second = compose_train([], tmp_path), compose_train([], tmp_path)
+    assert first.run_id != second.run_id and len(first.run_id) == 8
+    assert first.run_id == first.run_id and first.run_name.endswith(first.run_id)
