@@ -104,3 +104,16 @@ def read_wandb_records(path: Path):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(parts)
             yield record
+
+
+def make_aclimdb(root: Path, per_class: int = 6) -> Path:
+    """A tiny aclImdb tree in the official layout: root/aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt."""
+    words = {"pos": "a wonderful moving film, great acting", "neg": "a dull boring mess, awful acting"}
+    for split in ("train", "test"):
+        for label, phrase in words.items():
+            folder = root / "aclImdb" / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                rating = 8 + i % 3 if label == "pos" else 1 + i % 3
+                (folder / f"{i}_{rating}.txt").write_text(f"Review {i}: {phrase}.<br /><br />Seen in {split}.")
+    return root / "aclImdb"

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import MNIST
 
+from nnlab.data import DatasetError
 from nnlab.data.batches import TensorBatches
 
 MEAN, STD = 0.1307, 0.3081
@@ -19,10 +20,6 @@ FILES = {
     "t10k-images-idx3-ubyte": (2051, 28 * 28, 16),
     "t10k-labels-idx1-ubyte": (2049, 1, 8),
 }
-
-
-class DatasetError(RuntimeError):
-    pass
 
 
 def check_idx(path: Path, magic: int, item_bytes: int, header: int) -> int:

@@ -1,0 +1,79 @@
+"""aclImdb preparation: a present folder is used as is; archives are verified and extracted atomically."""
+
+import logging
+import tarfile
+
+import pytest
+
+from nnlab.data import DatasetError
+from nnlab.data.imdb import md5sum, prepare_aclimdb, read_split
+from tests.helpers import make_aclimdb
+
+NO_NETWORK = "http://127.0.0.1:9/aclImdb_v1.tar.gz"  # a closed local port: any download fails at once
+
+
+def make_archive(tmp_path):
+    make_aclimdb(tmp_path / "src")
+    archive = tmp_path / "aclImdb_v1.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "aclImdb", arcname="aclImdb")
+    return archive
+
+
+def test_extracted_folder_is_used_without_network(tmp_path):
+    make_aclimdb(tmp_path)
+    assert prepare_aclimdb(tmp_path, download=True, url=NO_NETWORK) == tmp_path / "aclImdb"
+
+
+def test_download_verifies_and_extracts(tmp_path):
+    archive = make_archive(tmp_path)
+    data = tmp_path / "data"
+    root = prepare_aclimdb(data, download=True, url=archive.as_uri(), md5=md5sum(archive))
+    assert len(list((root / "train" / "pos").glob("*.txt"))) == 6
+    assert sorted(p.name for p in data.iterdir()) == ["aclImdb", "aclImdb_v1.tar.gz"]  # no partial files left
+
+
+def test_wrong_checksum_names_the_archive_and_extracts_nothing(tmp_path):
+    archive = make_archive(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "aclImdb_v1.tar.gz").write_bytes(archive.read_bytes()[:-10])  # a truncated download
+    with pytest.raises(DatasetError, match=r"aclImdb_v1.tar.gz has MD5 .* expected"):
+        prepare_aclimdb(data, download=True, url=NO_NETWORK, md5=md5sum(archive))
+    assert not (data / "aclImdb").exists()
+
+
+def test_interrupted_extraction_is_not_trusted(tmp_path):
+    archive = make_archive(tmp_path)
+    data = tmp_path / "data"
+    (data / ".aclImdb.partial123" / "aclImdb" / "train").mkdir(parents=True)  # left by a killed run
+    (data / "aclImdb_v1.tar.gz").write_bytes(archive.read_bytes())
+    root = prepare_aclimdb(data, download=False, md5=md5sum(archive))
+    assert len(list((root / "test" / "neg").glob("*.txt"))) == 6
+
+
+def test_missing_data_without_network_says_where_and_how(tmp_path):
+    with pytest.raises(DatasetError, match=r"download of .* failed .*Put aclImdb_v1.tar.gz"):
+        prepare_aclimdb(tmp_path, download=True, url=NO_NETWORK)
+    with pytest.raises(DatasetError, match="data.download=false"):
+        prepare_aclimdb(tmp_path, download=False)
+
+
+def test_missing_label_folder_is_named(tmp_path):
+    root = make_aclimdb(tmp_path)
+    for f in (root / "test" / "neg").iterdir():
+        f.unlink()
+    (root / "test" / "neg").rmdir()
+    with pytest.raises(DatasetError, match=r"aclImdb/test/neg is missing"):
+        prepare_aclimdb(tmp_path, download=False)
+
+
+def test_reading_cleans_breaks_counts_bad_utf8_and_skips_empty(tmp_path, caplog):
+    root = make_aclimdb(tmp_path)
+    (root / "train" / "pos" / "0_8.txt").write_bytes(b"caf\xe9 latte, lovely<br />film")
+    (root / "train" / "neg" / "1_2.txt").write_text("  <br /> ")
+    with caplog.at_level(logging.WARNING):
+        texts, labels = read_split(root, "train")
+    assert len(texts) == 11 and labels.count(1) == 6 and labels.count(0) == 5
+    assert "caf\ufffd latte, lovely film" in texts and not any("<br" in t for t in texts)
+    assert "1 review(s) not valid UTF-8" in caplog.text and "1 empty review(s) skipped" in caplog.text
