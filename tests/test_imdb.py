@@ -77,3 +77,53 @@ def test_reading_cleans_breaks_counts_bad_utf8_and_skips_empty(tmp_path, caplog)
     assert len(texts) == 11 and labels.count(1) == 6 and labels.count(0) == 5
     assert "caf\ufffd latte, lovely film" in texts and not any("<br" in t for t in texts)
     assert "1 review(s) not valid UTF-8" in caplog.text and "1 empty review(s) skipped" in caplog.text
+
+
+def test_truncation_keeps_head_and_tail():
+    from nnlab.data.imdb import truncate
+
+    assert truncate(list(range(10)), 4) == [0, 1, 8, 9]
+    assert truncate(list(range(10)), 5) == [0, 1, 7, 8, 9]
+    assert truncate([1, 2], 5) == [1, 2]
+
+
+def test_tokenizer_is_trained_on_the_training_split_only(tmp_path):
+    from nnlab.data.imdb import PAD, UNK, train_tokenizer
+
+    tok = train_tokenizer(["Great film!", "great acting, dull plot"], vocab_size=100, min_frequency=1)
+    assert tok.token_to_id("[PAD]") == PAD and tok.token_to_id("[UNK]") == UNK
+    assert tok.encode("GREAT").ids == [tok.token_to_id("great")]  # lower-cased
+    assert tok.encode("zebra").ids == [UNK]
+    assert "!" in tok.get_vocab() and "," in tok.get_vocab()  # punctuation is its own token
+
+
+def test_cache_is_reused_and_rebuilt_when_a_setting_or_file_changes(tmp_path, caplog):
+    from nnlab.data.imdb import load_or_build_cache
+
+    root = make_aclimdb(tmp_path)
+    cache_dir = tmp_path / "cache"
+    with caplog.at_level(logging.INFO, logger="nnlab.data.imdb"):
+        first = load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1, max_length=6)
+        again = load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1, max_length=6)
+    assert caplog.text.count("tokenising") == 1 and "reading the tokenised reviews" in caplog.text
+    assert (again["train"]["ids"] == first["train"]["ids"]).all()
+    train = first["train"]
+    assert len(train["offsets"]) == 13 and int((train["offsets"][1:] - train["offsets"][:-1]).max()) <= 6
+    assert train["labels"].tolist() == [0] * 6 + [1] * 6
+    load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1, max_length=8)
+    (root / "train" / "pos" / "0_8.txt").write_text("Changed: the best film of the year.")
+    load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1, max_length=8)
+    assert len(list(cache_dir.glob("imdb-*.pt"))) == 3
+
+
+def test_half_written_cache_is_never_read(tmp_path):
+    from nnlab.data.imdb import load_or_build_cache
+
+    root = make_aclimdb(tmp_path)
+    cache_dir = tmp_path / "cache"
+    load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1, max_length=6)
+    (cache_file,) = cache_dir.glob("imdb-*.pt")
+    cache_file.rename(cache_dir / f".{cache_file.name}.tmp4242")  # as a run killed during the write leaves it
+    (cache_dir / f".{cache_file.name}.tmp4242").write_bytes(b"half a file")
+    rebuilt = load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1, max_length=6)
+    assert len(rebuilt["test"]["labels"]) == 12 and cache_file.is_file()
