@@ -17,6 +17,8 @@ OPTIONS = sorted(
 )
 # Instantiated on this CPU-only machine: GPU trainers are checked with the accelerator swapped for the CPU.
 ON_CPU = {"gpu": ["trainer.accelerator=cpu"], "ddp": ["trainer.accelerator=cpu", "trainer.devices=2"]}
+# A dataset is composed with a model that reads its kind of data.
+MODEL_FOR_DATA = {"imdb": ["model=lstm"]}
 
 
 def compose_train(overrides, tmp_path):
@@ -32,7 +34,7 @@ def test_every_group_has_configs():
 @pytest.mark.parametrize("group,name", OPTIONS, ids=[f"{g}={n}" for g, n in OPTIONS])
 def test_config_composes_and_instantiates(group, name, tmp_path, mnist_dir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    extra = ON_CPU.get(name, []) if group == "trainer" else []
+    extra = ON_CPU.get(name, []) if group == "trainer" else MODEL_FOR_DATA.get(name, []) if group == "data" else []
     cfg = compose_train([f"{group}={name}", f"paths.data_dir={mnist_dir}", *extra], tmp_path)
     instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
@@ -66,10 +68,10 @@ def test_unknown_key_fails_with_hydras_message(tmp_path):
 def test_cli_rejects_unknown_key_and_bad_pairing(tmp_path, mnist_dir):
     proc = train("model.lrr=0.1", check=False)
     assert proc.returncode != 0 and "Key 'lrr' is not in struct" in proc.stderr
-    proc = train("model=mlp", "model.input=text", f"paths.data_dir={mnist_dir}", f"hydra.run.dir={tmp_path}",
+    proc = train("model=mlp", "data=imdb", f"paths.data_dir={mnist_dir}", f"hydra.run.dir={tmp_path}",
                  "logger=csv", check=False)
     assert proc.returncode != 0
-    assert "model=mlp reads 'text' data but data=mnist provides 'image' data" in proc.stderr
+    assert "model=mlp reads 'image' data but data=imdb provides 'text' data" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
 
 

@@ -4,6 +4,7 @@ import logging
 import tarfile
 
 import pytest
+import torch
 
 from nnlab.data import DatasetError
 from nnlab.data.imdb import md5sum, prepare_aclimdb, read_split
@@ -127,3 +128,40 @@ def test_half_written_cache_is_never_read(tmp_path):
     (cache_dir / f".{cache_file.name}.tmp4242").write_bytes(b"half a file")
     rebuilt = load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1, max_length=6)
     assert len(rebuilt["test"]["labels"]) == 12 and cache_file.is_file()
+
+
+def test_bucket_batches_pad_little_cover_everything_and_shard():
+    from nnlab.data.batches import BucketBatches
+
+    lengths = torch.randint(1, 50, (103,))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    ids = torch.arange(2, int(offsets[-1]) + 2, dtype=torch.int32)  # every token unique, never PAD (0)
+    labels = torch.arange(103)
+    index = torch.arange(103)
+    seen = []
+    for rank in range(2):
+        batches = BucketBatches(ids, offsets, labels, index, 8, True, 0, seed=1, rank=rank, world=2, bucket_batches=4)
+        got = list(batches)
+        assert len(got) == len(batches)
+        for (tokens, lens), y in got:
+            assert torch.equal(lens, lengths[y]) and tokens.shape == (len(y), int(lens.max()))
+            for row, n, i in zip(tokens, lens, y):
+                assert torch.equal(row[:n], ids[offsets[i] : offsets[i] + n].long()) and not row[n:].any()
+        seen.append(set(torch.cat([y for _, y in got]).tolist()))
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 102
+    # Sorting inside buckets keeps padding small: far less than padding random batches to 49.
+    (tokens, lens), _ = next(iter(BucketBatches(ids, offsets, labels, index, 8, False, 0)))
+    assert int(lens.max()) - int(lens.min()) < 10
+
+
+def test_datamodule_reads_tiny_tree(tmp_path):
+    from nnlab.data.imdb import IMDBDataModule
+
+    make_aclimdb(tmp_path)
+    dm = IMDBDataModule(kind="text", num_classes=2, data_dir=str(tmp_path), download=False, vocab_size=100,
+                        min_frequency=1, max_length=16, val_size=2, split_seed=0, batch_size=4, eval_batch_size=8)
+    dm.prepare_data()
+    dm.setup()
+    (tokens, lengths), labels = next(iter(dm.train_dataloader()))
+    assert tokens.dtype == torch.int64 and tokens.shape[0] == 4 and int(lengths.max()) <= 16
+    assert sum(len(b[1]) for b in dm.val_dataloader()) == 2 and sum(len(b[1]) for b in dm.test_dataloader()) == 12

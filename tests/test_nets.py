@@ -44,3 +44,24 @@ def test_cnn_that_shrinks_the_image_away_is_refused():
     with pytest.raises(ValueError, match="shrinks a 28px image"):
         NETS["cnn"](1, 28, 10, conv=[8, "M", 8, "M", 8, "M", 8, "M", 8, "M"], kernel_size=3, padding=0,
                     batch_norm=False, hidden=[], dropout=0.0)
+
+
+@pytest.mark.parametrize("pooling", ["last", "max_mean"])
+def test_lstm_shape_and_overfit_with_padding(pooling):
+    torch.manual_seed(0)
+    net = NETS["lstm"](vocab_size=50, num_classes=2, embed_dim=16, hidden=16, layers=1, bidirectional=True,
+                       dropout=0.0, pooling=pooling)
+    lengths = torch.randint(1, 12, (16,))
+    tokens = torch.randint(2, 50, (16, 12)) * (torch.arange(12)[None] < lengths[:, None])  # 0 pads
+    y = torch.randint(0, 2, (16,))
+    assert net(tokens, lengths).shape == (16, 2)
+    # Padding does not change a sequence's output.
+    wider = torch.cat([tokens, torch.zeros(16, 5, dtype=torch.long)], 1)
+    assert torch.allclose(net(wider, lengths), net(tokens, lengths), atol=1e-5)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = F.cross_entropy(net(tokens, lengths), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05

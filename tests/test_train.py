@@ -29,6 +29,15 @@ def test_fast_dev_run(model, tmp_path, mnist_dir):
     assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["test/loss"] > 0
 
 
+def test_lstm_trains_on_reviews_end_to_end(tmp_path, imdb_dir):
+    train("model=lstm", "trainer.max_epochs=2", "logger=csv", f"hydra.run.dir={tmp_path}", f"paths.data_dir={imdb_dir}",
+          "data.val_size=8", "data.batch_size=8", "data.vocab_size=200", "data.min_frequency=1")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and 0.0 <= metrics["test/acc"] <= 1.0
+    assert list((imdb_dir / "cache").glob("imdb-*.pt"))  # tokenised once, cached beside the data
+    Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "best.ckpt")
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, mnist_dir):
     """Two epochs of the seed MLP with the default (W&B offline) logger."""

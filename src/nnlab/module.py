@@ -56,11 +56,12 @@ class Classifier(L.LightningModule):
         self.test_mistakes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x):
-        return self.net(x)
+        # Images come as one tensor; token sequences as (tokens, lengths).
+        return self.net(*x) if isinstance(x, (tuple, list)) else self.net(x)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.net(x)
+        logits = self(x)
         loss = F.cross_entropy(logits, y)
         self._watch_loss(loss)
         self.train_acc.update(logits.detach(), y)
@@ -98,7 +99,7 @@ class Classifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.net(x)
+        logits = self(x)
         self.val_acc.update(logits, y)
         self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
 
@@ -112,14 +113,14 @@ class Classifier(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.net(x)
+        logits = self(x)
         self.test_acc.update(logits, y)
         self.test_confusion.update(logits, y)
         self.log("test/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y), sync_dist=True)
         self.log("test/acc", self.test_acc, on_epoch=True)
         probs = logits.softmax(-1)
         wrong = probs.argmax(-1) != y
-        if wrong.any() and sum(len(m[0]) for m in self.test_mistakes) < 64:
+        if isinstance(x, torch.Tensor) and wrong.any() and sum(len(m[0]) for m in self.test_mistakes) < 64:
             self.test_mistakes.append((x[wrong].cpu(), y[wrong].cpu(), probs[wrong].cpu()))
 
     def on_test_epoch_start(self):

@@ -1,6 +1,8 @@
 """The networks: plain nn.Modules with primitive constructor arguments, no Lightning or Hydra."""
 
+import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
 class MLP(nn.Module):
@@ -82,4 +84,50 @@ class CNN(nn.Module):
         return self.head(self.features(x))  # (B, num_classes)
 
 
-NETS = {"mlp": MLP, "cnn": CNN}
+class LSTM(nn.Module):
+    """Text classifier: embedding, (bidirectional) LSTM over packed sequences, pooling, linear head.
+
+    pooling: "last" (the final hidden state of each direction) or "max_mean" (max and mean over
+    the valid time steps, concatenated). Padding never enters the LSTM: sequences are packed.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        embed_dim: int,
+        hidden: int,
+        layers: int,
+        bidirectional: bool,
+        dropout: float,
+        pooling: str,
+    ):
+        super().__init__()
+        if pooling not in ("last", "max_mean"):
+            raise ValueError(f"model.arch.pooling={pooling!r} is not one of last, max_mean")
+        self.pooling = pooling
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.lstm = nn.LSTM(embed_dim, hidden, layers, batch_first=True, bidirectional=bidirectional,
+                            dropout=dropout if layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        width = hidden * (2 if bidirectional else 1) * (2 if pooling == "max_mean" else 1)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, tokens, lengths):  # (B, T) int64, (B,)
+        x = self.dropout(self.embed(tokens))  # (B, T, E)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, (h, _) = self.lstm(packed)  # h: (layers * directions, B, H)
+        if self.pooling == "last":
+            directions = 2 if self.lstm.bidirectional else 1
+            features = torch.cat(list(h[-directions:]), dim=-1)  # (B, H * directions)
+        else:
+            out, _ = pad_packed_sequence(out, batch_first=True)  # (B, T', H * directions)
+            valid = torch.arange(out.shape[1], device=out.device)[None, :] < lengths.to(out.device)[:, None]
+            valid = valid.unsqueeze(-1)  # (B, T', 1)
+            mean = (out * valid).sum(1) / valid.sum(1)
+            peak = out.masked_fill(~valid, float("-inf")).amax(1)
+            features = torch.cat([peak, mean], dim=-1)  # (B, 2 * H * directions)
+        return self.head(self.dropout(features))  # (B, num_classes)
+
+
+NETS = {"mlp": MLP, "cnn": CNN, "lstm": LSTM}

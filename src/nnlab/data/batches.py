@@ -5,13 +5,28 @@ import math
 import torch
 
 
+def shard(index, shuffle: bool, generator, rank: int, world: int):
+    """This rank's share of `index`. Every rank draws the same permutation and takes every `world`-th
+    item; training drops the few that do not divide evenly, evaluation repeats a few (as
+    DistributedSampler does) so that every rank runs the same number of steps."""
+    n = len(index)
+    if shuffle:
+        index = index[torch.randperm(n, generator=generator)][: n - n % world]
+    else:
+        index = torch.cat([index, index[: -n % world]])
+    return index[rank::world]
+
+
+def num_batches(n: int, batch_size: int, shuffle: bool, world: int) -> int:
+    per_rank = n // world if shuffle else math.ceil(n / world)
+    return math.ceil(per_rank / batch_size)
+
+
 class TensorBatches:
     """Iterates over (x[i:j], y[i:j]) batches: no workers, no collation, no per-sample work.
 
     Shuffling draws one permutation per epoch from `seed + epoch()`, so a resumed run sees the
-    same order as an uninterrupted one. Under DDP every rank draws the same permutation and
-    takes every `world`-th sample; training drops the few samples that do not divide evenly,
-    evaluation repeats a few (as DistributedSampler does) so every rank runs the same steps.
+    same order as an uninterrupted one; under DDP each rank takes its `shard`.
     """
 
     def __init__(self, x, y, batch_size: int, shuffle: bool, seed: int = 0, epoch=lambda: 0, rank=0, world=1):
@@ -19,22 +34,8 @@ class TensorBatches:
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
         self.rank, self.world = rank, world
 
-    def _indices(self):
-        n = len(self.y)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch())
-            idx = torch.randperm(n, generator=g)
-            idx = idx[: n - n % self.world]
-        else:
-            idx = torch.arange(n)
-            pad = -n % self.world
-            idx = torch.cat([idx, idx[:pad]])
-        return idx[self.rank :: self.world]
-
     def __len__(self):
-        n = len(self.y)
-        per_rank = n // self.world if self.shuffle else math.ceil(n / self.world)
-        return math.ceil(per_rank / self.batch_size)
+        return num_batches(len(self.y), self.batch_size, self.shuffle, self.world)
 
     def __iter__(self):
         bs = self.batch_size
@@ -43,7 +44,50 @@ class TensorBatches:
             for i in range(0, len(self.y), bs):
                 yield self.x[i : i + bs], self.y[i : i + bs]
             return
-        idx = self._indices().to(self.y.device)
+        g = torch.Generator().manual_seed(self.seed + self.epoch())
+        idx = shard(torch.arange(len(self.y)), self.shuffle, g, self.rank, self.world).to(self.y.device)
         for i in range(0, len(idx), bs):
             j = idx[i : i + bs]
             yield self.x[j], self.y[j]
+
+
+class BucketBatches:
+    """Batches of token sequences of similar length, each padded only to its own longest review.
+
+    The reviews are stored flat (`ids`, review i is `ids[offsets[i]:offsets[i+1]]`). Each epoch
+    the split is shuffled, cut into buckets of `bucket_batches` batches, sorted by length inside a
+    bucket, batched, and the batches shuffled: little padding, random order. Yields
+    ((tokens (B, T) int64, lengths (B,) int64), labels (B,)). Sharding under DDP as TensorBatches.
+    """
+
+    def __init__(self, ids, offsets, labels, index, batch_size: int, shuffle: bool, pad: int, seed: int = 0,
+                 epoch=lambda: 0, rank=0, world=1, bucket_batches: int = 50):
+        self.ids, self.offsets, self.labels, self.index = ids, offsets, labels, index
+        self.batch_size, self.shuffle, self.pad, self.seed, self.epoch = batch_size, shuffle, pad, seed, epoch
+        self.rank, self.world, self.bucket = rank, world, batch_size * bucket_batches
+
+    def __len__(self):
+        return num_batches(len(self.index), self.batch_size, self.shuffle, self.world)
+
+    def _batches(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch())
+        idx = shard(self.index, self.shuffle, g, self.rank, self.world)
+        lengths = self.offsets[idx + 1] - self.offsets[idx]
+        batches = []
+        for start in range(0, len(idx), self.bucket):
+            chunk = idx[start : start + self.bucket]
+            chunk = chunk[lengths[start : start + self.bucket].argsort(descending=True, stable=True)]
+            batches += list(chunk.split(self.batch_size))
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g)]
+        return batches
+
+    def __iter__(self):
+        device = self.labels.device
+        for b in self._batches():
+            starts, lengths = self.offsets[b], self.offsets[b + 1] - self.offsets[b]
+            positions = torch.arange(int(lengths.max()))
+            flat = (starts[:, None] + positions).clamp_max(len(self.ids) - 1)  # (B, T)
+            tokens = self.ids[flat].long()
+            tokens[positions >= lengths[:, None]] = self.pad
+            yield (tokens.to(device), lengths), self.labels[b].to(device)

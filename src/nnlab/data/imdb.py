@@ -12,7 +12,11 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
+import lightning as L
+import torch
+
 from nnlab.data import DatasetError
+from nnlab.data.batches import BucketBatches
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +152,6 @@ def truncate(ids: list[int], max_length: int) -> list[int]:
 
 def encode(tokenizer, texts: list[str], max_length: int) -> tuple:
     """Token ids of all texts as one flat int32 tensor plus offsets: review i is ids[offsets[i]:offsets[i+1]]."""
-    import torch
-
     encoded = [truncate(e.ids, max_length) or [UNK] for e in tokenizer.encode_batch(texts)]
     lengths = torch.tensor([len(ids) for ids in encoded])
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
@@ -173,7 +175,6 @@ def load_or_build_cache(root: Path, cache_dir: Path, vocab_size: int, min_freque
     review builds a new one. It is written to a temporary file and renamed when complete: a cache
     left half-written by a killed run has a temporary name and is never read.
     """
-    import torch
     from tokenizers import __version__ as tokenizers_version
 
     settings = f"{vocab_size}:{min_frequency}:{max_length}:{tokenizers_version}:{fingerprint(root)}"
@@ -197,3 +198,63 @@ def load_or_build_cache(root: Path, cache_dir: Path, vocab_size: int, min_freque
     finally:
         tmp.unlink(missing_ok=True)
     return cache
+
+
+class IMDBDataModule(L.LightningDataModule):
+    """aclImdb reviews, tokenised once and cached; length-bucketed batches of token ids."""
+
+    def __init__(
+        self,
+        kind: str,
+        num_classes: int,
+        data_dir: str,
+        download: bool,
+        vocab_size: int,
+        min_frequency: int,
+        max_length: int,
+        val_size: int,
+        split_seed: int,
+        batch_size: int,
+        eval_batch_size: int,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+
+    def prepare_data(self):
+        # One process per node downloads, extracts and tokenises; the others wait, then read the cache.
+        hp = self.hparams
+        root = prepare_aclimdb(Path(hp.data_dir), hp.download)
+        load_or_build_cache(root, Path(hp.data_dir) / "cache", hp.vocab_size, hp.min_frequency, hp.max_length)
+
+    def setup(self, stage=None):
+        if hasattr(self, "cache"):
+            return
+        hp = self.hparams
+        root = prepare_aclimdb(Path(hp.data_dir), download=False)
+        self.cache = load_or_build_cache(root, Path(hp.data_dir) / "cache", hp.vocab_size, hp.min_frequency,
+                                         hp.max_length)
+        n = len(self.cache["train"]["labels"])
+        if not 0 < hp.val_size < n:
+            raise ValueError(f"data.val_size={hp.val_size} must be between 1 and {n - 1} (the training reviews)")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.split_seed))
+        self.train_index, self.val_index = perm[hp.val_size :], perm[: hp.val_size]
+        self.test_index = torch.arange(len(self.cache["test"]["labels"]))
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        for split in ("train", "test"):
+            self.cache[split]["labels"] = self.cache[split]["labels"].to(device)
+
+    def _batches(self, split, index, batch_size, shuffle):
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0)
+        data = self.cache[split]
+        return BucketBatches(data["ids"], data["offsets"], data["labels"], index, batch_size, shuffle, PAD,
+                             seed=torch.initial_seed() % 2**62, epoch=epoch, rank=rank, world=world)
+
+    def train_dataloader(self):
+        return self._batches("train", self.train_index, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._batches("train", self.val_index, self.hparams.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return self._batches("test", self.test_index, self.hparams.eval_batch_size, shuffle=False)
