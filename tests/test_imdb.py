@@ -133,6 +133,7 @@ def test_half_written_cache_is_never_read(tmp_path):
 def test_bucket_batches_pad_little_cover_everything_and_shard():
     from nnlab.data.batches import BucketBatches
 
+    torch.manual_seed(0)
     lengths = torch.randint(1, 50, (103,))
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     ids = torch.arange(2, int(offsets[-1]) + 2, dtype=torch.int32)  # every token unique, never PAD (0)
@@ -162,6 +163,8 @@ def test_datamodule_reads_tiny_tree(tmp_path):
                         min_frequency=1, max_length=16, val_size=2, split_seed=0, batch_size=4, eval_batch_size=8)
     dm.prepare_data()
     dm.setup()
-    (tokens, lengths), labels = next(iter(dm.train_dataloader()))
-    assert tokens.dtype == torch.int64 and tokens.shape[0] == 4 and int(lengths.max()) <= 16
+    batches = list(dm.train_dataloader())
+    assert sum(len(y) for _, y in batches) == 10 and max(len(y) for _, y in batches) == 4
+    for (tokens, lengths), _ in batches:
+        assert tokens.dtype == torch.int64 and tokens.shape[1] == int(lengths.max()) <= 16
     assert sum(len(b[1]) for b in dm.val_dataloader()) == 2 and sum(len(b[1]) for b in dm.test_dataloader()) == 12
