@@ -6,7 +6,6 @@ and return the metric a sweeper optimizes. `train=false ckpt_path=...` only test
 
 import json
 import logging
-import os
 import platform
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import nnlab.config  # noqa: F401  (registers the resolvers conf/ uses)
+from nnlab.atomic import atomic_open
 from nnlab.callbacks import AtomicCheckpointIO, Throughput
 from nnlab.module import Classifier
 
@@ -32,9 +32,8 @@ log = logging.getLogger("nnlab")
 
 
 def write_atomic(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        f.write(text.encode())
 
 
 def git_state() -> dict:

@@ -1,7 +1,6 @@
 """Lightning callbacks and plugins the configs refer to."""
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -9,6 +8,8 @@ import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.loggers import WandbLogger
+
+from nnlab.atomic import atomic_open
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -20,22 +21,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with atomic_open(path) as f:
+            torch.save(checkpoint, f)
 
 
 class Throughput(L.Callback):

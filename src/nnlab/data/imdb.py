@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from nnlab.atomic import atomic_open
 from nnlab.data import DatasetError
 from nnlab.data.batches import BucketBatches
 
@@ -62,16 +63,12 @@ def prepare_aclimdb(data_dir: Path, download: bool, url: str = URL, md5: str = M
         if not download:
             raise DatasetError(f"IMDB not found in {data_dir.resolve()} and data.download=false. {how}")
         data_dir.mkdir(parents=True, exist_ok=True)
-        partial = archive.with_name(f".{archive.name}.partial{os.getpid()}")
         try:
             log.info(f"downloading {url} to {archive}")
-            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as f:
+            with urllib.request.urlopen(url, timeout=60) as response, atomic_open(archive) as f:
                 shutil.copyfileobj(response, f, 1 << 20)
-            os.replace(partial, archive)
         except OSError as e:
             raise DatasetError(f"IMDB not found in {data_dir.resolve()} and the download of {url} failed ({e}). {how}") from e
-        finally:
-            partial.unlink(missing_ok=True)
     if (found := md5sum(archive)) != md5:
         raise DatasetError(
             f"{archive} has MD5 {found}, expected {md5}: the download is incomplete or the file is another archive. "
@@ -190,13 +187,8 @@ def load_or_build_cache(root: Path, cache_dir: Path, vocab_size: int, min_freque
     for split, texts, labels in (("train", train_texts, train_labels), ("test", test_texts, test_labels)):
         ids, offsets = encode(tokenizer, texts, max_length)
         cache[split] = {"ids": ids, "offsets": offsets, "labels": torch.tensor(labels, dtype=torch.int64)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(cache, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as f:
+        torch.save(cache, f)
     return cache
 
 
