@@ -26,7 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 import nnlab.config  # noqa: F401  (registers the resolvers conf/ uses)
 from nnlab.atomic import atomic_open
 from nnlab.callbacks import AtomicCheckpointIO, Throughput
+from nnlab.memory import keep_freed_memory
 from nnlab.module import Classifier
+
+keep_freed_memory()  # before the first training step: see nnlab/memory.py
 
 log = logging.getLogger("nnlab")
 
@@ -34,6 +37,12 @@ log = logging.getLogger("nnlab")
 def write_atomic(path: Path, text: str):
     with atomic_open(path) as f:
         f.write(text.encode())
+
+
+def steady_rate(per_epoch: list[float]) -> float | None:
+    """The mean rate of the epochs after the first (which includes one-off warm-up), if there are any."""
+    rates = per_epoch[1:] or per_epoch
+    return sum(rates) / len(rates) if rates else None
 
 
 def git_state() -> dict:
@@ -139,13 +148,12 @@ def main(cfg: DictConfig) -> float | None:
     finish_wandb(loggers, 0)
 
     metrics.update(test[0])
-    throughput = next((c.samples_per_s for c in callbacks if isinstance(c, Throughput)), [])
+    throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     metrics.update(
         {
             "epochs": trainer.current_epoch if cfg.train else None,
-            # The first epoch includes one-off warm-up; report the mean of the rest when there are any.
-            "train/samples_per_s": (sum(throughput[1:]) / len(throughput[1:]) if len(throughput) > 1
-                                    else (throughput[0] if throughput else None)),
+            "train/samples_per_s": steady_rate(throughput.samples_per_s if throughput else []),
+            "train/tokens_per_s": steady_rate(throughput.tokens_per_s if throughput else []),
             "wall_time_s": time.perf_counter() - start,
             "checkpoint": test_ckpt or cfg.ckpt_path,
             "resumed_from": ckpt_path if cfg.resume else None,

@@ -46,6 +46,36 @@ def test_cnn_that_shrinks_the_image_away_is_refused():
                     batch_norm=False, hidden=[], dropout=0.0)
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("pooling", ["last", "max_mean"])
+def test_lstm_matches_packed_sequences_and_a_bidirectional_lstm(pooling, bidirectional):
+    torch.manual_seed(0)
+    arch = dict(vocab_size=50, num_classes=2, embed_dim=8, hidden=6, layers=2, bidirectional=bidirectional,
+                dropout=0.0, pooling=pooling)
+    net = NETS["lstm"](**arch).eval()
+    packed = NETS["lstm"](**arch, packed=True).eval()
+    packed.load_state_dict(net.state_dict())
+    lengths = torch.tensor([9, 1, 5, 9, 3])
+    tokens = torch.randint(2, 50, (5, 9)) * (torch.arange(9)[None] < lengths[:, None])
+    assert torch.allclose(net(tokens, lengths), packed(tokens, lengths), atol=1e-5)
+
+    # The same as torch's own (bidirectional, stacked) LSTM over packed sequences, given its weights.
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    ref = torch.nn.LSTM(8, 6, 2, batch_first=True, bidirectional=bidirectional)
+    for name, value in ref.named_parameters():
+        layer, direction = int(name.split("_l")[1][0]), int(name.endswith("_reverse"))
+        value.data.copy_(getattr(net.rnns[layer][direction], name.split("_l")[0] + "_l0"))
+    out, (h, _) = ref(pack_padded_sequence(net.embed(tokens), lengths, batch_first=True, enforce_sorted=False))
+    out, _ = pad_packed_sequence(out, batch_first=True)
+    if pooling == "last":
+        features = torch.cat(list(h[-(2 if bidirectional else 1):]), dim=-1)
+    else:
+        valid = (torch.arange(9)[None] < lengths[:, None])[..., None]
+        features = torch.cat([out.masked_fill(~valid, float("-inf")).amax(1), (out * valid).sum(1) / lengths[:, None]], -1)
+    assert torch.allclose(net.head(features), net(tokens, lengths), atol=1e-5)
+
+
 @pytest.mark.parametrize("pooling", ["last", "max_mean"])
 def test_lstm_shape_and_overfit_with_padding(pooling):
     torch.manual_seed(0)
