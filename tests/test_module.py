@@ -7,6 +7,7 @@ import sys
 
 import lightning as L
 import pytest
+import torch
 
 from nnlab.module import Classifier
 from tests.helpers import ROOT
@@ -44,6 +45,25 @@ def test_unknown_network_is_named():
                    scheduler="none", warmup_pct=0.0)
 
 
+def test_one_output_is_a_binary_classifier():
+    arch = dict(vocab_size=50, num_classes=1, embed_dim=8, hidden=8, layers=1, bidirectional=False, dropout=0.0,
+                pooling="last")
+    model = Classifier(input="text", net="lstm", arch=arch, optimizer="adam", lr=1e-3, weight_decay=0.0,
+                       momentum=0.0, scheduler="none", warmup_pct=0.0)
+    logits = torch.tensor([[0.0], [2.0], [-3.0]])
+    y = torch.tensor([1, 1, 0])
+    assert torch.allclose(model.probabilities(logits).sum(-1), torch.ones(3))
+    assert model.probabilities(logits)[1, 1] == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item())
+    expected = torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits.squeeze(-1)), y.float())
+    assert model.loss(logits, y).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_keep_freed_memory_applies_on_linux():
+    from nnlab.memory import keep_freed_memory
+
+    assert keep_freed_memory() is sys.platform.startswith("linux")
+
+
 @pytest.mark.slow
 def test_benchmark_script_runs(mnist_dir):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--data-dir", str(mnist_dir),
@@ -52,3 +72,15 @@ def test_benchmark_script_runs(mnist_dir):
                          cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| mlp | 128 |" in out.stdout
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs_the_lstm(imdb_dir):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--data-dir", str(imdb_dir),
+                          "--models", "lstm", "--rounds", "1", "--text-batches", "2", "--no-time-to-acc",
+                          "data.val_size=8", "data.batch_size=8", "data.vocab_size=200", "data.min_frequency=1"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"},
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| lstm | 8 |"))
+    assert "tokens/s" in out.stdout and row.count("|") == 9

@@ -16,11 +16,17 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+# Test samples kept for the report (TestReport): misclassified ones and, to fill a table, correct ones.
+KEEP_TEST_SAMPLES = 500
+
+
 class Classifier(L.LightningModule):
-    """Cross-entropy classification; every argument is a primitive, so checkpoints load anywhere.
+    """Classification; every argument is a primitive, so checkpoints load anywhere.
 
     input: the kind of data the network reads (checked against data.kind)
-    net, arch: a name in nnlab.nets.NETS and its constructor arguments
+    net, arch: a name in nnlab.nets.NETS and its constructor arguments. arch.num_classes=1 makes a
+        binary classifier with one sigmoid output and binary cross-entropy; otherwise softmax and
+        cross-entropy over num_classes outputs.
     optimizer: sgd (with momentum) | adam | adamw;  scheduler: none | cosine | onecycle (warmup_pct)
     """
 
@@ -41,7 +47,9 @@ class Classifier(L.LightningModule):
         if net not in NETS:
             raise ValueError(f"model.net={net!r} is not a network; choose one of {sorted(NETS)}")
         self.net = NETS[net](**arch)
-        num_classes = arch["num_classes"]
+        # One output is a binary classifier; metrics and reports see it as two classes.
+        self.binary = arch["num_classes"] == 1
+        num_classes = max(arch["num_classes"], 2)
         # validate_args=False: the argument checks cost 0.5 ms a step on a CPU, and our batches are well-formed.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
@@ -53,18 +61,30 @@ class Classifier(L.LightningModule):
         self.register_buffer("first_bad_step", torch.tensor(-1), persistent=False)
         self.register_buffer("train_loss_sum", torch.tensor(0.0), persistent=False)
         self.train_steps = 0
-        self.test_mistakes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.test_samples: dict[bool, list] = {True: [], False: []}
 
     def forward(self, x):
         # Images come as one tensor; token sequences as (tokens, lengths).
         return self.net(*x) if isinstance(x, (tuple, list)) else self.net(x)
 
+    def loss(self, logits, y):
+        if self.binary:
+            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype))
+        return F.cross_entropy(logits, y)
+
+    def probabilities(self, logits):
+        """(B, classes) class probabilities; a binary classifier's one logit becomes [1 - p, p]."""
+        if self.binary:
+            p = logits.float().sigmoid()
+            return torch.cat([1 - p, p], dim=-1)
+        return logits.float().softmax(-1)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        loss = self.loss(logits, y)
         self._watch_loss(loss)
-        self.train_acc.update(logits.detach(), y)
+        self.train_acc.update(self.probabilities(logits.detach()), y)
         self.train_loss_sum += loss.detach()
         self.train_steps += 1
         # self.log costs about 1 ms a call on a CPU, 10% of a small network's step, so the step loss
@@ -100,8 +120,8 @@ class Classifier(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        self.val_acc.update(logits, y)
-        self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+        self.val_acc.update(self.probabilities(logits), y)
+        self.log("val/loss", self.loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
 
     def on_validation_epoch_end(self):
         acc = self.val_acc.compute().item()
@@ -114,20 +134,40 @@ class Classifier(L.LightningModule):
     def test_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        self.test_acc.update(logits, y)
-        self.test_confusion.update(logits, y)
-        self.log("test/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y), sync_dist=True)
+        probs = self.probabilities(logits)
+        self.test_acc.update(probs, y)
+        self.test_confusion.update(probs, y)
+        self.log("test/loss", self.loss(logits, y), on_epoch=True, batch_size=len(y), sync_dist=True)
         self.log("test/acc", self.test_acc, on_epoch=True)
-        probs = logits.softmax(-1)
+        self._keep_test_samples(x, y, probs)
+
+    def _keep_test_samples(self, x, y, probs):
+        """Keep up to KEEP_TEST_SAMPLES misclassified and as many correct samples (inputs, label,
+        probabilities) for the test report; token sequences are kept without their padding."""
         wrong = probs.argmax(-1) != y
-        if isinstance(x, torch.Tensor) and wrong.any() and sum(len(m[0]) for m in self.test_mistakes) < 64:
-            self.test_mistakes.append((x[wrong].cpu(), y[wrong].cpu(), probs[wrong].cpu()))
+        for kind, mask in ((True, wrong), (False, ~wrong)):
+            kept = self.test_samples[kind]
+            room = KEEP_TEST_SAMPLES - len(kept)
+            if room <= 0:
+                continue
+            rows = mask.nonzero().squeeze(-1)[:room].cpu()
+            if isinstance(x, (tuple, list)):
+                tokens, lengths = x
+                inputs = [tokens[i, : lengths[i]].cpu() for i in rows.tolist()]
+            else:
+                inputs = list(x[rows.to(x.device)].cpu())
+            kept += zip(inputs, y[rows.to(y.device)].tolist(), probs[rows.to(probs.device)].cpu())
 
     def on_test_epoch_start(self):
-        self.test_mistakes = []
+        self.test_samples = {True: [], False: []}
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["val_acc_best"] = self.val_acc_best
+        # The datamodule's preprocessing (a text model's tokenizer, say) travels with the weights, so
+        # `nnlab.predict` needs the checkpoint alone.
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if hasattr(datamodule, "preprocessing"):
+            checkpoint["preprocessing"] = datamodule.preprocessing()
 
     def on_load_checkpoint(self, checkpoint):
         self.val_acc_best = checkpoint.get("val_acc_best", 0.0)
