@@ -26,10 +26,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class Throughput(L.Callback):
-    """Logs training samples per second for each epoch: validation excluded, device synchronised."""
+    """Logs training samples per second for each epoch (and tokens per second for token sequences):
+    validation excluded, device synchronised."""
 
     def __init__(self):
         self.samples_per_s: list[float] = []
+        self.tokens_per_s: list[float] = []
 
     def _now(self, trainer):
         if trainer.strategy.root_device.type == "cuda":
@@ -37,10 +39,12 @@ class Throughput(L.Callback):
         return time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self.samples, self.start, self.paused = 0, self._now(trainer), 0.0
+        self.samples, self.tokens, self.start, self.paused = 0, 0, self._now(trainer), 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.samples += len(batch[1])
+        if isinstance(batch[0], (tuple, list)):  # (tokens, lengths); the lengths stay on the CPU
+            self.tokens += int(batch[0][1].sum())
 
     # Validation runs inside the training epoch (before on_train_epoch_end): take its time out.
     def on_validation_start(self, trainer, pl_module):
@@ -52,13 +56,22 @@ class Throughput(L.Callback):
             self.paused += self._now(trainer) - self.val_start
 
     def on_train_epoch_end(self, trainer, pl_module):
-        rate = self.samples * trainer.world_size / (self._now(trainer) - self.start - self.paused)
+        seconds = self._now(trainer) - self.start - self.paused
+        rate = self.samples * trainer.world_size / seconds
         self.samples_per_s.append(rate)
         pl_module.log("train/samples_per_s", rate, rank_zero_only=True)
+        if self.tokens:
+            self.tokens_per_s.append(self.tokens * trainer.world_size / seconds)
+            pl_module.log("train/tokens_per_s", self.tokens_per_s[-1], rank_zero_only=True)
 
 
 class TestReport(L.Callback):
-    """After testing: the confusion matrix and a grid of misclassified images, as PNGs and W&B media."""
+    """After testing: the confusion matrix, misclassified images as a grid, test texts as a table.
+
+    Written to `out_dir` (confusion_matrix.png; misclassified.png for images; test_samples.csv for
+    text, misclassified first, most confident first) and logged as W&B media and a W&B table.
+    class_names: null takes the datamodule's `class_names`, else the class indices.
+    """
 
     def __init__(self, out_dir: str, class_names: list | None):
         self.out_dir = Path(out_dir)
@@ -74,9 +87,12 @@ class TestReport(L.Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        names = self.class_names or [str(i) for i in range(len(confusion))]
+        datamodule = trainer.datamodule
+        names = list(self.class_names or getattr(datamodule, "class_names", None) or range(len(confusion)))
+        names = [str(n) for n in names]
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        fig, ax = plt.subplots(figsize=(6, 5.5))
+        size = min(6, 2 + 0.5 * len(names))
+        fig, ax = plt.subplots(figsize=(size, size * 0.9))
         shade = confusion.float().log1p()
         ax.imshow(shade, cmap="Blues")
         for i in range(len(names)):
@@ -90,23 +106,24 @@ class TestReport(L.Callback):
         fig.savefig(self.out_dir / "confusion_matrix.png", dpi=120)
         plt.close(fig)
 
-        mistakes = pl_module.test_mistakes
-        if mistakes:
-            images = torch.cat([m[0] for m in mistakes])[:64]  # (N, C, H, W)
-            labels = torch.cat([m[1] for m in mistakes])[:64]
-            probs = torch.cat([m[2] for m in mistakes])[:64]
-            cols = 8
-            rows = math.ceil(len(images) / cols)
-            fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.4), squeeze=False)
-            for ax in axes.flat:
-                ax.set_axis_off()
-            for ax, img, t, p in zip(axes.flat, images, labels, probs):
-                ax.imshow(img.permute(1, 2, 0).squeeze(-1), cmap="gray")
-                ax.set_title(f"{names[t]}→{names[p.argmax()]} {p.max():.2f}", fontsize=7)
-            fig.suptitle("misclassified test images: true→predicted, confidence", fontsize=9)
-            fig.tight_layout()
-            fig.savefig(self.out_dir / "misclassified.png", dpi=120)
-            plt.close(fig)
+        # Misclassified first, then correct; each most confident first.
+        samples = [(x, label, probs, wrong) for wrong in (True, False)
+                   for x, label, probs in sorted(pl_module.test_samples[wrong], key=lambda s: -float(s[2].max()))]
+        mistakes = [s for s in samples if s[3]]
+        grid = mistakes and isinstance(mistakes[0][0], torch.Tensor) and mistakes[0][0].ndim == 3
+        if grid:
+            self._image_grid(plt, mistakes[:64], names)
+        rows = []
+        if hasattr(datamodule, "decode") and samples:
+            rows = [[datamodule.decode(x), names[label], names[int(p.argmax())], round(float(p.max()), 4), not wrong]
+                    for x, label, p, wrong in samples]
+            import csv
+            import io
+
+            table = io.StringIO()
+            csv.writer(table).writerows([TEXT_COLUMNS] + rows)
+            with atomic_open(self.out_dir / "test_samples.csv") as f:
+                f.write(table.getvalue().encode())
 
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -121,6 +138,25 @@ class TestReport(L.Callback):
                     ),
                     "test/confusion_matrix_png": wandb.Image(str(self.out_dir / "confusion_matrix.png")),
                 }
-                if mistakes:
+                if grid:
                     media["test/misclassified"] = wandb.Image(str(self.out_dir / "misclassified.png"))
+                if rows:
+                    media["test/samples"] = wandb.Table(columns=TEXT_COLUMNS, data=rows)
                 logger.experiment.log(media)
+
+    def _image_grid(self, plt, mistakes, names):
+        cols = 8
+        rows = math.ceil(len(mistakes) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.4), squeeze=False)
+        for ax in axes.flat:
+            ax.set_axis_off()
+        for ax, (img, t, p, _) in zip(axes.flat, mistakes):
+            ax.imshow(img.float().permute(1, 2, 0).squeeze(-1), cmap="gray")
+            ax.set_title(f"{names[t]}→{names[p.argmax()]} {p.max():.2f}", fontsize=7)
+        fig.suptitle("misclassified test images: true→predicted, confidence", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(self.out_dir / "misclassified.png", dpi=120)
+        plt.close(fig)
+
+
+TEXT_COLUMNS = ["text", "label", "prediction", "confidence", "correct"]

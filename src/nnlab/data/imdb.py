@@ -88,6 +88,11 @@ def prepare_aclimdb(data_dir: Path, download: bool, url: str = URL, md5: str = M
     return root
 
 
+def clean(text: str) -> str:
+    """`<br />` line breaks and runs of white space become single spaces."""
+    return " ".join(BREAK.sub(" ", text).split())
+
+
 def read_split(root: Path, split: str) -> tuple[list[str], list[int]]:
     """Reviews and labels (0 neg, 1 pos) of one split, `<br />` turned into spaces.
 
@@ -103,7 +108,7 @@ def read_split(root: Path, split: str) -> tuple[list[str], list[int]]:
             except UnicodeDecodeError:
                 text = raw.decode("utf-8", errors="replace")
                 not_utf8.append(path)
-            text = " ".join(BREAK.sub(" ", text).split())
+            text = clean(text)
             if not text:
                 empty.append(path)
                 continue
@@ -195,6 +200,8 @@ def load_or_build_cache(root: Path, cache_dir: Path, vocab_size: int, min_freque
 class IMDBDataModule(L.LightningDataModule):
     """aclImdb reviews, tokenised once and cached; length-bucketed batches of token ids."""
 
+    class_names = ("negative", "positive")
+
     def __init__(
         self,
         kind: str,
@@ -234,6 +241,19 @@ class IMDBDataModule(L.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         for split in ("train", "test"):
             self.cache[split]["labels"] = self.cache[split]["labels"].to(device)
+
+    def preprocessing(self) -> dict:
+        """What turns raw text into the model's input, stored in every checkpoint: predicting needs no dataset."""
+        return {"kind": "text", "tokenizer": self.cache["tokenizer"], "max_length": self.hparams.max_length,
+                "class_names": list(self.class_names)}
+
+    def decode(self, ids) -> str:
+        """Token ids back to text, as the model read it (lower case, words and punctuation spaced)."""
+        if not hasattr(self, "tokenizer"):
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_str(self.cache["tokenizer"])
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def _batches(self, split, index, batch_size, shuffle):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
