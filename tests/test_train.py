@@ -29,13 +29,87 @@ def test_fast_dev_run(model, tmp_path, mnist_dir):
     assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["test/loss"] > 0
 
 
-def test_lstm_trains_on_reviews_end_to_end(tmp_path, imdb_dir):
-    train("model=lstm", "trainer.max_epochs=2", "logger=csv", f"hydra.run.dir={tmp_path}", f"paths.data_dir={imdb_dir}",
-          "data.val_size=8", "data.batch_size=8", "data.vocab_size=200", "data.min_frequency=1")
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["epochs"] == 2 and 0.0 <= metrics["test/acc"] <= 1.0
+TINY_TEXT = ["data.val_size=8", "data.batch_size=8", "data.eval_batch_size=16", "data.vocab_size=200",
+             "data.min_frequency=1"]
+
+
+@pytest.fixture(scope="module")
+def lstm_run(tmp_path_factory, imdb_dir):
+    """Two epochs of model=lstm on the tiny reviews, with the default (W&B offline) logger."""
+    run_dir = tmp_path_factory.mktemp("lstm")
+    train("model=lstm", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", f"paths.data_dir={imdb_dir}", *TINY_TEXT)
+    return run_dir
+
+
+def predict(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "nnlab.predict", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert not check or proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_lstm_trains_on_reviews_end_to_end(lstm_run, imdb_dir):
+    metrics = json.loads((lstm_run / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and 0.0 <= metrics["test/acc"] <= 1.0 and metrics["train/tokens_per_s"] > 0
     assert list((imdb_dir / "cache").glob("imdb-*.pt"))  # tokenised once, cached beside the data
-    Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "best.ckpt")
+    model = Classifier.load_from_checkpoint(lstm_run / "checkpoints" / "best.ckpt")
+    assert model.hparams.arch["bidirectional"] is True
+
+
+def test_lstm_test_report_lists_reviews_misclassified_first(lstm_run):
+    import csv
+
+    with open(lstm_run / "test_samples.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40  # every test review of the tiny set
+    assert {r["label"] for r in rows} == {"negative", "positive"} and all("review" in r["text"] for r in rows)
+    correct = [r["correct"] == "True" for r in rows]
+    assert correct == sorted(correct)  # misclassified first
+    assert all((r["prediction"] == r["label"]) == c for r, c in zip(rows, correct))
+    assert (lstm_run / "confusion_matrix.png").stat().st_size > 0 and not (lstm_run / "misclassified.png").exists()
+
+    history = {}
+    for path in (lstm_run / "wandb").glob("offline-run-*/run-*.wandb"):
+        for record in read_wandb_records(path):
+            if record.WhichOneof("record_type") == "history":
+                history.update({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
+    # Media fields come flattened.
+    assert json.loads(history["test/samples/_type"]) == "table-file" and json.loads(history["test/samples/nrows"]) == 40
+    assert json.loads(history["test/confusion_matrix_table/_type"]) == "table-file"
+
+
+def test_predict_classifies_text_and_files_from_the_checkpoint_alone(lstm_run, tmp_path):
+    ckpt = lstm_run / "checkpoints" / "best.ckpt"
+    assert torch.load(ckpt, weights_only=True)["preprocessing"]["kind"] == "text"
+    out = predict(ckpt, "A wonderful moving film.", "A dull boring mess.<br />Awful.").stdout.splitlines()
+    assert len(out) == 2 and out[1].endswith("A dull boring mess.<br />Awful.")
+    for line in out:
+        label, confidence = line.split("\t")[0].split()
+        assert label in ("negative", "positive") and 0.5 <= float(confidence) <= 1.0
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_bytes("great acting\n\nawful \xff acting\n".encode("latin-1"))  # a blank line; not UTF-8
+    out = predict(ckpt, "--file", reviews, "--top", "2").stdout.splitlines()
+    assert len(out) == 2 and all(len(line.split("\t")[0].split()) == 4 for line in out)
+
+
+def test_predict_errors_name_the_problem(lstm_run, trained_run, tmp_path):
+    assert "does not exist" in predict(tmp_path / "nope.ckpt", "text", check=False).stderr
+    mnist_ckpt = trained_run[0] / "checkpoints" / "best.ckpt"
+    assert "records no preprocessing" in predict(mnist_ckpt, "text", check=False).stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert "holds no non-empty lines" in predict(lstm_run / "checkpoints" / "last.ckpt", "--file", empty,
+                                                 check=False).stderr
+
+
+def test_seed_lstm_is_a_binary_classifier(tmp_path, imdb_dir):
+    train("experiment=seed_lstm", "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={tmp_path}",
+          f"paths.data_dir={imdb_dir}", *TINY_TEXT)
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    model = Classifier.load_from_checkpoint(ckpt)
+    assert model.net.head.out_features == 1 and model.hparams.optimizer == "adam"
+    label, confidence = predict(ckpt, "great acting").stdout.split("\t")[0].split()
+    assert label in ("negative", "positive") and float(confidence) >= 0.5
 
 
 @pytest.fixture(scope="module")
