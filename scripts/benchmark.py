@@ -3,16 +3,22 @@
     python scripts/benchmark.py                       # MLP and CNN throughput, then CNN time to 99%
     python scripts/benchmark.py --models mlp --rounds 2 --no-time-to-acc
     python scripts/benchmark.py --models cnn data.batch_size=256      # any Hydra override, both sides
+    python scripts/benchmark.py --models lstm --rounds 3 --data-dir /path/holding/aclImdb
 
 Both sides train the same network (the default model config) with the same optimizer and batch
-size on the same in-memory MNIST tensors, augmentation and schedule off. Ours is the full
-pipeline train.py builds: Trainer, callbacks, metrics, checkpoints and the offline W&B logger.
-Throughput is training samples per second, the first epoch of each side (warm-up) and
-validation excluded. Small machines are noisy (two plain-loop runs in a row can differ by 10%),
-so the sides alternate for several rounds and the median of the per-round ratios is reported.
+size on the same data in memory, augmentation and schedule off. MNIST: the plain loop shuffles
+and slices the image tensors itself. IMDB: the plain loop runs over the very batches our data
+module yields (length-bucketed, padded), built before its clock starts, with the same gradient
+clipping. Ours is the full pipeline train.py builds: Trainer, callbacks, metrics, checkpoints
+and the offline W&B logger. Throughput is training samples per second (and tokens per second for
+text), the first epoch of each side (warm-up) and validation excluded. An LSTM epoch takes
+minutes on a CPU, so its epochs are cut to --text-batches batches (both sides) unless 0. Small
+machines are noisy (two plain-loop runs in a row can differ by 10%), so the sides alternate for
+several rounds and the median of the per-round ratios is reported.
 """
 
 import argparse
+import itertools
 import os
 import statistics
 import tempfile
@@ -27,10 +33,11 @@ from hydra.utils import instantiate
 
 import nnlab.config  # noqa: F401  (registers the resolvers conf/ uses)
 from nnlab.callbacks import AtomicCheckpointIO, Throughput
+from nnlab.memory import keep_freed_memory
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 os.environ.setdefault("WANDB_SILENT", "true")  # keep the report readable; the offline run is written all the same
-NO_AUGMENT = ["data.augment.rotate=0", "data.augment.scale=0", "data.augment.translate=0", "model.scheduler=none"]
+NO_AUGMENT = ["data.augment.rotate=0", "data.augment.scale=0", "data.augment.translate=0"]
 
 
 def load_cfg(model: str, overrides: list[str], out: str):
@@ -43,8 +50,10 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def plain_loop(cfg, dm, epochs: int, device) -> float:
-    """What one writes by hand: shuffle, slice, forward, backward, step. Returns samples/s."""
+def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
+    """What one writes by hand: shuffle, slice, forward, backward, step. Returns (samples/s, tokens/s)."""
+    if cfg.data.kind == "text":
+        return plain_text_loop(cfg, dm, epochs, device)
     torch.manual_seed(cfg.seed)
     model = instantiate(cfg.model, _convert_="all").to(device)
     optimizer = model.configure_optimizers()
@@ -62,10 +71,37 @@ def plain_loop(cfg, dm, epochs: int, device) -> float:
             optimizer.step()
         sync(device)
         rates.append(len(y) / (time.perf_counter() - start))
-    return sum(rates[1:]) / len(rates[1:])
+    return sum(rates[1:]) / len(rates[1:]), 0.0
 
 
-def ours(cfg, dm, epochs: int) -> float:
+def plain_text_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
+    """Over the batches our data module yields, taken out of it before the clock starts."""
+    torch.manual_seed(cfg.seed)
+    model = instantiate(cfg.model, _convert_="all").to(device)
+    optimizer = model.configure_optimizers()
+    net, clip, limit = model.net.train(), cfg.trainer.gradient_clip_val, cfg.trainer.limit_train_batches
+    samples, tokens = [], []
+    for epoch in range(epochs):
+        loader = dm.train_dataloader()
+        loader.epoch = lambda: epoch
+        batches = [((t.to(device), n), y.to(device)) for (t, n), y in itertools.islice(loader, limit)]
+        sync(device)
+        start = time.perf_counter()
+        for (t, n), y in batches:
+            loss = model.loss(net(t, n), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+            optimizer.step()
+        sync(device)
+        seconds = time.perf_counter() - start
+        samples.append(sum(len(y) for _, y in batches) / seconds)
+        tokens.append(sum(int(n.sum()) for (_, n), _ in batches) / seconds)
+    return sum(samples[1:]) / len(samples[1:]), sum(tokens[1:]) / len(tokens[1:])
+
+
+def ours(cfg, dm, epochs: int) -> tuple[float, float]:
     """The pipeline train.py builds, with the config's own callbacks and logger."""
     L.seed_everything(cfg.seed, verbose=False)
     model = instantiate(cfg.model, _convert_="all")
@@ -77,8 +113,9 @@ def ours(cfg, dm, epochs: int) -> float:
     for lg in loggers:
         if hasattr(lg, "experiment") and hasattr(lg.experiment, "finish"):
             lg.experiment.finish()
-    rates = next(c for c in callbacks if isinstance(c, Throughput)).samples_per_s
-    return sum(rates[1:]) / len(rates[1:])
+    throughput = next(c for c in callbacks if isinstance(c, Throughput))
+    rates, tokens = throughput.samples_per_s, throughput.tokens_per_s or [0.0, 0.0]
+    return sum(rates[1:]) / len(rates[1:]), sum(tokens[1:]) / len(tokens[1:])
 
 
 class StopAtAccuracy(L.Callback):
@@ -120,11 +157,13 @@ def time_to_accuracy(cfg, dm, target: float):
 
 
 def main():
+    keep_freed_memory()  # as train.py does
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mlp", "cnn"])
     p.add_argument("--epochs", type=int, default=2, help="epochs per side and round; the first is warm-up")
     p.add_argument("--rounds", type=int, default=5, help="rounds of plain loop then nnlab")
-    p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (default: the config's)")
+    p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ and aclImdb/ (default: the config's)")
+    p.add_argument("--text-batches", type=int, default=60, help="batches per LSTM epoch (0: the whole epoch)")
     p.add_argument("--no-time-to-acc", action="store_true")
     p.add_argument("--target", type=float, default=0.99)
     p.add_argument("overrides", nargs="*", help="Hydra overrides for both sides, e.g. data.batch_size=256")
@@ -136,7 +175,10 @@ def main():
 
     rows = []
     for name in args.models:
-        cfg = load_cfg(name, [*NO_AUGMENT, *extra, "trainer.limit_val_batches=1"], out)
+        text = name == "lstm"
+        limit = [f"trainer.limit_train_batches={args.text_batches}"] if text and args.text_batches else []
+        cfg = load_cfg(name, [*([] if text else NO_AUGMENT), "model.scheduler=none", *extra, *limit,
+                              "trainer.limit_val_batches=1"], out)
         dm = instantiate(cfg.data, _convert_="all")
         dm.prepare_data()
         dm.setup()
@@ -144,15 +186,22 @@ def main():
         for r in range(args.rounds):
             plain.append(plain_loop(cfg, dm, args.epochs, device))
             our.append(ours(cfg, dm, args.epochs))
-            print(f"{name} round {r + 1}: plain loop {plain[-1]:,.0f} samples/s, nnlab {our[-1]:,.0f} samples/s, "
-                  f"ratio {our[-1] / plain[-1]:.2f}")
-        ratio = statistics.median(o / p for o, p in zip(our, plain))
-        rows.append((name, cfg.data.batch_size, statistics.median(plain), statistics.median(our), ratio))
+            unit, i = ("tokens/s", 1) if text else ("samples/s", 0)
+            print(f"{name} round {r + 1}: plain loop {plain[-1][i]:,.0f} {unit}, nnlab {our[-1][i]:,.0f} {unit}, "
+                  f"ratio {our[-1][i] / plain[-1][i]:.2f}")
+        i = 1 if text else 0
+        ratio = statistics.median(o[i] / p[i] for o, p in zip(our, plain))
+        samples = statistics.median(o[0] for o in our)
+        epoch_s = len(dm.train_index if text else dm.y_train) / samples
+        rows.append((name, cfg.data.batch_size, statistics.median(p[0] for p in plain), samples,
+                     statistics.median(p[1] for p in plain), statistics.median(o[1] for o in our), ratio, epoch_s))
 
-    print(f"\n{args.rounds} rounds of {args.epochs} epochs a side; medians:")
-    print("| model | batch | plain loop (samples/s) | nnlab (samples/s) | ratio |\n|---|---|---|---|---|")
-    for name, bs, plain, our, ratio in rows:
-        print(f"| {name} | {bs} | {plain:,.0f} | {our:,.0f} | {ratio:.2f} |")
+    print(f"\n{args.rounds} rounds of {args.epochs} epochs a side; medians (ratio: tokens/s for text, else samples/s):")
+    print("| model | batch | plain loop (samples/s) | nnlab (samples/s) | plain loop (tokens/s) | nnlab (tokens/s) "
+          "| ratio | one training epoch, nnlab |\n|---|---|---|---|---|---|---|---|")
+    for name, bs, plain, our, plain_tok, our_tok, ratio, epoch_s in rows:
+        tok = f"{plain_tok:,.0f} | {our_tok:,.0f}" if plain_tok else "- | -"
+        print(f"| {name} | {bs} | {plain:,.0f} | {our:,.0f} | {tok} | {ratio:.2f} | {epoch_s:.0f} s |")
 
     if not args.no_time_to_acc:
         cfg = load_cfg("cnn", extra, out)
