@@ -95,3 +95,14 @@ def test_lstm_shape_and_overfit_with_padding(pooling):
         loss.backward()
         opt.step()
     assert loss.item() < 0.05
+
+
+def test_word_dropout_drops_whole_words_in_training_only():
+    torch.manual_seed(0)
+    arch = dict(vocab_size=50, num_classes=2, embed_dim=8, hidden=6, layers=1, bidirectional=True, dropout=0.0,
+                pooling="max_mean")
+    plain, dropping = NETS["lstm"](**arch), NETS["lstm"](**arch, word_dropout=0.5)
+    dropping.load_state_dict(plain.state_dict())
+    tokens, lengths = torch.randint(2, 50, (4, 7)), torch.full((4,), 7)
+    assert torch.equal(dropping.eval()(tokens, lengths), plain.eval()(tokens, lengths))
+    assert not torch.allclose(dropping.train()(tokens, lengths), plain.train()(tokens, lengths))

@@ -97,7 +97,8 @@ class LSTM(nn.Module):
     With length-bucketed batches the padding computed is a few percent.
 
     pooling: "last" (each direction's state after its last valid token) or "max_mean" (max and
-    mean over the valid steps, concatenated).
+    mean over the valid steps, concatenated). word_dropout: in training, the share of tokens whose
+    whole embedding is zeroed (the rest scaled up), on top of `dropout` on single features.
     """
 
     def __init__(
@@ -111,11 +112,12 @@ class LSTM(nn.Module):
         dropout: float,
         pooling: str,
         packed: bool = False,
+        word_dropout: float = 0.0,
     ):
         super().__init__()
         if pooling not in ("last", "max_mean"):
             raise ValueError(f"model.arch.pooling={pooling!r} is not one of last, max_mean")
-        self.pooling, self.packed = pooling, packed
+        self.pooling, self.packed, self.word_dropout = pooling, packed, word_dropout
         directions = 2 if bidirectional else 1
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         # rnns[layer][direction]: one-directional LSTMs, so each direction can read its own order.
@@ -140,7 +142,11 @@ class LSTM(nn.Module):
         valid = steps < lengths[:, None]  # (B, T)
         # Position t of the reversed review is token length-1-t; pads stay where they are.
         reverse = torch.where(valid, lengths[:, None] - 1 - steps, steps)  # (B, T), its own inverse
-        x = self.dropout(self.embed(tokens))  # (B, T, E)
+        x = self.embed(tokens)  # (B, T, E)
+        if self.training and self.word_dropout > 0:
+            keep = torch.rand_like(x[..., :1]) >= self.word_dropout  # (B, T, 1): whole words
+            x = x * keep / (1 - self.word_dropout)
+        x = self.dropout(x)
         for i, layer in enumerate(self.rnns):
             if i:
                 x = self.dropout(x)
