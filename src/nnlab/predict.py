@@ -77,8 +77,8 @@ def read_inputs(args) -> list[str]:
         lines = sys.stdin.read().splitlines()
     else:
         path = Path(args.file)
-        if not path.is_file():
-            raise PredictError(f"--file {path} does not exist")
+        if not path.exists() or path.is_dir():
+            raise PredictError(f"--file {path} is not a file of texts, one per line")
         lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
     return [line for line in lines if line.strip()]
 
