@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from nnlab.data.imdb import PAD, UNK, clean, truncate
+from nnlab.data.imdb import PAD, clean, encode
 from nnlab.module import Classifier
 
 
@@ -50,12 +50,11 @@ class TextEncoder:
         self.max_length = preprocessing["max_length"]
 
     def __call__(self, texts: list[str]):
-        encoded = [truncate(e.ids, self.max_length) or [UNK]
-                   for e in self.tokenizer.encode_batch([clean(t) for t in texts])]
-        lengths = torch.tensor([len(ids) for ids in encoded])
-        tokens = torch.full((len(encoded), int(lengths.max())), PAD, dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            tokens[row, : len(ids)] = torch.tensor(ids)
+        ids, offsets = encode(self.tokenizer, [clean(t) for t in texts], self.max_length)
+        lengths = offsets[1:] - offsets[:-1]
+        tokens = torch.full((len(texts), int(lengths.max())), PAD, dtype=torch.long)
+        for row in range(len(texts)):
+            tokens[row, : lengths[row]] = ids[offsets[row] : offsets[row + 1]]
         return tokens, lengths
 
 
@@ -72,6 +71,9 @@ def predict(model: Classifier, preprocessing: dict, inputs: list[str], batch_siz
 
 def read_inputs(args) -> list[str]:
     if args.file is None:
+        empty = [i + 1 for i, text in enumerate(args.text) if not text.strip()]
+        if empty:
+            raise PredictError(f"text argument(s) {empty} are empty; give each text something to classify")
         return args.text
     if args.file == "-":
         lines = sys.stdin.read().splitlines()
