@@ -153,6 +153,10 @@ def test_bucket_batches_pad_little_cover_everything_and_shard():
     # Sorting inside buckets keeps padding small: far less than padding random batches to 49.
     (tokens, lens), _ = next(iter(BucketBatches(ids, offsets, labels, index, 8, False, 0)))
     assert int(lens.max()) - int(lens.min()) < 10
+    # Evaluation sorts the whole split by length, whatever order the files came in.
+    evaluated = list(BucketBatches(ids, offsets, labels, index, 8, False, 0, bucket_batches=1))
+    order = torch.cat([lens for (_, lens), _ in evaluated])
+    assert torch.equal(order, lengths.sort(descending=True, stable=True).values)
 
 
 def test_datamodule_reads_tiny_tree(tmp_path):

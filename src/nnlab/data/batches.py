@@ -56,7 +56,9 @@ class BucketBatches:
 
     The reviews are stored flat (`ids`, review i is `ids[offsets[i]:offsets[i+1]]`). Each epoch
     the split is shuffled, cut into buckets of `bucket_batches` batches, sorted by length inside a
-    bucket, batched, and the batches shuffled: little padding, random order. Yields
+    bucket, batched, and the batches shuffled: little padding, random order. Evaluation sorts the
+    whole split by length (least padding; every batch mixes the classes, so `limit_*_batches`
+    evaluates a fair sample rather than the first label's files). Yields
     ((tokens (B, T) int64, lengths (B,) int64), labels (B,)). Sharding under DDP as TensorBatches.
     """
 
@@ -64,7 +66,8 @@ class BucketBatches:
                  epoch=lambda: 0, rank=0, world=1, bucket_batches: int = 50):
         self.ids, self.offsets, self.labels, self.index = ids, offsets, labels, index
         self.batch_size, self.shuffle, self.pad, self.seed, self.epoch = batch_size, shuffle, pad, seed, epoch
-        self.rank, self.world, self.bucket = rank, world, batch_size * bucket_batches
+        self.rank, self.world = rank, world
+        self.bucket = batch_size * bucket_batches if shuffle else max(len(index), 1)
 
     def __len__(self):
         return num_batches(len(self.index), self.batch_size, self.shuffle, self.world)
