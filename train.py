@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import nnlab.config  # noqa: F401  (registers the resolvers conf/ uses)
 from nnlab.atomic import atomic_open
-from nnlab.callbacks import AtomicCheckpointIO, Throughput
+from nnlab.callbacks import AtomicCheckpointIO, Throughput, steady_rate
 from nnlab.memory import keep_freed_memory
 from nnlab.module import Classifier
 
@@ -37,12 +37,6 @@ log = logging.getLogger("nnlab")
 def write_atomic(path: Path, text: str):
     with atomic_open(path) as f:
         f.write(text.encode())
-
-
-def steady_rate(per_epoch: list[float]) -> float | None:
-    """The mean rate of the epochs after the first (which includes one-off warm-up), if there are any."""
-    rates = per_epoch[1:] or per_epoch
-    return sum(rates) / len(rates) if rates else None
 
 
 def git_state() -> dict:

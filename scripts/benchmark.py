@@ -32,7 +32,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import nnlab.config  # noqa: F401  (registers the resolvers conf/ uses)
-from nnlab.callbacks import AtomicCheckpointIO, Throughput
+from nnlab.callbacks import AtomicCheckpointIO, Throughput, steady_rate
 from nnlab.memory import keep_freed_memory
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
@@ -71,7 +71,7 @@ def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
             optimizer.step()
         sync(device)
         rates.append(len(y) / (time.perf_counter() - start))
-    return sum(rates[1:]) / len(rates[1:]), 0.0
+    return steady_rate(rates), 0.0
 
 
 def plain_text_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
@@ -98,7 +98,7 @@ def plain_text_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
         seconds = time.perf_counter() - start
         samples.append(sum(len(y) for _, y in batches) / seconds)
         tokens.append(sum(int(n.sum()) for (_, n), _ in batches) / seconds)
-    return sum(samples[1:]) / len(samples[1:]), sum(tokens[1:]) / len(tokens[1:])
+    return steady_rate(samples), steady_rate(tokens)
 
 
 def ours(cfg, dm, epochs: int) -> tuple[float, float]:
@@ -114,8 +114,7 @@ def ours(cfg, dm, epochs: int) -> tuple[float, float]:
         if hasattr(lg, "experiment") and hasattr(lg.experiment, "finish"):
             lg.experiment.finish()
     throughput = next(c for c in callbacks if isinstance(c, Throughput))
-    rates, tokens = throughput.samples_per_s, throughput.tokens_per_s or [0.0, 0.0]
-    return sum(rates[1:]) / len(rates[1:]), sum(tokens[1:]) / len(tokens[1:])
+    return steady_rate(throughput.samples_per_s), steady_rate(throughput.tokens_per_s) or 0.0
 
 
 class StopAtAccuracy(L.Callback):

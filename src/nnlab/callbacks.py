@@ -25,6 +25,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
 
 
+def steady_rate(per_epoch: list[float]) -> float | None:
+    """The mean rate of the epochs after the first (which includes one-off warm-up), if there are any."""
+    rates = per_epoch[1:] or per_epoch
+    return sum(rates) / len(rates) if rates else None
+
+
 class Throughput(L.Callback):
     """Logs training samples per second for each epoch (and tokens per second for token sequences):
     validation excluded, device synchronised."""
