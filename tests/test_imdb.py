@@ -88,6 +88,18 @@ def test_truncation_keeps_head_and_tail():
     assert truncate([1, 2], 5) == [1, 2]
 
 
+@pytest.mark.parametrize("max_length", [1, 2, 5, 6, 50])
+def test_flat_truncation_equals_truncating_each_review(max_length):
+    from nnlab.data.imdb import truncate, truncate_flat
+
+    reviews = [list(range(100 * i, 100 * i + n)) for i, n in enumerate([1, 5, 6, 7, 12, 3])]
+    ids = torch.tensor([t for r in reviews for t in r], dtype=torch.int32)
+    offsets = torch.tensor([0] + [len(r) for r in reviews]).cumsum(0)
+    cut, cut_offsets = truncate_flat(ids, offsets, max_length)
+    got = [cut[a:b].tolist() for a, b in zip(cut_offsets[:-1], cut_offsets[1:])]
+    assert got == [truncate(r, max_length) for r in reviews] and cut.dtype == torch.int32
+
+
 def test_tokenizer_is_trained_on_the_training_split_only(tmp_path):
     from nnlab.data.imdb import PAD, UNK, train_tokenizer
 
@@ -104,16 +116,16 @@ def test_cache_is_reused_and_rebuilt_when_a_setting_or_file_changes(tmp_path, ca
     root = make_aclimdb(tmp_path)
     cache_dir = tmp_path / "cache"
     with caplog.at_level(logging.INFO, logger="nnlab.data.imdb"):
-        first = load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1, max_length=6)
-        again = load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1, max_length=6)
+        first = load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1)
+        again = load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1)
     assert caplog.text.count("tokenising") == 1 and "reading the tokenised reviews" in caplog.text
     assert (again["train"]["ids"] == first["train"]["ids"]).all()
     train = first["train"]
-    assert len(train["offsets"]) == 13 and int((train["offsets"][1:] - train["offsets"][:-1]).max()) <= 6
+    assert len(train["offsets"]) == 13 and int(train["offsets"][-1]) == len(train["ids"])
     assert train["labels"].tolist() == [0] * 6 + [1] * 6
-    load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1, max_length=8)
+    load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=2)
     (root / "train" / "pos" / "0_8.txt").write_text("Changed: the best film of the year.")
-    load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1, max_length=8)
+    load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=2)
     assert len(list(cache_dir.glob("imdb-*.pt"))) == 3
 
 
@@ -122,11 +134,11 @@ def test_half_written_cache_is_never_read(tmp_path):
 
     root = make_aclimdb(tmp_path)
     cache_dir = tmp_path / "cache"
-    load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1, max_length=6)
+    load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1)
     (cache_file,) = cache_dir.glob("imdb-*.pt")
     cache_file.rename(cache_dir / f".{cache_file.name}.tmp4242")  # as a run killed during the write leaves it
     (cache_dir / f".{cache_file.name}.tmp4242").write_bytes(b"half a file")
-    rebuilt = load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1, max_length=6)
+    rebuilt = load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1)
     assert len(rebuilt["test"]["labels"]) == 12 and cache_file.is_file()
 
 
@@ -172,3 +184,22 @@ def test_datamodule_reads_tiny_tree(tmp_path):
     for (tokens, lengths), _ in batches:
         assert tokens.dtype == torch.int64 and tokens.shape[1] == int(lengths.max()) <= 16
     assert sum(len(b[1]) for b in dm.val_dataloader()) == 2 and sum(len(b[1]) for b in dm.test_dataloader()) == 12
+    assert dm.preprocessing()["max_length"] == 16
+
+
+def test_evaluation_reads_longer_reviews_than_training(tmp_path):
+    from nnlab.data.imdb import IMDBDataModule
+
+    make_aclimdb(tmp_path)
+    settings = dict(kind="text", num_classes=2, data_dir=str(tmp_path), download=False, vocab_size=100,
+                    min_frequency=1, val_size=2, split_seed=0, batch_size=4, eval_batch_size=8)
+    dm = IMDBDataModule(max_length=3, eval_max_length=1000, **settings)
+    dm.prepare_data()
+    dm.setup()
+    longest = lambda loader: max(int(lengths.max()) for (_, lengths), _ in loader)  # noqa: E731
+    assert longest(dm.train_dataloader()) == 3
+    assert longest(dm.test_dataloader()) > 3 and longest(dm.val_dataloader()) > 3
+    assert dm.preprocessing()["max_length"] == 1000  # predict reads texts as the test did
+    with pytest.raises(ValueError, match="data.eval_max_length=0"):
+        bad = IMDBDataModule(max_length=3, eval_max_length=0, **settings)
+        bad.setup()

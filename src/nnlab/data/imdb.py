@@ -152,9 +152,22 @@ def truncate(ids: list[int], max_length: int) -> list[int]:
     return ids[:head] + ids[len(ids) - (max_length - head):]
 
 
-def encode(tokenizer, texts: list[str], max_length: int) -> tuple:
-    """Token ids of all texts as one flat int32 tensor plus offsets: review i is ids[offsets[i]:offsets[i+1]]."""
-    encoded = [truncate(e.ids, max_length) or [UNK] for e in tokenizer.encode_batch(texts)]
+def truncate_flat(ids, offsets, max_length: int) -> tuple:
+    """`truncate` applied to every review of a flat split (review i is ids[offsets[i]:offsets[i+1]]) at once."""
+    lengths = offsets[1:] - offsets[:-1]
+    kept = lengths.clamp_max(max_length)
+    new_offsets = torch.cat([offsets.new_zeros(1), kept.cumsum(0)])
+    review = torch.repeat_interleave(torch.arange(len(kept)), kept)  # the review of each kept token
+    position = torch.arange(int(new_offsets[-1])) - new_offsets[:-1][review]  # its place in the kept review
+    # Tokens past the head come from the tail: skip the middle that was cut out.
+    skipped = torch.where(position >= max_length // 2, (lengths - kept)[review], 0)
+    return ids[offsets[:-1][review] + position + skipped], new_offsets
+
+
+def encode(tokenizer, texts: list[str], max_length: int | None) -> tuple:
+    """Token ids of all texts as one flat int32 tensor plus offsets: review i is ids[offsets[i]:offsets[i+1]].
+    Each text is truncated to `max_length` tokens (`truncate`); None keeps every token."""
+    encoded = [(truncate(e.ids, max_length) if max_length else e.ids) or [UNK] for e in tokenizer.encode_batch(texts)]
     lengths = torch.tensor([len(ids) for ids in encoded])
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     ids = torch.tensor([i for ids in encoded for i in ids], dtype=torch.int32)
@@ -170,8 +183,9 @@ def fingerprint(root: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_or_build_cache(root: Path, cache_dir: Path, vocab_size: int, min_frequency: int, max_length: int) -> dict:
-    """The tokenised dataset, read from `cache_dir` when a cache for these settings and files exists.
+def load_or_build_cache(root: Path, cache_dir: Path, vocab_size: int, min_frequency: int) -> dict:
+    """The tokenised dataset (whole reviews: truncation is applied when batches are made), read from
+    `cache_dir` when a cache for these settings and files exists.
 
     The file name holds a hash of the settings and of the dataset's files, so a changed setting or
     review builds a new one. It is written to a temporary file and renamed when complete: a cache
@@ -179,18 +193,18 @@ def load_or_build_cache(root: Path, cache_dir: Path, vocab_size: int, min_freque
     """
     from tokenizers import __version__ as tokenizers_version
 
-    settings = f"{vocab_size}:{min_frequency}:{max_length}:{tokenizers_version}:{fingerprint(root)}"
+    settings = f"whole:{vocab_size}:{min_frequency}:{tokenizers_version}:{fingerprint(root)}"
     path = Path(cache_dir) / f"imdb-{hashlib.sha1(settings.encode()).hexdigest()[:16]}.pt"
     if path.is_file():
         log.info(f"reading the tokenised reviews from {path}")
         return torch.load(path, weights_only=True)
-    log.info(f"tokenising {root} (vocab_size={vocab_size}, min_frequency={min_frequency}, max_length={max_length})")
+    log.info(f"tokenising {root} (vocab_size={vocab_size}, min_frequency={min_frequency})")
     train_texts, train_labels = read_split(root, "train")
     test_texts, test_labels = read_split(root, "test")
     tokenizer = train_tokenizer(train_texts, vocab_size, min_frequency)  # the training split only
     cache = {"tokenizer": tokenizer.to_str(), "settings": settings}
     for split, texts, labels in (("train", train_texts, train_labels), ("test", test_texts, test_labels)):
-        ids, offsets = encode(tokenizer, texts, max_length)
+        ids, offsets = encode(tokenizer, texts, None)
         cache[split] = {"ids": ids, "offsets": offsets, "labels": torch.tensor(labels, dtype=torch.int64)}
     with atomic_open(path) as f:
         torch.save(cache, f)
@@ -215,6 +229,7 @@ class IMDBDataModule(L.LightningDataModule):
         split_seed: int,
         batch_size: int,
         eval_batch_size: int,
+        eval_max_length: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -223,18 +238,27 @@ class IMDBDataModule(L.LightningDataModule):
         # One process per node downloads, extracts and tokenises; the others wait, then read the cache.
         hp = self.hparams
         root = prepare_aclimdb(Path(hp.data_dir), hp.download)
-        load_or_build_cache(root, Path(hp.data_dir) / "cache", hp.vocab_size, hp.min_frequency, hp.max_length)
+        load_or_build_cache(root, Path(hp.data_dir) / "cache", hp.vocab_size, hp.min_frequency)
 
     def setup(self, stage=None):
         if hasattr(self, "cache"):
             return
         hp = self.hparams
         root = prepare_aclimdb(Path(hp.data_dir), download=False)
-        self.cache = load_or_build_cache(root, Path(hp.data_dir) / "cache", hp.vocab_size, hp.min_frequency,
-                                         hp.max_length)
+        for key in ("max_length", "eval_max_length"):
+            if hp[key] is not None and hp[key] < 1:
+                raise ValueError(f"data.{key}={hp[key]} must be a positive number of tokens")
+        self.cache = load_or_build_cache(root, Path(hp.data_dir) / "cache", hp.vocab_size, hp.min_frequency)
         n = len(self.cache["train"]["labels"])
         if not 0 < hp.val_size < n:
             raise ValueError(f"data.val_size={hp.val_size} must be between 1 and {n - 1} (the training reviews)")
+        # Training reads reviews cut to max_length; validation and test read them cut to eval_max_length.
+        train, test = self.cache["train"], self.cache["test"]
+        self.tokens = {
+            "train": truncate_flat(train["ids"], train["offsets"], hp.max_length),
+            "val": truncate_flat(train["ids"], train["offsets"], self.eval_max_length),
+            "test": truncate_flat(test["ids"], test["offsets"], self.eval_max_length),
+        }
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.split_seed))
         self.train_index, self.val_index = perm[hp.val_size :], perm[: hp.val_size]
         self.test_index = torch.arange(len(self.cache["test"]["labels"]))
@@ -242,9 +266,14 @@ class IMDBDataModule(L.LightningDataModule):
         for split in ("train", "test"):
             self.cache[split]["labels"] = self.cache[split]["labels"].to(device)
 
+    @property
+    def eval_max_length(self) -> int:
+        return self.hparams.eval_max_length or self.hparams.max_length
+
     def preprocessing(self) -> dict:
-        """What turns raw text into the model's input, stored in every checkpoint: predicting needs no dataset."""
-        return {"kind": "text", "tokenizer": self.cache["tokenizer"], "max_length": self.hparams.max_length,
+        """What turns raw text into the model's input, stored in every checkpoint: predicting needs no dataset
+        and reads texts as the test did (eval_max_length)."""
+        return {"kind": "text", "tokenizer": self.cache["tokenizer"], "max_length": self.eval_max_length,
                 "class_names": list(self.class_names)}
 
     def decode(self, ids) -> str:
@@ -258,15 +287,16 @@ class IMDBDataModule(L.LightningDataModule):
     def _batches(self, split, index, batch_size, shuffle):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0)
-        data = self.cache[split]
-        return BucketBatches(data["ids"], data["offsets"], data["labels"], index, batch_size, shuffle, PAD,
+        ids, offsets = self.tokens[split]
+        labels = self.cache["test" if split == "test" else "train"]["labels"]
+        return BucketBatches(ids, offsets, labels, index, batch_size, shuffle, PAD,
                              seed=torch.initial_seed() % 2**62, epoch=epoch, rank=rank, world=world)
 
     def train_dataloader(self):
         return self._batches("train", self.train_index, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self):
-        return self._batches("train", self.val_index, self.hparams.eval_batch_size, shuffle=False)
+        return self._batches("val", self.val_index, self.hparams.eval_batch_size, shuffle=False)
 
     def test_dataloader(self):
         return self._batches("test", self.test_index, self.hparams.eval_batch_size, shuffle=False)
