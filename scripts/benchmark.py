@@ -88,7 +88,8 @@ def plain_text_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
         sync(device)
         start = time.perf_counter()
         for (t, n), y in batches:
-            loss = model.loss(net(t, n), y)
+            # The same loss as training: with model.adversarial, plus the loss under the perturbation.
+            loss = model.adversarial_step((t, n), y)[1] if model.hparams.adversarial else model.loss(net(t, n), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:

@@ -39,6 +39,23 @@ def test_unknown_optimizer_or_schedule_is_named(field, value, mnist_dir, tmp_pat
         trainer.fit(classifier(**{field: value}), datamodule=datamodule(mnist_dir))
 
 
+def test_adversarial_training_adds_the_loss_under_the_worst_perturbation():
+    arch = dict(vocab_size=50, num_classes=2, embed_dim=8, hidden=8, layers=1, bidirectional=True, dropout=0.0,
+                pooling="max_mean")
+    settings = dict(input="text", net="lstm", optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0,
+                    scheduler="none", warmup_pct=0.0)
+    torch.manual_seed(0)
+    model = Classifier(arch=arch, adversarial=1.0, **settings)
+    tokens, lengths = torch.randint(2, 50, (4, 7)), torch.tensor([7, 5, 3, 1])
+    tokens[torch.arange(7)[None, :] >= lengths[:, None]] = 0
+    y = torch.tensor([0, 1, 0, 1])
+    logits, loss = model.adversarial_step((tokens, lengths), y)
+    clean = model.loss(logits, y)
+    assert loss > 2 * clean  # clean loss plus a larger loss under the perturbation
+    with pytest.raises(ValueError, match="model.adversarial=1.0 perturbs word embeddings.*'mlp'"):
+        Classifier(**{**settings, "input": "image", "net": "mlp"}, arch=ARCH, adversarial=1.0)
+
+
 def test_unknown_network_is_named():
     with pytest.raises(ValueError, match="model.net='rnn' is not a network"):
         Classifier(input="image", net="rnn", arch={}, optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0,

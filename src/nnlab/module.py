@@ -1,5 +1,7 @@
 """The LightningModule: one classifier over any network in nnlab.nets."""
 
+import inspect
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,8 @@ class Classifier(L.LightningModule):
         binary classifier with one sigmoid output and binary cross-entropy; otherwise softmax and
         cross-entropy over num_classes outputs.
     optimizer: sgd (with momentum) | adam | adamw;  scheduler: none | cosine | onecycle (warmup_pct)
+    adversarial: > 0 adds adversarial training on the word embeddings, this the perturbation's norm
+        (text networks only; each step costs about twice as much)
     """
 
     def __init__(
@@ -41,12 +45,16 @@ class Classifier(L.LightningModule):
         momentum: float,
         scheduler: str,
         warmup_pct: float,
+        adversarial: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
         if net not in NETS:
             raise ValueError(f"model.net={net!r} is not a network; choose one of {sorted(NETS)}")
         self.net = NETS[net](**arch)
+        if adversarial and "return_embedding" not in inspect.signature(self.net.forward).parameters:
+            raise ValueError(f"model.adversarial={adversarial} perturbs word embeddings, which model.net={net!r} "
+                             "has none of; set model.adversarial=0 (it works with lstm)")
         # One output is a binary classifier; metrics and reports see it as two classes.
         self.binary = arch["num_classes"] == 1
         num_classes = max(arch["num_classes"], 2)
@@ -81,8 +89,11 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        loss = self.loss(logits, y)
+        if self.hparams.adversarial:
+            logits, loss = self.adversarial_step(x, y)
+        else:
+            logits = self(x)
+            loss = self.loss(logits, y)
         self._watch_loss(loss)
         self.train_acc.update(self.probabilities(logits.detach()), y)
         self.train_loss_sum += loss.detach()
@@ -92,6 +103,16 @@ class Classifier(L.LightningModule):
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", loss.detach(), prog_bar=True)
         return loss
+
+    def adversarial_step(self, x, y):
+        """Adversarial training on word embeddings (Miyato et al., 2017): the loss plus the loss under the
+        perturbation of norm `adversarial` (per review) that raises it most, to first order."""
+        logits, embedded = self.net(*x, return_embedding=True)
+        loss = self.loss(logits, y)
+        (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
+        perturbation = self.hparams.adversarial * grad / norm
+        return logits, loss + self.loss(self.net(*x, perturbation=perturbation), y)
 
     def _watch_loss(self, loss):
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)

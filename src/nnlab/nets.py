@@ -136,13 +136,17 @@ class LSTM(nn.Module):
         out, _ = rnn(pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False))
         return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
 
-    def forward(self, tokens, lengths):  # (B, T) int64, (B,)
+    def forward(self, tokens, lengths, perturbation=None, return_embedding=False):  # (B, T) int64, (B,)
+        """perturbation (B, T, E) is added to the word embeddings (adversarial training); with
+        return_embedding=True the result is (logits, the embeddings as looked up)."""
         lengths = lengths.to(tokens.device)
         steps = torch.arange(tokens.shape[1], device=tokens.device)[None, :]  # (1, T)
         valid = steps < lengths[:, None]  # (B, T)
         # Position t of the reversed review is token length-1-t; pads stay where they are.
         reverse = torch.where(valid, lengths[:, None] - 1 - steps, steps)  # (B, T), its own inverse
-        x = self.embed(tokens)  # (B, T, E)
+        x = embedded = self.embed(tokens)  # (B, T, E)
+        if perturbation is not None:
+            x = x + perturbation
         if self.training and self.word_dropout > 0:
             keep = torch.rand_like(x[..., :1]) >= self.word_dropout  # (B, T, 1): whole words
             x = x * keep / (1 - self.word_dropout)
@@ -166,7 +170,8 @@ class LSTM(nn.Module):
             mean = (x * mask).sum(1) / lengths[:, None].to(x.dtype)
             peak = x.masked_fill(~mask, float("-inf")).amax(1)
             features = torch.cat([peak, mean], dim=-1)  # (B, 2 * H * directions)
-        return self.head(self.dropout(features))  # (B, num_classes)
+        logits = self.head(self.dropout(features))  # (B, num_classes)
+        return (logits, embedded) if return_embedding else logits
 
 
 NETS = {"mlp": MLP, "cnn": CNN, "lstm": LSTM}
