@@ -109,6 +109,9 @@ def main(cfg: DictConfig) -> float | None:
 
     if cfg.train:
         check_pairing(cfg, cfg.model.input)
+        if cfg.data.get("num_classes", 0) is None:
+            # A data set that finds its classes (Speech Commands' word folders) says how many before the model is built.
+            cfg.data.num_classes = len(instantiate(cfg.data, _convert_="all").class_names_found())
         model = instantiate(cfg.model, _convert_="all")
     else:
         if not cfg.ckpt_path:

@@ -4,12 +4,15 @@
     python scripts/benchmark.py --models mlp --rounds 2 --no-time-to-acc
     python scripts/benchmark.py --models cnn data.batch_size=256      # any Hydra override, both sides
     python scripts/benchmark.py --models lstm --rounds 3 --data-dir /path/holding/aclImdb
+    python scripts/benchmark.py --models speech_rnn --rounds 3 --data-dir /path/holding/SpeechCommands
 
 Both sides train the same network (the default model config) with the same optimizer and batch
 size on the same data in memory, augmentation and schedule off. MNIST: the plain loop shuffles
 and slices the image tensors itself. IMDB: the plain loop runs over the very batches our data
 module yields (length-bucketed, padded), built before its clock starts, with the same gradient
-clipping. Ours is the full pipeline train.py builds: Trainer, callbacks, metrics, checkpoints
+clipping. Speech Commands: the plain loop shuffles and slices the cached int16 clips on the
+device and converts them to float itself; the network computes its log-mel features (and
+SpecAugment) on both sides; time shifts and noise mixing are off. Ours is the full pipeline train.py builds: Trainer, callbacks, metrics, checkpoints
 and the offline W&B logger. Throughput is training samples per second (and tokens per second for
 text), the first epoch of each side (warm-up) and validation excluded. An LSTM epoch takes
 minutes on a CPU, so its epochs are cut to --text-batches batches (both sides) unless 0. Small
@@ -38,6 +41,7 @@ from nnlab.memory import keep_freed_memory
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 os.environ.setdefault("WANDB_SILENT", "true")  # keep the report readable; the offline run is written all the same
 NO_AUGMENT = ["data.augment.rotate=0", "data.augment.scale=0", "data.augment.translate=0"]
+NO_AUDIO_AUGMENT = ["data.time_shift_ms=0", "data.noise_prob=0"]  # SpecAugment is in the network: both sides run it
 
 
 def load_cfg(model: str, overrides: list[str], out: str):
@@ -57,7 +61,9 @@ def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
     torch.manual_seed(cfg.seed)
     model = instantiate(cfg.model, _convert_="all").to(device)
     optimizer = model.configure_optimizers()
-    net, x, y, bs = model.net.train(), dm.x_train.to(device), dm.y_train.to(device), cfg.data.batch_size
+    audio = cfg.data.kind == "audio"
+    x, y = (dm.cache["train"]["audio"], dm.cache["train"]["labels"]) if audio else (dm.x_train, dm.y_train)
+    net, x, y, bs, clip = model.net.train(), x.to(device), y.to(device), cfg.data.batch_size, cfg.trainer.gradient_clip_val
     rates = []
     for _ in range(epochs):
         sync(device)
@@ -65,9 +71,12 @@ def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
         perm = torch.randperm(len(y), device=device)
         for i in range(0, len(y), bs):
             idx = perm[i : i + bs]
-            loss = F.cross_entropy(net(x[idx]), y[idx])
+            inputs = x[idx].float() / 32768 if audio else x[idx]  # clips are stored as int16
+            loss = F.cross_entropy(net(inputs), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
             optimizer.step()
         sync(device)
         rates.append(len(y) / (time.perf_counter() - start))
@@ -162,7 +171,8 @@ def main():
     p.add_argument("--models", nargs="+", default=["mlp", "cnn"])
     p.add_argument("--epochs", type=int, default=2, help="epochs per side and round; the first is warm-up")
     p.add_argument("--rounds", type=int, default=5, help="rounds of plain loop then nnlab")
-    p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ and aclImdb/ (default: the config's)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding MNIST/raw/, aclImdb/ or SpeechCommands/ (default: the config's)")
     p.add_argument("--text-batches", type=int, default=60, help="batches per LSTM epoch (0: the whole epoch)")
     p.add_argument("--no-time-to-acc", action="store_true")
     p.add_argument("--target", type=float, default=0.99)
@@ -177,26 +187,30 @@ def main():
     for name in args.models:
         text = name == "lstm"
         limit = [f"trainer.limit_train_batches={args.text_batches}"] if text and args.text_batches else []
-        cfg = load_cfg(name, [*([] if text else NO_AUGMENT), "model.scheduler=none", *extra, *limit,
-                              "trainer.limit_val_batches=1"], out)
+        no_augment = {"lstm": [], "speech_rnn": NO_AUDIO_AUGMENT}.get(name, NO_AUGMENT)
+        cfg = load_cfg(name, [*no_augment, "model.scheduler=none", *extra, *limit, "trainer.limit_val_batches=1"], out)
         dm = instantiate(cfg.data, _convert_="all")
+        if cfg.data.get("num_classes", 0) is None:  # as train.py: the classes the data set finds
+            cfg.data.num_classes = len(dm.class_names_found())
         dm.prepare_data()
         dm.setup()
         plain, our = [], []
         for r in range(args.rounds):
             plain.append(plain_loop(cfg, dm, args.epochs, device))
             our.append(ours(cfg, dm, args.epochs))
-            unit, i = ("tokens/s", 1) if text else ("samples/s", 0)
+            unit, i = ("tokens/s", 1) if text else ("clips/s" if name == "speech_rnn" else "samples/s", 0)
             print(f"{name} round {r + 1}: plain loop {plain[-1][i]:,.0f} {unit}, nnlab {our[-1][i]:,.0f} {unit}, "
                   f"ratio {our[-1][i] / plain[-1][i]:.2f}")
         i = 1 if text else 0
         ratio = statistics.median(o[i] / p[i] for o, p in zip(our, plain))
         samples = statistics.median(o[0] for o in our)
-        epoch_s = len(dm.train_index if text else dm.y_train) / samples
+        train_size = {"lstm": lambda: len(dm.train_index), "speech_rnn": lambda: len(dm.cache["train"]["labels"])}
+        epoch_s = train_size.get(name, lambda: len(dm.y_train))() / samples
         rows.append((name, cfg.data.batch_size, statistics.median(p[0] for p in plain), samples,
                      statistics.median(p[1] for p in plain), statistics.median(o[1] for o in our), ratio, epoch_s))
 
-    print(f"\n{args.rounds} rounds of {args.epochs} epochs a side; medians (ratio: tokens/s for text, else samples/s):")
+    print(f"\n{args.rounds} rounds of {args.epochs} epochs a side; medians (samples: images, reviews or clips; "
+          "ratio: tokens/s for text, else samples/s):")
     print("| model | batch | plain loop (samples/s) | nnlab (samples/s) | plain loop (tokens/s) | nnlab (tokens/s) "
           "| ratio | one training epoch, nnlab |\n|---|---|---|---|---|---|---|---|")
     for name, bs, plain, our, plain_tok, our_tok, ratio, epoch_s in rows:

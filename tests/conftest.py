@@ -1,6 +1,6 @@
 import pytest
 
-from tests.helpers import make_aclimdb, make_mnist
+from tests.helpers import make_aclimdb, make_mnist, make_speech_commands
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +15,9 @@ def imdb_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("imdb")
     make_aclimdb(root, per_class=20)
     return root
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory):
+    """A tiny Speech Commands tree in the v0.02 layout (5 words, noise, one stereo and one corrupt file)."""
+    return make_speech_commands(tmp_path_factory.mktemp("speech"))

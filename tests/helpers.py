@@ -117,3 +117,41 @@ def make_aclimdb(root: Path, per_class: int = 6) -> Path:
                 rating = 8 + i % 3 if label == "pos" else 1 + i % 3
                 (folder / f"{i}_{rating}.txt").write_text(f"Review {i}: {phrase}.<br /><br />Seen in {split}.")
     return root / "aclImdb"
+
+
+SPEECH_WORDS = ("yes", "no", "up", "cat", "dog")  # three of the 12-class task's words, two "unknown" ones
+
+
+def make_speech_commands(root: Path, speakers: int = 6, takes: int = 4, rate: int = 16000) -> Path:
+    """A tiny Speech Commands v0.02 tree: each word a tone chord of its own (noisy, of varying length),
+    `speakers` x `takes` clips per word; the takes of speaker 0 listed for testing, speaker 1 for
+    validation; a background-noise file; one stereo 8 kHz clip (downmixed and resampled when read),
+    and one corrupt file. Returns the folder that holds SpeechCommands/."""
+    import soundfile as sf
+
+    base = root / "SpeechCommands" / "speech_commands_v0.02"
+    rng = np.random.default_rng(0)
+    lists = {"testing": [], "validation": []}
+    for w, word in enumerate(SPEECH_WORDS):
+        (base / word).mkdir(parents=True, exist_ok=True)
+        for s in range(speakers):
+            for t in range(takes):
+                n = int(rate * rng.uniform(0.5, 1.0))
+                time_s = np.arange(n) / rate
+                wave = sum(np.sin(2 * np.pi * f * time_s) for f in (300 + 250 * w, 700 + 400 * w)) * 0.2
+                wave = (wave + rng.normal(0, 0.02, n)).astype(np.float32)
+                name = f"spk{s}_nohash_{t}.wav"
+                sf.write(base / word / name, wave, rate, subtype="PCM_16")
+                if s < 2:
+                    lists["testing" if s == 0 else "validation"].append(f"{word}/{name}")
+    # Stereo at 8 kHz: read as mono 16 kHz.
+    n = 8000
+    tone = np.sin(2 * np.pi * 300 * np.arange(n) / 8000) * 0.2
+    sf.write(base / "yes" / "spk9_nohash_0.wav", np.stack([tone, tone], 1).astype(np.float32), 8000, subtype="PCM_16")
+    (base / "dog" / "spk9_nohash_1.wav").write_bytes(b"RIFF....WAVEnot really audio")  # corrupt
+    (base / "_background_noise_").mkdir(exist_ok=True)
+    sf.write(base / "_background_noise_" / "white_noise.wav", rng.normal(0, 0.1, 3 * rate).astype(np.float32), rate,
+             subtype="PCM_16")
+    for name, entries in lists.items():
+        (base / f"{name}_list.txt").write_text("\n".join(entries) + "\n")
+    return root

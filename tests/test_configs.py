@@ -17,8 +17,11 @@ OPTIONS = sorted(
 )
 # Instantiated on this CPU-only machine: GPU trainers are checked with the accelerator swapped for the CPU.
 ON_CPU = {"gpu": ["trainer.accelerator=cpu"], "ddp": ["trainer.accelerator=cpu", "trainer.devices=2"]}
-# A dataset is composed with a model that reads its kind of data.
-MODEL_FOR_DATA = {"imdb": ["model=lstm"]}
+# A dataset is composed with a model that reads its kind of data. Speech Commands finds its classes
+# in the data (train.py fills in data.num_classes); here a number is given.
+SPEECH = ["data.num_classes=10"]
+EXTRA = {("data", "imdb"): ["model=lstm"], ("data", "speech_commands"): ["model=speech_rnn", *SPEECH],
+         ("model", "speech_rnn"): SPEECH, ("experiment", "seed_speech_rnn"): SPEECH}
 
 
 def compose_train(overrides, tmp_path):
@@ -34,7 +37,7 @@ def test_every_group_has_configs():
 @pytest.mark.parametrize("group,name", OPTIONS, ids=[f"{g}={n}" for g, n in OPTIONS])
 def test_config_composes_and_instantiates(group, name, tmp_path, mnist_dir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    extra = ON_CPU.get(name, []) if group == "trainer" else MODEL_FOR_DATA.get(name, []) if group == "data" else []
+    extra = ON_CPU.get(name, []) if group == "trainer" else EXTRA.get((group, name), [])
     cfg = compose_train([f"{group}={name}", f"paths.data_dir={mnist_dir}", *extra], tmp_path)
     instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")

@@ -101,3 +101,14 @@ def test_benchmark_script_runs_the_lstm(imdb_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     row = next(line for line in out.stdout.splitlines() if line.startswith("| lstm | 8 |"))
     assert "tokens/s" in out.stdout and row.count("|") == 9
+
+
+def test_benchmark_script_runs_the_speech_rnn(speech_dir):
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--data-dir", str(speech_dir),
+                          "--models", "speech_rnn", "--rounds", "1", "--no-time-to-acc", "data.batch_size=16",
+                          "data.max_bad_share=0.05", "data.workers=1"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"},
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| speech_rnn | 16 |"))
+    assert "clips/s" in out.stdout and row.count("|") == 9

@@ -31,13 +31,18 @@ def test_overfits_one_batch(override):
     name, arch = arch_of(override)
     net = NETS[name](**{**arch, "dropout": 0.0})
     x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    assert fit_one_batch(net, x, y, steps=150) < 0.05
+
+
+def fit_one_batch(net, x, y, steps: int) -> float:
+    """Adam on one batch; the last loss."""
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(150):
+    for _ in range(steps):
         loss = F.cross_entropy(net(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert loss.item() < 0.05
+    return loss.item()
 
 
 def test_cnn_that_shrinks_the_image_away_is_refused():
@@ -106,3 +111,27 @@ def test_word_dropout_drops_whole_words_in_training_only():
     tokens, lengths = torch.randint(2, 50, (4, 7)), torch.full((4,), 7)
     assert torch.equal(dropping.eval()(tokens, lengths), plain.eval()(tokens, lengths))
     assert not torch.allclose(dropping.train()(tokens, lengths), plain.train()(tokens, lengths))
+
+
+@pytest.mark.parametrize("override", ["model=speech_rnn", "experiment=seed_speech_rnn"])
+def test_speech_rnn_shape_features_and_overfit(override):
+    torch.manual_seed(0)
+    name, arch = arch_of(override)
+    net = NETS[name](**{**arch, "num_classes": 5, "dropout": 0.0, "spec_masks": 0})
+    waves, y = torch.randn(16, 16000) * 0.1, torch.randint(0, 5, (16,))
+    assert net(waves).shape == (16, 5)
+    assert net.eval().features(waves).shape == (16, 40, 101)  # 40 log-mel bands, a frame every 10 ms
+    assert fit_one_batch(net.train(), waves, y, steps=60) < 0.05
+
+
+def test_spec_augment_masks_in_training_only():
+    _, arch = arch_of("model=speech_rnn")
+    net = NETS["speech_rnn"](**{**arch, "num_classes": 5, "dropout": 0.0})
+    waves = torch.randn(4, 16000) * 0.1
+    assert not torch.equal(net(waves), net(waves))  # training: random masks (the only randomness left)
+    net.eval()
+    assert torch.equal(net(waves), net(waves))
+    without = NETS["speech_rnn"](**{**arch, "num_classes": 5, "dropout": 0.0, "spec_masks": 0})
+    assert torch.equal(without(waves), without(waves))
+    with pytest.raises(ValueError, match="model.arch.pooling='mean'"):
+        NETS["speech_rnn"](**{**arch, "num_classes": 5, "pooling": "mean"})

@@ -114,6 +114,55 @@ def test_seed_lstm_is_a_binary_classifier(tmp_path, imdb_dir):
     assert label in ("negative", "positive") and float(confidence) >= 0.5
 
 
+TINY_SPEECH = ["data.batch_size=16", "data.eval_batch_size=64", "data.max_bad_share=0.05", "data.workers=1"]
+
+
+@pytest.fixture(scope="module")
+def speech_run(tmp_path_factory, speech_dir):
+    """Two epochs of model=speech_rnn on the tiny clips, with the default (W&B offline) logger."""
+    run_dir = tmp_path_factory.mktemp("speech")
+    train("model=speech_rnn", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", f"paths.data_dir={speech_dir}",
+          *TINY_SPEECH)
+    return run_dir
+
+
+def test_speech_rnn_trains_on_clips_end_to_end(speech_run, speech_dir):
+    metrics = json.loads((speech_run / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and 0.0 <= metrics["test/acc"] <= 1.0
+    assert len(list((speech_dir / "cache").glob("speech-*.pt"))) == 4  # decoded once, cached beside the data
+    checkpoint = torch.load(speech_run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["arch"]["num_classes"] == 5  # the word folders found
+    assert checkpoint["preprocessing"]["class_names"] == ["cat", "dog", "no", "up", "yes"]
+    clips = sorted(p.name for p in (speech_run / "test_clips").glob("*.wav"))
+    assert clips and all(("_wrong_" in c) or ("_right_" in c) for c in clips)
+    history = {}
+    for path in (speech_run / "wandb").glob("offline-run-*/run-*.wandb"):
+        for record in read_wandb_records(path):
+            if record.WhichOneof("record_type") == "history":
+                history.update({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
+    assert json.loads(history["test/clips/_type"]) == "table-file" and json.loads(history["test/clips/nrows"]) == len(clips)
+
+
+def test_predict_classifies_a_wav_file(speech_run, speech_dir, tmp_path):
+    ckpt = speech_run / "checkpoints" / "best.ckpt"
+    stereo = speech_dir / "SpeechCommands" / "speech_commands_v0.02" / "yes" / "spk9_nohash_0.wav"  # 8 kHz stereo
+    line = predict(ckpt, stereo).stdout.strip()
+    guesses, name = line.split("\t")
+    words, probs = guesses.split()[0::2], [float(p) for p in guesses.split()[1::2]]
+    assert name == str(stereo) and len(words) == 3 and set(words) <= {"cat", "dog", "no", "up", "yes"}
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    broken = stereo.parent.parent / "dog" / "spk9_nohash_1.wav"
+    assert "unreadable" in predict(ckpt, broken, check=False).stderr and str(broken) in predict(ckpt, broken, check=False).stderr
+    assert "is not a file" in predict(ckpt, tmp_path / "none.wav", check=False).stderr
+
+
+def test_seed_speech_rnn_trains(tmp_path, speech_dir):
+    train("experiment=seed_speech_rnn", "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={tmp_path}",
+          f"paths.data_dir={speech_dir}", *TINY_SPEECH)
+    model = Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "best.ckpt")
+    assert isinstance(model.net.rnn, torch.nn.LSTM) and model.net.rnn.hidden_size == 128 and not model.net.front
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, mnist_dir):
     """Two epochs of the seed MLP with the default (W&B offline) logger."""

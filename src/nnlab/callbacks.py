@@ -72,10 +72,12 @@ class Throughput(L.Callback):
 
 
 class TestReport(L.Callback):
-    """After testing: the confusion matrix, misclassified images as a grid, test texts as a table.
+    """After testing: the confusion matrix, misclassified images as a grid, test texts as a table,
+    test clips as audio.
 
     Written to `out_dir` (confusion_matrix.png; misclassified.png for images; test_samples.csv for
-    text, misclassified first, most confident first) and logged as W&B media and a W&B table.
+    text, misclassified first, most confident first; test_clips/*.wav for audio, misclassified and
+    correct) and logged as W&B media and W&B tables.
     class_names: null takes the datamodule's `class_names`, else the class indices.
     """
 
@@ -131,6 +133,9 @@ class TestReport(L.Callback):
             with atomic_open(self.out_dir / "test_samples.csv") as f:
                 f.write(table.getvalue().encode())
 
+        rate = datamodule.preprocessing().get("sample_rate") if hasattr(datamodule, "preprocessing") else None
+        clips = self._audio_clips(samples, names, rate) if rate and samples and samples[0][0].ndim == 1 else []
+
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 import wandb
@@ -148,7 +153,32 @@ class TestReport(L.Callback):
                     media["test/misclassified"] = wandb.Image(str(self.out_dir / "misclassified.png"))
                 if rows:
                     media["test/samples"] = wandb.Table(columns=TEXT_COLUMNS, data=rows)
+                if clips:
+                    media["test/clips"] = wandb.Table(
+                        columns=["audio", "label", "prediction", "confidence", "correct"],
+                        data=[[wandb.Audio(wave.numpy(), sample_rate=rate, caption=caption), *row]
+                              for wave, caption, row in clips],
+                    )
                 logger.experiment.log(media)
+
+    def _audio_clips(self, samples, names, rate):
+        """Up to AUDIO_CLIPS misclassified and as many correct test clips, written to test_clips/*.wav
+        (true and predicted word in the name) and returned for the W&B table."""
+        import soundfile as sf
+
+        chosen = [s for s in samples if s[3]][:AUDIO_CLIPS] + [s for s in samples if not s[3]][:AUDIO_CLIPS]
+        folder = self.out_dir / "test_clips"
+        folder.mkdir(exist_ok=True)
+        for old in folder.glob("*.wav"):  # a rerun's clips replace the last run's
+            old.unlink()
+        clips = []
+        for i, (wave, label, p, wrong) in enumerate(chosen):
+            true, predicted, confidence = names[label], names[int(p.argmax())], round(float(p.max()), 4)
+            with atomic_open(folder / f"{i:02d}_{'wrong' if wrong else 'right'}_{true}_as_{predicted}.wav") as f:
+                sf.write(f, wave.float().clamp(-1, 1).numpy(), rate, format="WAV", subtype="PCM_16")
+            clips.append((wave.float(), f"true {true}, predicted {predicted} ({confidence})",
+                          [true, predicted, confidence, not wrong]))
+        return clips
 
     def _image_grid(self, plt, mistakes, names):
         cols = 8
@@ -166,3 +196,4 @@ class TestReport(L.Callback):
 
 
 TEXT_COLUMNS = ["text", "label", "prediction", "confidence", "correct"]
+AUDIO_CLIPS = 8  # misclassified and as many correct test clips kept as WAV files and in the W&B table

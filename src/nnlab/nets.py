@@ -174,4 +174,86 @@ class LSTM(nn.Module):
         return (logits, embedded) if return_embedding else logits
 
 
-NETS = {"mlp": MLP, "cnn": CNN, "lstm": LSTM}
+class SpeechRNN(nn.Module):
+    """Keyword spotter on raw waveforms: log-mel features, SpecAugment, a small convolutional front
+    end, a (bidirectional) GRU or LSTM, attention pooling, a linear head (the attention-RNN family).
+
+    The features are computed here with torchaudio.transforms, so they run on the model's device:
+    log-mel energies of `n_mels` bands over `win_ms` windows every `hop_ms` (101 frames a second),
+    normalised per band (BatchNorm). In training SpecAugment zeroes `spec_masks` random bands of
+    up to `freq_mask` and as many stretches of up to `time_mask` frames. conv: channels of 3x3
+    convolutions (BatchNorm, ReLU), each halving the frequency axis. pooling: "attention" (`heads`
+    learned attention distributions over the frames, their weighted sums concatenated) or "last"
+    (the last frame's output; for two directions, the forward direction's last and the backward's first).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        sample_rate: int,
+        n_mels: int,
+        win_ms: float,
+        hop_ms: float,
+        conv: list[int],
+        cell: str,
+        hidden: int,
+        layers: int,
+        bidirectional: bool,
+        dropout: float,
+        pooling: str,
+        heads: int,
+        spec_masks: int,
+        freq_mask: int,
+        time_mask: int,
+    ):
+        super().__init__()
+        import torchaudio.transforms as T
+
+        if pooling not in ("attention", "last"):
+            raise ValueError(f"model.arch.pooling={pooling!r} is not one of attention, last")
+        if cell not in ("gru", "lstm"):
+            raise ValueError(f"model.arch.cell={cell!r} is not one of gru, lstm")
+        win, hop = round(sample_rate * win_ms / 1000), round(sample_rate * hop_ms / 1000)
+        self.mel = T.MelSpectrogram(sample_rate, n_fft=1 << (win - 1).bit_length(), win_length=win, hop_length=hop,
+                                    f_min=20.0, n_mels=n_mels)
+        self.norm = nn.BatchNorm1d(n_mels)
+        self.spec_masks = spec_masks
+        self.freq_masking = T.FrequencyMasking(freq_mask, iid_masks=True)
+        self.time_masking = T.TimeMasking(time_mask, iid_masks=True)
+        blocks, channels, bands = [], 1, n_mels
+        for width in conv:
+            blocks += [nn.Conv2d(channels, width, 3, stride=(2, 1), padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True)]
+            channels, bands = width, (bands + 1) // 2
+        self.front = nn.Sequential(*blocks)
+        rnn = nn.GRU if cell == "gru" else nn.LSTM
+        self.rnn = rnn(channels * bands, hidden, layers, batch_first=True, bidirectional=bidirectional,
+                       dropout=dropout if layers > 1 else 0.0)
+        self.pooling, self.directions = pooling, 2 if bidirectional else 1
+        width = hidden * self.directions
+        self.attention = nn.Linear(width, heads) if pooling == "attention" else None
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(width * (heads if pooling == "attention" else 1), num_classes)
+
+    def features(self, waves):  # (B, samples) float in [-1, 1) -> (B, n_mels, frames)
+        with torch.autocast(waves.device.type, enabled=False):
+            return self.norm((self.mel(waves.float()) + 1e-6).log())
+
+    def forward(self, waves):
+        x = self.features(waves)
+        if self.training:
+            for _ in range(self.spec_masks):
+                x = self.time_masking(self.freq_masking(x))
+        x = self.front(x[:, None])  # (B, C, bands, frames)
+        x = x.flatten(1, 2).transpose(1, 2)  # (B, frames, C * bands)
+        out, _ = self.rnn(x)  # (B, frames, hidden * directions)
+        if self.pooling == "attention":
+            weights = self.attention(out).softmax(dim=1)  # (B, frames, heads)
+            features = torch.einsum("bth,btd->bhd", weights, out).flatten(1)
+        else:
+            hidden = out.shape[-1] // self.directions
+            features = torch.cat([out[:, -1, :hidden], out[:, 0, hidden:]], dim=-1)
+        return self.head(self.dropout(features))
+
+
+NETS = {"mlp": MLP, "cnn": CNN, "lstm": LSTM, "speech_rnn": SpeechRNN}

@@ -1,0 +1,439 @@
+"""Google Speech Commands v0.02, and any keyword set recorded in its layout.
+
+Layout: <data_dir>/SpeechCommands/speech_commands_v0.02/<word>/<speaker>_nohash_<n>.wav, with
+validation_list.txt and testing_list.txt beside the word folders and, optionally,
+_background_noise_/*.wav. torchaudio's SPEECHCOMMANDS downloads it and lists the official splits;
+the audio is read with soundfile (torchaudio's own loader needs TorchCodec and FFmpeg), decoded
+once into one int16 tensor file per split under <data_dir>/cache, and batched from memory.
+"""
+
+import hashlib
+import logging
+import os
+import random
+import shutil
+import struct
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from nnlab.atomic import atomic_open
+from nnlab.data import DatasetError
+from nnlab.data.batches import TensorBatches
+
+log = logging.getLogger(__name__)
+
+FOLDER = Path("SpeechCommands") / "speech_commands_v0.02"
+ARCHIVE = "speech_commands_v0.02.tar.gz"
+NOISE = "_background_noise_"
+UNKNOWN, SILENCE = "_unknown_", "_silence_"
+# The standard 12-class task: these ten words, every other word as _unknown_, and _silence_.
+V12_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+ALL35 = ("backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four", "go",
+         "happy", "house", "learn", "left", "marvin", "nine", "no", "off", "on", "one", "right", "seven", "sheila",
+         "six", "stop", "three", "tree", "two", "up", "visual", "wow", "yes", "zero")
+LABEL_SETS = ("folder", "all35", "v12")
+SUBSETS = {"train": "training", "val": "validation", "test": "testing"}
+
+
+def prepare_speech_commands(data_dir: Path, download: bool) -> Path:
+    """Return the dataset folder, downloading and extracting it first (through torchaudio) if missing.
+
+    torchaudio extracts into the final folder directly, so it works in a staging folder here that is
+    renamed into place when complete: an interrupted download or extraction is never taken for data.
+    """
+    data_dir = Path(data_dir)
+    root = data_dir / FOLDER
+    if root.is_dir():
+        for name in ("validation_list.txt", "testing_list.txt"):
+            if not (root / name).is_file():
+                raise DatasetError(
+                    f"{root / name} is missing: the Speech Commands layout lists the validation and test clips "
+                    "in validation_list.txt and testing_list.txt (one <word>/<file>.wav per line; either may be empty)."
+                )
+        return root
+    if not download:
+        raise DatasetError(
+            f"Speech Commands not found: {root.resolve()} does not exist and data.download=false. Extract the "
+            f"dataset (or a set in its layout) there, or point data.data_dir (or NNLAB_DATA_DIR) at the folder "
+            f"that holds {FOLDER}/."
+        )
+    from torchaudio.datasets import SPEECHCOMMANDS
+
+    staging = data_dir / f".speech_commands.partial{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    archive = data_dir / ARCHIVE
+    try:
+        if archive.is_file():  # a complete earlier download: torchaudio extracts it without downloading
+            os.link(archive, staging / ARCHIVE)
+        log.info(f"downloading and extracting Speech Commands v0.02 (2.3 GB) under {staging}")
+        try:
+            SPEECHCOMMANDS(staging, download=True)
+        except Exception as e:
+            raise DatasetError(
+                f"the download of Speech Commands into {data_dir.resolve()} failed ({e}). Extract "
+                f"speech_commands_v0.02.tar.gz into {root.resolve()} yourself, or retry."
+            ) from e
+        if not archive.is_file():
+            os.replace(staging / ARCHIVE, archive)  # kept: a deleted dataset folder is extracted again offline
+        root.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(staging / FOLDER, root)
+        except OSError:
+            if not root.is_dir():  # else another process (a DDP rank) finished first: use its copy
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+def classes_for(root: Path, labels: str) -> list[str]:
+    """The class names of a label set: the word folders found (sorted), the 35 words, or the 12-class task."""
+    if labels not in LABEL_SETS:
+        raise ValueError(f"data.labels={labels!r} is not one of {', '.join(LABEL_SETS)}")
+    if labels == "v12":
+        return [*V12_WORDS, UNKNOWN, SILENCE]
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if labels == "all35":
+        if missing := sorted(set(ALL35) - set(found)):
+            raise DatasetError(
+                f"data.labels=all35 needs the 35 word folders of Speech Commands v0.02; {root} lacks {missing}. "
+                "Use data.labels=folder for a set of your own words."
+            )
+        return list(ALL35)
+    if not found:
+        raise DatasetError(f"{root} holds no word folders (<word>/<speaker>_nohash_<n>.wav)")
+    return found
+
+
+def wav_is_truncated(path: Path) -> bool:
+    """True when a RIFF/WAVE file's data chunk claims more bytes than the file holds.
+
+    libsndfile reads such a file without complaint (it shortens the frame count), so a download cut
+    short would pass as a short clip; the header says what the file should hold."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return False
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk, length = struct.unpack("<4sI", f.read(8))
+            if chunk == b"data":
+                return pos + 8 + length > size
+            pos += 8 + length + (length & 1)
+    return False
+
+
+def decode(path: str, sample_rate: int, samples: int):
+    """One clip as an int16 tensor of `samples` samples at `sample_rate`, mono; or the reason it is unusable.
+
+    Returns (clip or None, problem or None, was_stereo, was_resampled). Shorter clips are padded with
+    silence on both sides, longer ones keep their middle."""
+    import soundfile as sf
+
+    try:
+        if wav_is_truncated(Path(path)):
+            return None, "truncated", False, False
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # unreadable: not audio, a format libsndfile does not know, missing
+        return None, f"unreadable ({str(e).splitlines()[0][:80]})", False, False
+    if data.shape[0] == 0:
+        return None, "empty", False, False
+    wave = torch.from_numpy(data).mean(1)  # (frames,): stereo is downmixed
+    stereo, resampled = data.shape[1] > 1, rate != sample_rate
+    if resampled:
+        import torchaudio.functional as AF
+
+        wave = AF.resample(wave, rate, sample_rate)
+    if len(wave) >= samples:
+        start = (len(wave) - samples) // 2
+        wave = wave[start : start + samples]
+    else:
+        left = (samples - len(wave)) // 2
+        wave = torch.nn.functional.pad(wave, (left, samples - len(wave) - left))
+    clip = (wave.clamp(-1, 1) * 32767).round().to(torch.int16)
+    return clip, None, stereo, resampled
+
+
+def _decode_chunk(args):
+    torch.set_num_threads(1)
+    paths, sample_rate, samples = args
+    return [decode(p, sample_rate, samples) for p in paths]
+
+
+def decode_all(paths: list[str], sample_rate: int, samples: int, workers: int) -> list:
+    """decode() over many files, in `workers` processes when there are enough files to pay for them."""
+    chunks = [(paths[i : i + 256], sample_rate, samples) for i in range(0, len(paths), 256)]
+    if workers <= 1 or len(paths) < 2048:
+        return [r for chunk in chunks for r in _decode_chunk(chunk)]
+    import multiprocessing
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [r for rs in pool.map(_decode_chunk, chunks) for r in rs]
+
+
+def list_split(data_dir: Path, subset: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(path, word) of each clip torchaudio's SPEECHCOMMANDS lists for a subset, and the listed names
+    it cannot parse (not <speaker>_nohash_<n>.wav)."""
+    from torchaudio.datasets import SPEECHCOMMANDS
+
+    dataset = SPEECHCOMMANDS(data_dir, download=False, subset=subset)
+    clips, odd = [], []
+    for i, path in enumerate(dataset._walker):
+        try:
+            relpath, _, word, _, _ = dataset.get_metadata(i)
+        except ValueError:
+            odd.append(path)
+            continue
+        clips.append((str(data_dir / "SpeechCommands" / relpath), word))
+    return clips, odd
+
+
+def fingerprint(root: Path) -> str:
+    """Names, sizes and modification times of the clips and lists: a changed file changes the cache key."""
+    digest = hashlib.sha1()
+    for path in sorted([*root.glob("*/*.wav"), *root.glob("*_list.txt")]):
+        st = path.stat()
+        digest.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_splits(data_dir: Path, root: Path, labels: str, sample_rate: int, samples: int, unknown_share: float,
+                 silence_share: float, seed: int, max_bad_share: float, workers: int) -> dict:
+    """Decode every split: {"train"|"val"|"test": {"audio": (N, samples) int16, "labels": (N,), "paths"},
+    "noise": (n,) int16, "classes": [...]}. Bad files are skipped and reported; too many stop the run."""
+    classes = classes_for(root, labels)
+    index = {c: i for i, c in enumerate(classes)}
+    rng = random.Random(seed)
+    noise_paths = sorted(str(p) for p in (root / NOISE).glob("*.wav"))
+    noise_clips = [decode_noise(p, sample_rate) for p in noise_paths]
+    noise = torch.cat([torch.zeros(0, dtype=torch.int16), *(n for n in noise_clips if n is not None)])
+    out = {"classes": classes, "noise": noise}
+    bad, total, stereo, resampled, odd_names = [], 0, 0, 0, []
+    for split, subset in SUBSETS.items():
+        clips, odd = list_split(data_dir, subset)
+        odd_names += odd
+        if labels == "v12":
+            known = [(p, w) for p, w in clips if w in index]
+            others = [(p, UNKNOWN) for p, w in clips if w not in index]
+            rng.shuffle(others)
+            clips = known + others[: round(unknown_share * len(known))]
+        elif labels == "all35":
+            clips = [(p, w) for p, w in clips if w in index]
+        results = decode_all([p for p, _ in clips], sample_rate, samples, workers)
+        keep = [(c, p, w) for (p, w), (c, problem, *_) in zip(clips, results) if problem is None]
+        bad += [(p, problem) for (p, _), (_, problem, *_) in zip(clips, results) if problem is not None]
+        stereo += sum(r[2] for r in results)
+        resampled += sum(r[3] for r in results)
+        total += len(clips)
+        audio = torch.stack([c for c, _, _ in keep]) if keep else torch.zeros(0, samples, dtype=torch.int16)
+        targets = [index[w] for _, _, w in keep]
+        paths = [os.path.relpath(p, root) for _, p, _ in keep]
+        if labels == "v12":
+            n = round(silence_share * len([t for t in targets if t < len(V12_WORDS)]))
+            audio = torch.cat([audio, silence_clips(noise, n, samples, rng)])
+            targets += [index[SILENCE]] * n
+            paths += [SILENCE] * n
+        out[split] = {"audio": audio, "labels": torch.tensor(targets, dtype=torch.int64), "paths": paths}
+    sizes = ", ".join(f"{split} {len(out[split]['labels'])}" for split in SUBSETS)
+    log.info(
+        f"{root}: {total} clips listed, {len(bad)} skipped as unusable, {stereo} stereo downmixed to mono, "
+        f"{resampled} resampled to {sample_rate} Hz; {len(noise_paths)} background noise file(s); "
+        f"{sizes} clips; {len(classes)} classes"
+    )
+    if odd_names:
+        log.warning(f"{len(odd_names)} listed file(s) not named <speaker>_nohash_<n>.wav were left out: {odd_names[:3]}")
+    if bad:
+        share = len(bad) / max(total, 1)
+        listing = "; ".join(f"{p} ({why})" for p, why in bad[:5])
+        message = f"{len(bad)} of {total} audio files ({share:.1%}) are unusable and were skipped, first: {listing}"
+        if share > max_bad_share:
+            raise DatasetError(
+                f"{message}. That is more than data.max_bad_share={max_bad_share}: repair or remove them, or raise "
+                "data.max_bad_share to train on the rest."
+            )
+        log.warning(message)
+    for split in SUBSETS:
+        if not len(out[split]["labels"]):
+            raise DatasetError(f"the {split} split of {root} holds no usable clips; check the files and the lists")
+    return out
+
+
+def decode_noise(path: str, sample_rate: int):
+    """A whole background-noise file as int16 mono at `sample_rate`, or None if unusable."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:
+        log.warning(f"background noise {path} is unreadable and left out ({e})")
+        return None
+    wave = torch.from_numpy(data).mean(1)
+    if rate != sample_rate:
+        import torchaudio.functional as AF
+
+        wave = AF.resample(wave, rate, sample_rate)
+    return (wave.clamp(-1, 1) * 32767).round().to(torch.int16)
+
+
+def silence_clips(noise, n: int, samples: int, rng: random.Random):
+    """n `_silence_` clips: one-second stretches of the background noise at a random volume (0-1),
+    or digital silence when the set has no noise files."""
+    clips = torch.zeros(n, samples, dtype=torch.int16)
+    if len(noise) > samples:
+        for i in range(n):
+            start = rng.randrange(len(noise) - samples)
+            clips[i] = (noise[start : start + samples].float() * rng.random()).round().to(torch.int16)
+    return clips
+
+
+CACHE_PARTS = ("train", "val", "test", "noise")
+
+
+def load_or_build_cache(data_dir: Path, root: Path, cache_dir: Path, workers: int = 1, **settings) -> dict:
+    """The decoded splits, read from `cache_dir` when files for these settings and clips exist.
+
+    One int16 tensor file per split (and one for the background noise), named by a hash of the
+    settings and the files' names, sizes and times. Each is written under a temporary name and
+    renamed when complete, and all four must be there to be read: a cache left by a killed run is
+    rebuilt, never read."""
+    key = ":".join(f"{k}={settings[k]}" for k in sorted(settings)) + f":{fingerprint(root)}"
+    stem = f"speech-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+    paths = {part: Path(cache_dir) / f"{stem}-{part}.pt" for part in CACHE_PARTS}
+    if all(p.is_file() for p in paths.values()):
+        log.info(f"reading the decoded clips from {Path(cache_dir) / stem}-*.pt")
+        parts = {part: torch.load(p, weights_only=True) for part, p in paths.items()}
+        return {**{s: parts[s] for s in SUBSETS}, "noise": parts["noise"]["audio"], "classes": parts["train"]["classes"]}
+    log.info(f"decoding the clips of {root} ({', '.join(f'{k}={v}' for k, v in sorted(settings.items()))})")
+    built = build_splits(data_dir, root, workers=workers, **settings)
+    for part, path in paths.items():
+        content = {"audio": built["noise"]} if part == "noise" else {**built[part], "classes": built["classes"]}
+        with atomic_open(path) as f:
+            torch.save(content, f)
+    return built
+
+
+class SpeechCommandsDataModule(L.LightningDataModule):
+    """Speech Commands clips as int16 tensors in memory (on the GPU when training there).
+
+    labels: folder (the word folders found: a custom keyword set, or all 35 words of the full set) |
+    all35 | v12 (yes, no, up, down, left, right, on, off, stop, go, _unknown_, _silence_).
+    Training batches are augmented on the device: each clip shifted in time by up to
+    `time_shift_ms` and, with probability `noise_prob`, mixed with a random stretch of the
+    background noise at a volume drawn up to `noise_level`. Features are the model's business.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        num_classes: int | None,
+        data_dir: str,
+        download: bool,
+        labels: str,
+        sample_rate: int,
+        clip_seconds: float,
+        unknown_share: float,
+        silence_share: float,
+        split_seed: int,
+        max_bad_share: float,
+        batch_size: int,
+        eval_batch_size: int,
+        time_shift_ms: float,
+        noise_prob: float,
+        noise_level: float,
+        workers: int | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        if labels not in LABEL_SETS:
+            raise ValueError(f"data.labels={labels!r} is not one of {', '.join(LABEL_SETS)}")
+
+    @property
+    def samples(self) -> int:
+        return round(self.hparams.sample_rate * self.hparams.clip_seconds)
+
+    def _cache(self):
+        hp = self.hparams
+        root = prepare_speech_commands(Path(hp.data_dir), hp.download)
+        settings = dict(labels=hp.labels, sample_rate=hp.sample_rate, samples=self.samples,
+                        unknown_share=hp.unknown_share, silence_share=hp.silence_share, seed=hp.split_seed,
+                        max_bad_share=hp.max_bad_share)
+        return load_or_build_cache(Path(hp.data_dir), root, Path(hp.data_dir) / "cache",
+                                   workers=hp.workers or os.cpu_count() or 1, **settings)
+
+    def class_names_found(self) -> list[str]:
+        """The classes, known before any decoding (the word folders, for labels=folder)."""
+        hp = self.hparams
+        return classes_for(prepare_speech_commands(Path(hp.data_dir), hp.download), hp.labels)
+
+    def prepare_data(self):
+        # One process per node downloads and decodes; the others wait, then read the cache.
+        self._cache()
+
+    def setup(self, stage=None):
+        if hasattr(self, "cache"):
+            return
+        self.cache = self._cache()
+        self.class_names = tuple(self.cache["classes"])
+        n = self.hparams.num_classes
+        if n is not None and n != len(self.class_names):
+            raise ValueError(
+                f"data.num_classes={n} but data.labels={self.hparams.labels} gives {len(self.class_names)} classes "
+                f"{list(self.class_names)}; set data.num_classes=null to take them from the data"
+            )
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        for split in SUBSETS:
+            for key in ("audio", "labels"):
+                self.cache[split][key] = self.cache[split][key].to(device)
+        self.noise = self.cache["noise"].to(device)
+        if self.hparams.noise_prob > 0 and len(self.noise) <= self.samples:
+            log.info(f"no {NOISE} files in the data set: training mixes in no background noise")
+
+    def preprocessing(self) -> dict:
+        """What turns a WAV file into the model's input, stored in every checkpoint."""
+        return {"kind": "audio", "sample_rate": self.hparams.sample_rate, "samples": self.samples,
+                "class_names": list(self.class_names)}
+
+    def _batches(self, split, batch_size, shuffle):
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0)
+        data = self.cache[split]
+        return TensorBatches(data["audio"], data["labels"], batch_size, shuffle, seed=torch.initial_seed() % 2**62,
+                             epoch=epoch, rank=rank, world=world)
+
+    def train_dataloader(self):
+        return self._batches("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._batches("val", self.hparams.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return self._batches("test", self.hparams.eval_batch_size, shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        x = x.float() / 32768  # int16 travels to the device; float32 in [-1, 1) from here
+        if self.trainer is not None and self.trainer.training:
+            x = self.augment(x)
+        return x, y
+
+    def augment(self, x):
+        """Random time shift (zeros shifted in) and background-noise mixing, on the batch's device."""
+        hp, (batch, samples) = self.hparams, x.shape
+        shift = round(hp.sample_rate * hp.time_shift_ms / 1000)
+        if shift:
+            offsets = torch.randint(-shift, shift + 1, (batch, 1), device=x.device)
+            source = torch.arange(samples, device=x.device)[None, :] - offsets  # (B, samples)
+            x = torch.where((source >= 0) & (source < samples), x.gather(1, source.clamp(0, samples - 1)), 0.0)
+        if hp.noise_prob > 0 and len(self.noise) > samples:
+            starts = torch.randint(0, len(self.noise) - samples, (batch, 1), device=x.device)
+            noise = self.noise[starts + torch.arange(samples, device=x.device)[None, :]].float() / 32768
+            volume = torch.rand(batch, 1, device=x.device) * hp.noise_level
+            volume = volume * (torch.rand(batch, 1, device=x.device) < hp.noise_prob)
+            x = x + volume * noise
+        return x
