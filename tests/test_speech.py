@@ -43,6 +43,15 @@ def test_folder_labels_are_the_words_found_and_lists_give_the_splits(tree, caplo
                                   "class_names": sorted(SPEECH_WORDS)}
 
 
+def test_decoding_in_threads_gives_the_same_clips(tree):
+    serial = datamodule(tree).cache
+    shutil.rmtree(tree / "cache")
+    threaded = datamodule(tree, workers=3).cache
+    for split in ("train", "val", "test"):
+        assert torch.equal(serial[split]["audio"], threaded[split]["audio"])
+        assert serial[split]["paths"] == threaded[split]["paths"]
+
+
 def test_twelve_class_task_adds_unknown_and_silence(tree):
     dm = datamodule(tree, labels="v12")
     assert dm.class_names[-2:] == (UNKNOWN, SILENCE) and len(dm.class_names) == 12

@@ -13,7 +13,7 @@ import os
 import random
 import shutil
 import struct
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -160,21 +160,12 @@ def decode(path: str, sample_rate: int, samples: int):
     return clip, None, stereo, resampled
 
 
-def _decode_chunk(args):
-    torch.set_num_threads(1)
-    paths, sample_rate, samples = args
-    return [decode(p, sample_rate, samples) for p in paths]
-
-
 def decode_all(paths: list[str], sample_rate: int, samples: int, workers: int) -> list:
-    """decode() over many files, in `workers` processes when there are enough files to pay for them."""
-    chunks = [(paths[i : i + 256], sample_rate, samples) for i in range(0, len(paths), 256)]
-    if workers <= 1 or len(paths) < 2048:
-        return [r for chunk in chunks for r in _decode_chunk(chunk)]
-    import multiprocessing
-
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return [r for rs in pool.map(_decode_chunk, chunks) for r in rs]
+    """decode() over many files in `workers` threads (libsndfile and torch release the GIL while they work)."""
+    if workers <= 1:
+        return [decode(p, sample_rate, samples) for p in paths]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda p: decode(p, sample_rate, samples), paths))
 
 
 def list_split(data_dir: Path, subset: str) -> tuple[list[tuple[str, str]], list[str]]:
