@@ -156,6 +156,17 @@ def test_predict_classifies_a_wav_file(speech_run, speech_dir, tmp_path):
     assert "is not a file" in predict(ckpt, tmp_path / "none.wav", check=False).stderr
 
 
+def test_twelve_class_task_trains_in_ddp_with_a_fresh_cache(tmp_path, speech_dir):
+    """data.labels=v12 over 2 CPU processes: one prepares the clips, the other waits and reads them."""
+    before = set((speech_dir / "cache").glob("speech-*.pt"))
+    train("model=speech_rnn", "data.labels=v12", "trainer=ddp_cpu", "trainer.max_epochs=1", "logger=csv",
+          f"hydra.run.dir={tmp_path}", f"paths.data_dir={speech_dir}", *TINY_SPEECH, timeout=400)
+    assert len(set((speech_dir / "cache").glob("speech-*.pt")) - before) == 4  # one new set for the new labels
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["preprocessing"]["class_names"][-2:] == ["_unknown_", "_silence_"]
+    assert checkpoint["hyper_parameters"]["arch"]["num_classes"] == 12
+
+
 def test_seed_speech_rnn_trains(tmp_path, speech_dir):
     train("experiment=seed_speech_rnn", "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={tmp_path}",
           f"paths.data_dir={speech_dir}", *TINY_SPEECH)
