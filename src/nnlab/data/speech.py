@@ -129,11 +129,11 @@ def wav_is_truncated(path: Path) -> bool:
     return False
 
 
-def decode(path: str, sample_rate: int, samples: int):
+def decode(path: str, sample_rate: int, samples: int | None):
     """One clip as an int16 tensor of `samples` samples at `sample_rate`, mono; or the reason it is unusable.
 
     Returns (clip or None, problem or None, was_stereo, was_resampled). Shorter clips are padded with
-    silence on both sides, longer ones keep their middle."""
+    silence on both sides, longer ones keep their middle; samples=None keeps the whole file."""
     import soundfile as sf
 
     try:
@@ -141,7 +141,8 @@ def decode(path: str, sample_rate: int, samples: int):
             return None, "truncated", False, False
         data, rate = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # unreadable: not audio, a format libsndfile does not know, missing
-        return None, f"unreadable ({str(e).splitlines()[0][:80]})", False, False
+        reason = getattr(e, "error_string", None) or str(e).splitlines()[0][:80]  # libsndfile's reason alone
+        return None, f"unreadable ({reason})", False, False
     if data.shape[0] == 0:
         return None, "empty", False, False
     wave = torch.from_numpy(data).mean(1)  # (frames,): stereo is downmixed
@@ -150,10 +151,10 @@ def decode(path: str, sample_rate: int, samples: int):
         import torchaudio.functional as AF
 
         wave = AF.resample(wave, rate, sample_rate)
-    if len(wave) >= samples:
+    if samples is not None and len(wave) >= samples:
         start = (len(wave) - samples) // 2
         wave = wave[start : start + samples]
-    else:
+    elif samples is not None:
         left = (samples - len(wave)) // 2
         wave = torch.nn.functional.pad(wave, (left, samples - len(wave) - left))
     clip = (wave.clamp(-1, 1) * 32767).round().to(torch.int16)
@@ -256,20 +257,11 @@ def build_splits(data_dir: Path, root: Path, labels: str, sample_rate: int, samp
 
 
 def decode_noise(path: str, sample_rate: int):
-    """A whole background-noise file as int16 mono at `sample_rate`, or None if unusable."""
-    import soundfile as sf
-
-    try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:
-        log.warning(f"background noise {path} is unreadable and left out ({e})")
-        return None
-    wave = torch.from_numpy(data).mean(1)
-    if rate != sample_rate:
-        import torchaudio.functional as AF
-
-        wave = AF.resample(wave, rate, sample_rate)
-    return (wave.clamp(-1, 1) * 32767).round().to(torch.int16)
+    """A whole background-noise file as int16 mono at `sample_rate`, or None (with a warning) if unusable."""
+    clip, problem, _, _ = decode(path, sample_rate, None)
+    if problem:
+        log.warning(f"background noise {path} is {problem} and left out")
+    return clip
 
 
 def silence_clips(noise, n: int, samples: int, rng: random.Random):
