@@ -17,6 +17,17 @@ def shard(index, shuffle: bool, generator, rank: int, world: int):
     return index[rank::world]
 
 
+def placement(trainer) -> dict:
+    """Where a batch iterator runs, as its keyword arguments: the run's seed (set by seed_everything),
+    the trainer's epoch (read when an epoch starts), this process's rank and the world size; without
+    a trainer, epoch 0 of a single process."""
+    seed = torch.initial_seed() % 2**62
+    if trainer is None:
+        return {"seed": seed, "epoch": lambda: 0, "rank": 0, "world": 1}
+    return {"seed": seed, "epoch": lambda: trainer.current_epoch, "rank": trainer.global_rank,
+            "world": trainer.world_size}
+
+
 def num_batches(n: int, batch_size: int, shuffle: bool, world: int) -> int:
     per_rank = n // world if shuffle else math.ceil(n / world)
     return math.ceil(per_rank / batch_size)

@@ -17,7 +17,7 @@ import torch
 
 from nnlab.atomic import atomic_open
 from nnlab.data import DatasetError
-from nnlab.data.batches import BucketBatches
+from nnlab.data.batches import BucketBatches, placement
 
 log = logging.getLogger(__name__)
 
@@ -285,12 +285,9 @@ class IMDBDataModule(L.LightningDataModule):
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def _batches(self, split, index, batch_size, shuffle):
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0)
         ids, offsets = self.tokens[split]
         labels = self.cache["test" if split == "test" else "train"]["labels"]
-        return BucketBatches(ids, offsets, labels, index, batch_size, shuffle, PAD,
-                             seed=torch.initial_seed() % 2**62, epoch=epoch, rank=rank, world=world)
+        return BucketBatches(ids, offsets, labels, index, batch_size, shuffle, PAD, **placement(self.trainer))
 
     def train_dataloader(self):
         return self._batches("train", self.train_index, self.hparams.batch_size, shuffle=True)

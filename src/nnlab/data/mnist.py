@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torchvision.datasets import MNIST
 
 from nnlab.data import DatasetError
-from nnlab.data.batches import TensorBatches
+from nnlab.data.batches import TensorBatches, placement
 
 MEAN, STD = 0.1307, 0.3081
 # (file, IDX magic number, bytes per item after the header, header bytes)
@@ -119,27 +119,16 @@ class MNISTDataModule(L.LightningDataModule):
         self.x_val, self.y_val = as_input(train.data[val_idx]), train.targets[val_idx].to(device)
         self.x_test, self.y_test = as_input(test.data), test.targets.to(device)
 
-    def _ranks(self):
-        if self.trainer is None:
-            return 0, 1
-        return self.trainer.global_rank, self.trainer.world_size
-
     def train_dataloader(self):
-        rank, world = self._ranks()
         # The order follows the run's seed (seed_everything) and the epoch, so a resumed run repeats it.
-        epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0)
-        return TensorBatches(
-            self.x_train, self.y_train, self.hparams.batch_size, shuffle=True,
-            seed=torch.initial_seed() % 2**62, epoch=epoch, rank=rank, world=world,
-        )
+        return TensorBatches(self.x_train, self.y_train, self.hparams.batch_size, shuffle=True,
+                             **placement(self.trainer))
 
     def val_dataloader(self):
-        rank, world = self._ranks()
-        return TensorBatches(self.x_val, self.y_val, self.hparams.eval_batch_size, False, rank=rank, world=world)
+        return TensorBatches(self.x_val, self.y_val, self.hparams.eval_batch_size, False, **placement(self.trainer))
 
     def test_dataloader(self):
-        rank, world = self._ranks()
-        return TensorBatches(self.x_test, self.y_test, self.hparams.eval_batch_size, False, rank=rank, world=world)
+        return TensorBatches(self.x_test, self.y_test, self.hparams.eval_batch_size, False, **placement(self.trainer))
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         aug = self.hparams.augment

@@ -21,7 +21,7 @@ import torch
 
 from nnlab.atomic import atomic_open
 from nnlab.data import DatasetError
-from nnlab.data.batches import TensorBatches
+from nnlab.data.batches import TensorBatches, placement
 
 log = logging.getLogger(__name__)
 
@@ -383,11 +383,8 @@ class SpeechCommandsDataModule(L.LightningDataModule):
                 "class_names": list(self.class_names)}
 
     def _batches(self, split, batch_size, shuffle):
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0)
         data = self.cache[split]
-        return TensorBatches(data["audio"], data["labels"], batch_size, shuffle, seed=torch.initial_seed() % 2**62,
-                             epoch=epoch, rank=rank, world=world)
+        return TensorBatches(data["audio"], data["labels"], batch_size, shuffle, **placement(self.trainer))
 
     def train_dataloader(self):
         return self._batches("train", self.hparams.batch_size, shuffle=True)
