@@ -141,19 +141,12 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int):
     return tokenizer
 
 
-def truncate(ids: list[int], max_length: int) -> list[int]:
-    """Keep a review's first `max_length // 2` and last `max_length - max_length // 2` tokens.
+def truncate_flat(ids, offsets, max_length: int) -> tuple:
+    """Every review of a flat split (review i is ids[offsets[i]:offsets[i+1]]) cut to `max_length` tokens:
+    a longer review keeps its first `max_length // 2` and last `max_length - max_length // 2` tokens.
 
     The opening and the verdict at the end carry most of a review's sentiment (head+tail truncation
     scored best on IMDB in Sun et al., 2019, "How to Fine-Tune BERT for Text Classification")."""
-    if len(ids) <= max_length:
-        return ids
-    head = max_length // 2
-    return ids[:head] + ids[len(ids) - (max_length - head):]
-
-
-def truncate_flat(ids, offsets, max_length: int) -> tuple:
-    """`truncate` applied to every review of a flat split (review i is ids[offsets[i]:offsets[i+1]]) at once."""
     lengths = offsets[1:] - offsets[:-1]
     kept = lengths.clamp_max(max_length)
     new_offsets = torch.cat([offsets.new_zeros(1), kept.cumsum(0)])
@@ -166,12 +159,12 @@ def truncate_flat(ids, offsets, max_length: int) -> tuple:
 
 def encode(tokenizer, texts: list[str], max_length: int | None) -> tuple:
     """Token ids of all texts as one flat int32 tensor plus offsets: review i is ids[offsets[i]:offsets[i+1]].
-    Each text is truncated to `max_length` tokens (`truncate`); None keeps every token."""
-    encoded = [(truncate(e.ids, max_length) if max_length else e.ids) or [UNK] for e in tokenizer.encode_batch(texts)]
+    Each text is cut to `max_length` tokens (`truncate_flat`); None keeps every token."""
+    encoded = [e.ids or [UNK] for e in tokenizer.encode_batch(texts)]
     lengths = torch.tensor([len(ids) for ids in encoded])
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     ids = torch.tensor([i for ids in encoded for i in ids], dtype=torch.int32)
-    return ids, offsets
+    return truncate_flat(ids, offsets, max_length) if max_length else (ids, offsets)
 
 
 def fingerprint(root: Path) -> str:
