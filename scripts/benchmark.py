@@ -204,8 +204,9 @@ def main():
         i = 1 if text else 0
         ratio = statistics.median(o[i] / p[i] for o, p in zip(our, plain))
         samples = statistics.median(o[0] for o in our)
-        train_size = {"lstm": lambda: len(dm.train_index), "speech_rnn": lambda: len(dm.cache["train"]["labels"])}
-        epoch_s = train_size.get(name, lambda: len(dm.y_train))() / samples
+        audio = name == "speech_rnn"
+        train_size = len(dm.train_index) if text else len(dm.cache["train"]["labels"]) if audio else len(dm.y_train)
+        epoch_s = train_size / samples
         rows.append((name, cfg.data.batch_size, statistics.median(p[0] for p in plain), samples,
                      statistics.median(p[1] for p in plain), statistics.median(o[1] for o in our), ratio, epoch_s))
 
