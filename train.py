@@ -6,6 +6,7 @@ and return the metric a sweeper optimizes. `train=false ckpt_path=...` only test
 
 import json
 import logging
+import os
 import platform
 import socket
 import subprocess
@@ -30,6 +31,8 @@ from nnlab.memory import keep_freed_memory
 from nnlab.module import Classifier
 
 keep_freed_memory()  # before the first training step: see nnlab/memory.py
+if os.environ.get("NNLAB_CPUS"):  # hydra/launcher=parallel pins each trial (and its DDP ranks) to its own cores
+    os.sched_setaffinity(0, {int(c) for c in os.environ["NNLAB_CPUS"].split(",")})
 
 log = logging.getLogger("nnlab")
 
@@ -57,6 +60,7 @@ def describe_run(out: Path, cfg: DictConfig):
         "command": [sys.executable, *sys.argv],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),
+        "cpus": sorted(os.sched_getaffinity(0)),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -77,6 +81,21 @@ def check_pairing(cfg: DictConfig, model_input: str):
 
 
 @rank_zero_only
+def end_pruned_trial(cfg: DictConfig, loggers, epoch: int):
+    """The pruner stopped this trial: the study records it as pruned, W&B gets a `pruned` tag; no test is run."""
+    import optuna
+
+    from nnlab.sweep import load_study
+
+    load_study(cfg.sweep.storage, cfg.sweep.name).tell(cfg.sweep.trial, state=optuna.trial.TrialState.PRUNED)
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.tags = (*lg.experiment.tags, "pruned")
+            lg.experiment.summary["trial_state"] = "pruned"
+    log.info(f"trial {cfg.sweep.trial} pruned after epoch {epoch}")
+
+
+@rank_zero_only
 def finish_wandb(loggers, exit_code: int):
     """Close the W&B run (marked failed on a non-zero exit code) so the next run in this process is a new one."""
     for lg in loggers:
@@ -86,6 +105,36 @@ def finish_wandb(loggers, exit_code: int):
             lg.experiment.finish(exit_code=exit_code)
             if offline:
                 print(f"W&B is offline (no credentials found); upload this run with: wandb sync {run_dir}")
+
+
+def sweep_trial(cfg: DictConfig):
+    """In a sweep's trial: the pruning callback, and the trial's overrides as W&B tags. None in a single run."""
+    if cfg.get("sweep") is None or cfg.sweep.trial is None:
+        return None
+    from nnlab.sweep import PruneTrial, load_study
+
+    attrs = load_study(cfg.sweep.storage, cfg.sweep.name).user_attrs
+    if "wandb" in cfg.get("logger", {}):
+        skip = ("sweep.", "hydra.", "run_id=", "run_name=", "resume=", "paths.")
+        tags = [o.lstrip("+~")[:64] for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(skip)]
+        cfg.logger.wandb.tags = [*cfg.logger.wandb.tags, *tags]
+    return PruneTrial(cfg.sweep.storage, cfg.sweep.name, cfg.sweep.trial, attrs.get("prune_monitor", "val/acc"))
+
+
+def check_launch(cfg: DictConfig):
+    """DDP that Lightning starts itself re-runs this process's command line: inside an in-process multirun that is
+    the whole sweep again (Lightning issue 11300). The default trial launcher gives each trial its own command."""
+    from hydra.types import RunMode
+
+    devices = cfg.trainer.get("devices", 1)
+    many = devices == -1 or devices == "auto" or (isinstance(devices, int) and devices > 1) or isinstance(devices, (list, str))
+    started_outside = any(k in os.environ for k in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
+    if HydraConfig.get().mode == RunMode.MULTIRUN and "ddp" in str(cfg.trainer.get("strategy")) and many \
+            and not started_outside:
+        raise ValueError(f"trainer.strategy={cfg.trainer.strategy} with devices={devices} inside a multirun that runs "
+                         f"trials in this process (hydra/launcher={HydraConfig.get().runtime.choices.get('hydra/launcher')}): "
+                         "DDP would re-run the whole sweep in every rank. Use the default hydra/launcher=trials "
+                         "(each trial its own process) or hydra/launcher=parallel.")
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -103,6 +152,7 @@ def main(cfg: DictConfig) -> float | None:
         else:
             log.warning(f"resume=true but {last_ckpt} does not exist: starting from scratch in {out}")
 
+    check_launch(cfg)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     L.seed_everything(cfg.seed, workers=True)
@@ -120,8 +170,9 @@ def main(cfg: DictConfig) -> float | None:
         check_pairing(cfg, model.hparams.input)
     datamodule = instantiate(cfg.data, _convert_="all")
 
+    pruning = sweep_trial(cfg) if cfg.train else None
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()] + ([pruning] if pruning else [])
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                                      plugins=[AtomicCheckpointIO()])
     describe_run(out, cfg)
@@ -138,13 +189,19 @@ def main(cfg: DictConfig) -> float | None:
             test_ckpt = best or None
         else:
             test_ckpt = None
-        test = trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
+        pruned = pruning is not None and pruning.pruned_at is not None
+        test = [{}] if pruned else trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
+        if pruned:
+            end_pruned_trial(cfg, loggers, pruning.pruned_at)
     except BaseException:
+        log.exception(f"run failed; its directory: {out}")  # into train.log, and W&B's copy of the console
         finish_wandb(loggers, 1)
         raise
     finish_wandb(loggers, 0)
 
     metrics.update(test[0])
+    if pruning is not None:
+        metrics["trial_state"] = "pruned" if pruned else "complete"
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     metrics.update(
         {
@@ -159,7 +216,7 @@ def main(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
         log.info(f"metrics: {json.dumps({k: v for k, v in metrics.items() if k.startswith('test/')})}  run directory: {out}")
-    return metrics.get(cfg.optimized_metric)
+    return None if metrics.get("trial_state") == "pruned" else metrics.get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

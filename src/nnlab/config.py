@@ -21,6 +21,21 @@ def wandb_offline() -> bool:
         return True
 
 
+def parallel_slots() -> int:
+    """Trials at once for hydra/launcher=parallel: one per GPU; without GPUs, two."""
+    import torch
+
+    return torch.cuda.device_count() or 2
+
+
+def run_id() -> str:
+    """A fresh id; under a W&B Sweeps agent, the id of the run the agent created for this command."""
+    if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+        return os.environ["WANDB_RUN_ID"]
+    return secrets.token_hex(4)
+
+
 # use_cache: one id per config, however often the run directory is resolved.
-OmegaConf.register_new_resolver("nnlab.run_id", lambda: secrets.token_hex(4), use_cache=True, replace=True)
+OmegaConf.register_new_resolver("nnlab.run_id", run_id, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("nnlab.wandb_offline", wandb_offline, replace=True)
+OmegaConf.register_new_resolver("nnlab.parallel_slots", parallel_slots, replace=True)

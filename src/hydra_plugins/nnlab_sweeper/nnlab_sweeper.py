@@ -1,0 +1,433 @@
+"""Hydra plugins for nnlab sweeps (configs in conf/hydra/sweeper and conf/hydra/launcher).
+
+StudySweeper: every multirun is an Optuna study in persistent storage. `hydra/sweeper=grid` runs every combination
+of the listed values in Hydra's order; `hydra/sweeper=optuna` samples (TPE by default) from choice/range/interval
+overrides and prunes at validation ends. A failed trial is recorded and the sweep goes on; rerunning the command
+resumes the study (interrupted trials continue from their last checkpoint in their own directory and W&B run).
+
+TrialLauncher: runs each trial as its own `python train.py <trial overrides>` process, n_jobs at a time, each pinned
+to its own GPUs (or CPU cores). A trial process is a plain single run with fixed values, so Lightning's DDP launcher
+replays that command line, not the sweep's `-m` (Lightning issue 11300).
+"""
+
+import logging
+import math
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from nnlab import sweep as S
+
+log = logging.getLogger("nnlab.sweep")
+_hydra_config_lock = threading.Lock()  # HydraConfig is one per process; trial configs are resolved one at a time
+
+
+class TrialFailed(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------------- launcher
+class TrialLauncher(Launcher):
+    def __init__(self, n_jobs: int = 1, gpus_per_job: int = 1, devices: Sequence[int] | None = None,
+                 cpus_per_job: int | None = None, echo: bool | None = None, kill_timeout_s: float = 60):
+        if n_jobs < 1:
+            raise ValueError(f"hydra.launcher.n_jobs={n_jobs}: must be at least 1")
+        self.n_jobs, self.gpus_per_job, self.devices, self.cpus_per_job = n_jobs, gpus_per_job, devices, cpus_per_job
+        self.echo = (n_jobs == 1) if echo is None else echo
+        self.kill_timeout_s = kill_timeout_s
+        self.config = self.hydra_context = self.task_function = None
+        self._slots: queue.Queue | None = None
+        self._procs: set[subprocess.Popen] = set()
+        self._procs_lock = threading.Lock()
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        self._slots = queue.Queue()
+        for env in self.slot_environments():
+            self._slots.put(env)
+
+    def slot_environments(self) -> list[dict[str, str]]:
+        """What pins each of the n_jobs slots: CUDA_VISIBLE_DEVICES with GPUs, else a share of the CPU cores."""
+        if self.n_jobs == 1 and self.devices is None:
+            return [{}]  # one trial at a time sees what this process sees
+        gpus = list(self.devices) if self.devices is not None else list(range(_gpu_count()))
+        if gpus:
+            need = self.n_jobs * self.gpus_per_job
+            if need > len(gpus):
+                raise ValueError(f"hydra.launcher.n_jobs={self.n_jobs} x gpus_per_job={self.gpus_per_job} needs {need} "
+                                 f"GPUs but {len(gpus)} are available ({gpus}); lower n_jobs or gpus_per_job")
+            g = self.gpus_per_job
+            return [{"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus[i * g:(i + 1) * g]))} for i in range(self.n_jobs)]
+        cpus = sorted(os.sched_getaffinity(0))
+        per = self.cpus_per_job or max(1, len(cpus) // self.n_jobs)
+        if per * self.n_jobs > len(cpus):
+            log.warning(f"n_jobs={self.n_jobs} x cpus_per_job={per} is more than the {len(cpus)} cores: slices overlap")
+        slices = [[cpus[(i * per + k) % len(cpus)] for k in range(per)] for i in range(self.n_jobs)]
+        return [{"NNLAB_CPUS": ",".join(map(str, s)), "OMP_NUM_THREADS": str(per), "CUDA_VISIBLE_DEVICES": ""}
+                for s in slices]
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        results: list[JobReturn | None] = [None] * len(job_overrides)
+
+        def one(i):
+            results[i] = self.run_trial(list(job_overrides[i]), initial_job_idx + i)
+
+        if len(job_overrides) == 1:
+            one(0)
+        else:
+            threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(job_overrides))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        return results
+
+    def trial_dir(self, overrides: list[str], idx: int) -> tuple[Path, DictConfig]:
+        with _hydra_config_lock:
+            saved = HydraConfig.instance().cfg
+            try:
+                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+                with open_dict(cfg):
+                    cfg.hydra.job.id = cfg.hydra.job.num = idx
+                HydraConfig.instance().set_config(cfg)
+                out = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+                return out.resolve(), cfg
+            finally:
+                HydraConfig.instance().cfg = saved
+
+    def command(self, overrides: list[str], out: Path) -> list[str]:
+        import __main__
+
+        if getattr(__main__, "__spec__", None) is not None:
+            cmd = [sys.executable, "-m", __main__.__spec__.name]
+        else:
+            cmd = [sys.executable, str(Path(self.config.hydra.runtime.cwd, sys.argv[0]))]
+        cmd += _config_arguments(sys.argv[1:])
+        consumed = ("hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher", "hydra.mode",
+                    "hydra.run", "hydra.job.num", "hydra.job.id")
+        hydra_overrides = [o for o in self.config.hydra.overrides.hydra if not o.lstrip("+~").startswith(consumed)]
+        task = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+        return cmd + hydra_overrides + task + [f"hydra.run.dir='{out}'"]
+
+    def run_trial(self, overrides: list[str], idx: int) -> JobReturn:
+        out, cfg = self.trial_dir(overrides, idx)
+        out.mkdir(parents=True, exist_ok=True)
+        cmd = self.command(overrides, out)
+        ret = JobReturn(overrides=[o for o in overrides if not o.startswith("hydra.")], working_dir=str(out),
+                        task_name=str(cfg.hydra.job.name))
+        slot = self._slots.get()
+        try:
+            env = {**os.environ, **slot, "PYTHONUNBUFFERED": "1"}
+            pinned = " ".join(f"{k}={v}" for k, v in slot.items() if k != "OMP_NUM_THREADS")
+            log.info(f"#{idx} {' '.join(ret.overrides)} -> {out}{'  (' + pinned + ')' if pinned else ''}")
+            tail: deque[str] = deque(maxlen=30)
+            with open(out / "console.log", "ab") as console:
+                proc = subprocess.Popen(cmd, cwd=self.config.hydra.runtime.cwd, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+                with self._procs_lock:
+                    self._procs.add(proc)
+                try:
+                    for line in proc.stdout:
+                        console.write(line)
+                        text = line.decode(errors="replace")
+                        tail.append(text)
+                        if self.echo:
+                            sys.stdout.write(text)
+                            sys.stdout.flush()
+                    rc = proc.wait()
+                except BaseException:
+                    self.terminate([proc])
+                    raise
+                finally:
+                    with self._procs_lock:
+                        self._procs.discard(proc)
+        finally:
+            self._slots.put(slot)
+        if rc == 0:
+            ret.status = JobStatus.COMPLETED
+            ret.return_value = _read_metric(out, cfg.get("optimized_metric"))
+        else:
+            ret.status = JobStatus.FAILED
+            why = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
+            error = _last_error(tail)
+            ret.return_value = TrialFailed(f"{error or why} (trial #{idx} ended with {why}; its output is in "
+                                           f"{out / 'console.log'}), ending:\n{''.join(tail)}")
+        return ret
+
+    def terminate(self, procs=None):
+        """SIGTERM to each trial's process group (its DDP ranks too), SIGKILL after kill_timeout_s."""
+        with self._procs_lock:
+            procs = list(procs if procs is not None else self._procs)
+        for p in procs:
+            _signal_group(p, signal.SIGTERM)
+        deadline = time.monotonic() + self.kill_timeout_s
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(p, signal.SIGKILL)
+                p.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig):
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _config_arguments(argv: list[str]) -> list[str]:
+    """--config-path/--config-name/--config-dir (and short forms) from the sweep's command line."""
+    flags = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+    kept, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in flags and i + 1 < len(argv):
+            kept += [a, argv[i + 1]]
+            i += 1
+        elif a.startswith(tuple(f + "=" for f in flags)):
+            kept.append(a)
+        i += 1
+    return kept
+
+
+def _last_error(lines) -> str:
+    """The exception line of a Python traceback at the end of a trial's output ('ValueError: ...'), if any."""
+    import re
+
+    found = [ln.strip() for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*", ln)]
+    return found[-1] if found else ""
+
+
+def _read_metric(out: Path, metric: str | None):
+    import json
+
+    path = out / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    if metrics.get("trial_state") == "pruned":
+        return None
+    return metrics.get(metric)
+
+
+# -------------------------------------------------------------------------------------------------------- sweeper
+class StudySweeper(Sweeper):
+    def __init__(self, study_name: str | None = None, storage: str | None = None, direction: str = "maximize",
+                 n_trials: int | None = None, sampler: Any = None, pruner: Any = None, prune_monitor: str = "val/acc",
+                 params: dict | None = None, heartbeat_s: float = 15, stale_after_s: float = 90):
+        self.study_name, self.storage, self.direction, self.n_trials = study_name, storage, direction, n_trials
+        self.sampler_cfg, self.pruner_cfg, self.prune_monitor = sampler, pruner, prune_monitor
+        self.params = dict(params or {})
+        self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
+        self.config = self.hydra_context = self.launcher = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+
+    # --------------------------------------------------------------------------------------------------- the study
+    def open_study(self, arguments: list[str]):
+        args = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        self.space = S.SearchSpace.parse(args)
+        self.grid = self.sampler_cfg is None
+        self.points = self.space.grid_points() if self.grid else None
+        if not self.space.distributions:
+            raise ValueError("nothing to sweep: give a parameter several values (model.lr=1e-3,3e-3), a range or an "
+                             "interval (with hydra/sweeper=optuna), or set hydra.sweeper.params")
+        self.target = self.n_trials or (len(self.points) if self.grid else None)
+        if not self.target:
+            raise ValueError("hydra.sweeper.n_trials is not set: say how many trials the study should have")
+        choices = self.config.hydra.runtime.choices
+        name = self.study_name or S.default_study_name(choices.get("model"), args)
+        with open_dict(self.config):
+            self.config.hydra.sweeper.study_name = name
+        self.sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        self.url = S.storage_url(self.storage, self.sweep_dir)
+        sampler = S.make_sampler(None if self.grid else OmegaConf.to_container(self.sampler_cfg, resolve=True))
+        pruner_cfg = OmegaConf.to_container(self.pruner_cfg, resolve=True) if self.pruner_cfg else None
+        pruner = instantiate(pruner_cfg) if pruner_cfg else optuna.pruners.NopPruner()
+        self.study = optuna.create_study(study_name=name, storage=S.open_storage(self.url), sampler=sampler,
+                                         pruner=pruner, direction=self.direction, load_if_exists=True)
+        self.check_same_sweep()
+        # Trial processes read the pruner and what it watches from the study itself.
+        self.study.set_user_attr("pruner", pruner_cfg)
+        self.study.set_user_attr("prune_monitor", self.prune_monitor)
+        self.study.set_user_attr("metric", str(self.config.get("optimized_metric")))
+        self.grid_distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in self.space.grid.items()}
+
+    def check_same_sweep(self):
+        """A stored study continues only with the settings it was started with: trials run under other fixed
+        overrides or another search space would not be comparable."""
+        machine = ("paths.", "hydra.", "+paths.", "++paths.")
+        signature = {"fixed": [o for o in self.space.fixed if not o.startswith(machine)],
+                     "space": {k: repr(d) for k, d in self.space.distributions.items()}}
+        stored = self.study.user_attrs.get("signature")
+        if stored is not None and stored != signature:
+            was = " ".join(stored["fixed"] + [f"{k}~{v}" for k, v in stored["space"].items()])
+            now = " ".join(signature["fixed"] + [f"{k}~{v}" for k, v in signature["space"].items()])
+            raise ValueError(f"study {self.study.study_name} in {self.url} was started with\n  {was}\nbut this command "
+                             f"asks for\n  {now}\nRerun with the original overrides to continue it, or name a new "
+                             "study: hydra.sweeper.study_name=<new name>")
+        self.study.set_user_attr("signature", signature)
+
+    def next_trial(self):
+        """A stale trial to resume, else a new one while the study has fewer than target trials; None when done."""
+        trials = self.study.get_trials(deepcopy=False)
+        for t in trials:
+            if S.is_stale(t, self.stale_after_s):
+                self.beat(t._trial_id)
+                return t, True
+        if len([t for t in trials if t.state != optuna.trial.TrialState.WAITING]) >= self.target:
+            return None
+        if self.grid:
+            taken = {tuple(sorted(t.params.items())) for t in trials} | {
+                tuple(sorted(t.system_attrs.get("fixed_params", {}).items())) for t in trials}
+            todo = [p for p in self.points if tuple(sorted(p.items())) not in taken]
+            if not todo:
+                return None
+            self.study.enqueue_trial(todo[0])
+            trial = self.study.ask(self.grid_distributions)
+        else:
+            trial = self.study.ask(self.space.distributions)
+        self.beat(trial._trial_id)
+        return self.study._storage.get_trial(trial._trial_id), False
+
+    def beat(self, trial_id: int, when: float | None = None):
+        self.study._storage.set_trial_user_attr(trial_id, S.HEARTBEAT, time.time() if when is None else when)
+
+    def overrides_for(self, trial: optuna.trial.FrozenTrial, resumed: bool) -> list[str]:
+        import secrets
+
+        run_id = trial.user_attrs.get("run_id") or secrets.token_hex(4)
+        self.study._storage.set_trial_user_attr(trial._trial_id, "run_id", run_id)
+        self.study._storage.set_trial_user_attr(trial._trial_id, "run_dir", str(self.sweep_dir / str(trial.number)))
+        params = [f"{k}={S.as_override_value(v)}" for k, v in trial.params.items()]
+        return self.space.fixed + params + [
+            f"hydra.sweep.dir='{self.sweep_dir}'", f"hydra.sweep.subdir={trial.number}",
+            f"sweep.name={self.study.study_name}", f"sweep.storage='{self.url}'", f"sweep.trial={trial.number}",
+            f"run_id='{run_id}'", f"run_name={self.study.study_name}-{trial.number}",
+        ] + (["resume=true"] if resumed else [])
+
+    def record(self, trial: optuna.trial.FrozenTrial, ret: JobReturn):
+        now = self.study._storage.get_trial(trial._trial_id)
+        if now.state != optuna.trial.TrialState.RUNNING:
+            return now.state  # the trial process said it was pruned
+        value = ret._return_value
+        if ret.status == JobStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
+            self.study.tell(trial.number, float(value))
+            return optuna.trial.TrialState.COMPLETE
+        if ret.status == JobStatus.COMPLETED:
+            error = f"{self.config.get('optimized_metric')} is {value!r} (see {ret.working_dir}/metrics.json)"
+        else:
+            error = str(value).splitlines()[0]
+            log.error(str(value))
+        self.study._storage.set_trial_user_attr(trial._trial_id, "error", error)
+        self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        return optuna.trial.TrialState.FAIL
+
+    # ------------------------------------------------------------------------------------------------------- sweep
+    def sweep(self, arguments: list[str]) -> Any:
+        self.open_study(arguments)
+        done = len([t for t in self.study.get_trials(deepcopy=False) if t.state in S.FINISHED])
+        log.info(f"Study {self.study.study_name} in {self.url}: {done} of {self.target} trials finished; "
+                 f"sweep directory {self.sweep_dir}")
+        lock, stop, in_flight, returns = threading.Lock(), threading.Event(), {}, []
+
+        def worker():
+            while not stop.is_set():
+                with lock:
+                    picked = self.next_trial()
+                    if picked is None:
+                        return
+                    trial, resumed = picked
+                    in_flight[trial._trial_id] = trial
+                note = " (resumed from its last checkpoint)" if resumed else ""
+                log.info(f"Trial {trial.number}{note}: " + " ".join(f"{k}={S.as_override_value(v)}"
+                                                                     for k, v in trial.params.items()))
+                ret = self.launcher.launch([self.overrides_for(trial, resumed)], initial_job_idx=trial.number)[0]
+                with lock:
+                    del in_flight[trial._trial_id]
+                    if stop.is_set():  # interrupted: leave it running for a rerun to resume
+                        self.beat(trial._trial_id, 0.0)
+                        return
+                    state = self.record(trial, ret)
+                    returns.append(ret)
+                log.info(f"Trial {trial.number} {state.name.lower()}: {ret.working_dir}")
+
+        def heartbeat():
+            while not stop.wait(self.heartbeat_s):
+                with lock:
+                    for trial_id in list(in_flight):
+                        self.beat(trial_id)
+
+        beats = threading.Thread(target=heartbeat, daemon=True)
+        beats.start()
+        slots = getattr(self.launcher, "n_jobs", 1)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            if slots == 1:
+                worker()
+            else:
+                threads = [threading.Thread(target=worker, daemon=True) for _ in range(slots)]
+                for t in threads:
+                    t.start()
+                while any(t.is_alive() for t in threads):
+                    for t in threads:
+                        t.join(0.2)
+        except KeyboardInterrupt:
+            stop.set()
+            log.warning("Interrupted: stopping the running trials; rerun the same command to resume them")
+            if hasattr(self.launcher, "terminate"):
+                self.launcher.terminate()
+            with lock:
+                for trial_id in list(in_flight):
+                    self.beat(trial_id, 0.0)
+            self.report()
+            raise
+        finally:
+            stop.set()
+            signal.signal(signal.SIGTERM, previous)
+        self.report()
+        return [returns]
+
+    def report(self):
+        metric = str(self.config.get("optimized_metric"))
+        print(S.write_summary(self.study, self.sweep_dir, metric), flush=True)
+        groups = set(self.config.hydra.runtime.choices)
+        best = S.write_best_experiment(self.study, self.sweep_dir, self.space.fixed, groups, metric)
+        if best:
+            print(f"Best parameters as an experiment config: {best}\n"
+                  f"  reproduce: python train.py -cd {self.sweep_dir} experiment=best")
+        if any(self.sweep_dir.glob("*/wandb/offline-run-*")):
+            print(f"W&B ran offline; upload the whole sweep with: wandb sync {self.sweep_dir}/*/wandb/offline-run-*")
+        print(f"Summary: {self.sweep_dir / 'summary.md'}  (rerun the same command to continue the study)", flush=True)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")

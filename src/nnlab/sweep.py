@@ -1,0 +1,315 @@
+"""Sweeps on a persistent Optuna study: search spaces in Hydra's override syntax, the study, pruning, the summary.
+
+The sweeper (hydra_plugins/nnlab_sweeper) runs in the process that `python train.py -m ...` starts; each trial is a
+train.py run that finds its study through the `sweep.*` keys the sweeper sets. The study's storage is the record of a
+sweep: rerunning the command opens it again and continues, several workers can share it, and the summary is built from it.
+"""
+
+import csv
+import hashlib
+import io
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+
+from nnlab.atomic import atomic_open
+
+log = logging.getLogger("nnlab.sweep")
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+HEARTBEAT = "nnlab:heartbeat"  # user attribute: when the worker running a trial last said it is alive (0: released)
+
+
+# ----------------------------------------------------------------------------------------------------- search space
+@dataclass
+class SearchSpace:
+    """Overrides split into what every trial gets (`fixed`) and what varies (`grid` lists or Optuna distributions)."""
+
+    fixed: list[str] = field(default_factory=list)
+    grid: dict[str, list[str]] = field(default_factory=dict)  # key -> values as Hydra override strings
+    distributions: dict[str, optuna.distributions.BaseDistribution] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, arguments: list[str]) -> "SearchSpace":
+        space = cls()
+        for override in OverridesParser.create().parse_overrides(arguments):
+            key = override.get_key_element()
+            if not override.is_sweep_override():
+                space.fixed.append(override.input_line)
+            elif override.is_hydra_override():
+                raise ValueError(f"{override.input_line}: hydra.* settings cannot be swept; give them one value")
+            else:
+                if override.is_discrete_sweep():
+                    space.grid[key] = list(override.sweep_string_iterator())
+                space.distributions[key] = distribution(override)
+        return space
+
+    def grid_points(self) -> list[dict[str, str]]:
+        """Every combination of the discrete values, in the order Hydra's basic sweeper would run them."""
+        if set(self.distributions) - set(self.grid):
+            continuous = ", ".join(sorted(set(self.distributions) - set(self.grid)))
+            raise ValueError(f"a grid sweep needs a list of values for every parameter; {continuous} is an interval. "
+                             "Use hydra/sweeper=optuna to search intervals.")
+        keys = list(self.grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+
+
+def distribution(override: Override) -> optuna.distributions.BaseDistribution:
+    """Hydra sweep syntax to an Optuna distribution: choice/list -> categorical, range -> int or stepped float,
+    interval -> float (int with int(...)), tag(log, ...) -> log scale."""
+    value = override.value()
+    log_scale = "log" in getattr(value, "tags", set())
+    if override.is_choice_sweep():
+        return optuna.distributions.CategoricalDistribution(list(override.sweep_string_iterator()))
+    if override.is_range_sweep():
+        values = [float(v) for v in override.sweep_string_iterator()]
+        if not values:
+            raise ValueError(f"{override.input_line}: the range is empty")
+        if all(isinstance(x, int) for x in (value.start, value.stop, value.step)):
+            return optuna.distributions.IntDistribution(int(values[0]), int(values[-1]), step=int(value.step))
+        return optuna.distributions.FloatDistribution(values[0], values[-1], step=value.step)
+    if override.is_interval_sweep():
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return optuna.distributions.IntDistribution(value.start, value.end, log=log_scale)
+        return optuna.distributions.FloatDistribution(value.start, value.end, log=log_scale)
+    raise ValueError(f"{override.input_line}: not a sweep Optuna can search (use choice, range or interval)")
+
+
+def as_override_value(value) -> str:
+    """An Optuna parameter value as it goes back on the command line."""
+    if isinstance(value, str):
+        return value  # categorical values are kept as the override strings they came from
+    if isinstance(value, float):
+        return repr(float(f"{value:.6g}"))  # 0.0031234 rather than 0.0031234000000000002
+    return str(value)
+
+
+def default_study_name(model: str | None, arguments: list[str]) -> str:
+    """<model>-<8 hex digits of the sorted overrides>: the same command opens the same study."""
+    digest = hashlib.sha1("\n".join(sorted(arguments)).encode()).hexdigest()[:8]
+    return f"{model or 'sweep'}-{digest}"
+
+
+# ------------------------------------------------------------------------------------------------------------ study
+def storage_url(storage: str | None, sweep_dir: Path):
+    """None -> SQLite file in the sweep directory; *.log / *.journal / journal:PATH -> a journal file (for shared
+    file systems, where SQLite's locking is unreliable); anything else is an Optuna/SQLAlchemy storage URL."""
+    if storage is None:
+        return f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
+    return str(storage)
+
+
+def open_storage(url: str):
+    if url.startswith("journal:") or url.endswith((".log", ".journal")):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url.removeprefix("journal:")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:"):
+        # Several workers write one file: wait for the lock instead of failing at once.
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.storages.RDBStorage(url)
+
+
+def load_study(url: str, name: str) -> optuna.Study:
+    """The stored study, with the pruner its sweeper configured (Optuna does not store pruners)."""
+    storage = open_storage(url)
+    study = optuna.load_study(study_name=name, storage=storage, pruner=optuna.pruners.NopPruner())
+    pruner = study.user_attrs.get("pruner")
+    if pruner:
+        from hydra.utils import instantiate
+
+        study.pruner = instantiate(pruner)
+    return study
+
+
+def live_trial(url: str, name: str, number: int) -> optuna.Trial:
+    """The running trial `number` of a stored study, for a trial process to report to."""
+    study = load_study(url, name)
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    return optuna.Trial(study, trial_id)
+
+
+def is_stale(trial: optuna.trial.FrozenTrial, stale_after_s: float) -> bool:
+    """A running trial no live worker looks after: released on interruption, or silent for stale_after_s."""
+    if trial.state != optuna.trial.TrialState.RUNNING:
+        return False
+    beat = trial.user_attrs.get(HEARTBEAT)
+    if beat is None:  # just asked for by a worker that has not marked it yet
+        beat = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+    return time.time() - beat > stale_after_s
+
+
+class PerTrialSeed(optuna.samplers.BaseSampler):
+    """A sampler seeded per trial (from the seed and the trial number) instead of once per process.
+
+    Workers started by the same command share the configured seed; a sampler seeded once per process would give
+    every worker the same random draws, so their trials would repeat each other's parameters. Trial numbers are
+    unique in a study, so seeding by them keeps one worker's sweep reproducible and parallel workers apart. Samplers
+    keep their history in the study, so a fresh instance per trial loses nothing."""
+
+    def __init__(self, make, seed: int):
+        self.make, self.seed = make, seed
+        self._number, self._sampler = None, None
+
+    def _for(self, trial) -> optuna.samplers.BaseSampler:
+        if trial.number != self._number:
+            self._number, self._sampler = trial.number, self.make((self.seed * 1_000_003 + trial.number) % 2**32)
+        return self._sampler
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self._for(trial).after_trial(study, trial, state, values)
+
+
+def make_sampler(config: dict | None) -> optuna.samplers.BaseSampler:
+    """The configured sampler; seeded per trial (PerTrialSeed) when it takes a seed and is not a low-discrepancy
+    sequence (QMC), whose seed must stay fixed for the whole study."""
+    from hydra.utils import instantiate
+
+    if not config:
+        return optuna.samplers.RandomSampler()
+    config = dict(config)
+    seed = config.pop("seed", None)
+    if seed is None or config["_target_"].endswith("QMCSampler"):
+        return instantiate({**config, "seed": seed} if seed is not None else config)
+    return PerTrialSeed(lambda s: instantiate({**config, "seed": s}), int(seed))
+
+
+# ---------------------------------------------------------------------------------------------------------- pruning
+class PruneTrial(L.Callback):
+    """Reports the monitored metric to the trial after every validation; stops training when the pruner says so.
+
+    Rank 0 talks to the study; the decision is broadcast so that every DDP rank stops at the same epoch."""
+
+    def __init__(self, storage: str, study: str, trial: int, monitor: str):
+        self.storage, self.study, self.number, self.monitor = storage, study, trial, monitor
+        self.trial = None
+        self.pruned_at: int | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        prune = False
+        if trainer.is_global_zero:
+            if self.monitor not in trainer.callback_metrics:
+                raise KeyError(f"hydra.sweeper.prune_monitor={self.monitor!r} is not a logged metric; "
+                               f"logged: {', '.join(sorted(trainer.callback_metrics))}")
+            value = float(trainer.callback_metrics[self.monitor])
+            if self.trial is None:
+                self.trial = live_trial(self.storage, self.study, self.number)
+            if math.isfinite(value):
+                self.trial.report(value, step=trainer.current_epoch)
+            prune = self.trial.should_prune()
+        prune = trainer.strategy.broadcast(prune, src=0)
+        if prune:
+            self.pruned_at = trainer.current_epoch
+            trainer.should_stop = True
+
+    def state_dict(self):
+        return {"pruned_at": self.pruned_at}
+
+    def load_state_dict(self, state):
+        self.pruned_at = state.get("pruned_at")
+
+
+# ---------------------------------------------------------------------------------------------------------- summary
+def summary_rows(study: optuna.Study) -> list[dict]:
+    best = None
+    try:
+        best = study.best_trial.number
+    except ValueError:  # no complete trial yet
+        pass
+    rows = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        rows.append({
+            "trial": t.number,
+            "best": "*" if t.number == best else "",
+            "state": t.state.name.lower(),
+            "value": "" if t.value is None else f"{t.value:.6g}",
+            "epochs": t.last_step + 1 if t.last_step is not None else "",
+            "overrides": " ".join(f"{k}={as_override_value(v)}" for k, v in t.params.items()),
+            "run_dir": t.user_attrs.get("run_dir", ""),
+            "error": t.user_attrs.get("error", ""),
+        })
+    return rows
+
+
+def write_summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
+    """summary.csv and summary.md in the sweep directory, from the study (every worker's trials); returns the Markdown."""
+    rows = summary_rows(study)
+    columns = ["trial", "best", "state", "value", "epochs", "overrides", "run_dir", "error"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_open(sweep_dir / "summary.csv") as f:
+        f.write(buf.getvalue().encode())
+    header = {"value": metric}
+    lines = ["| " + " | ".join(header.get(c, c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row[c]).replace("|", "\\|") for c in columns) + " |")
+    states = [r["state"] for r in rows]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned", "fail", "running") if s in states)
+    text = f"Sweep {study.study_name}: {len(rows)} trials ({counts}); * marks the best\n\n" + "\n".join(lines) + "\n"
+    with atomic_open(sweep_dir / "summary.md") as f:
+        f.write(text.encode())
+    return text
+
+
+def write_best_experiment(study: optuna.Study, sweep_dir: Path, fixed: list[str], groups: set[str],
+                          metric: str) -> Path | None:
+    """<sweep dir>/experiment/best.yaml: the sweep's fixed overrides plus the best trial's parameters, as an
+    experiment config (`python train.py -cd <sweep dir> experiment=best`)."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    parser = OverridesParser.create()
+    overrides = parser.parse_overrides(fixed + [f"{k}={as_override_value(v)}" for k, v in best.params.items()])
+    defaults, values = [], {}
+    for o in overrides:
+        key = o.get_key_element().lstrip("+~")
+        if o.is_hydra_override() or o.is_delete() or key.startswith("paths."):
+            continue  # paths.* say where this machine keeps things, not how the trial trained
+        if key.split("@")[0] in groups:
+            defaults.append(f"  - override /{key}: {o.get_value_element_as_str()}")
+        else:
+            node = values
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = o.value()
+    from omegaconf import OmegaConf
+
+    body = OmegaConf.to_yaml(OmegaConf.create(values)) if values else ""
+    text = (f"# @package _global_\n# Best trial {best.number} of sweep {study.study_name}: {metric} = {best.value:.6g}\n"
+            f"# python train.py -cd {sweep_dir} experiment=best\n")
+    if defaults:
+        text += "defaults:\n" + "\n".join(defaults) + "\n"
+    text += body
+    path = sweep_dir / "experiment" / "best.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as f:
+        f.write(text.encode())
+    return path

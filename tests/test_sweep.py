@@ -1,0 +1,264 @@
+"""Sweeps as a user runs them (`python train.py -m ...`): grid and Optuna studies, pruning, failures, interruption and
+resume, DDP inside trials, parallel trials, W&B offline runs grouped per sweep."""
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from nnlab.sweep import SearchSpace, as_override_value, load_study
+from tests.helpers import ROOT, read_wandb_records
+
+TINY = ["model=mlp", "data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100"]
+
+
+# ------------------------------------------------------------------------------------------------ search spaces
+def test_grid_points_come_in_hydra_order_and_fixed_overrides_pass_through():
+    space = SearchSpace.parse(["model=mlp", "model.lr=1e-3,3e-3", "data.batch_size=range(64,257,64)"])
+    assert space.fixed == ["model=mlp"]
+    points = space.grid_points()
+    assert len(points) == 8 and points[0] == {"model.lr": "0.001", "data.batch_size": "64"}
+    assert points[1] == {"model.lr": "0.001", "data.batch_size": "128"}
+
+
+def test_search_space_syntax_maps_to_optuna_distributions():
+    space = SearchSpace.parse(["model.lr=tag(log,interval(1e-4,1e-2))", "model.dropout=interval(0.0,0.5)",
+                               "model.layers=int(interval(1,4))", "data.batch_size=range(32,129,32)",
+                               "model.net=choice(mlp,cnn)"])
+    d = space.distributions
+    assert d["model.lr"] == optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    assert d["model.dropout"] == optuna.distributions.FloatDistribution(0.0, 0.5)
+    assert d["model.layers"] == optuna.distributions.IntDistribution(1, 4)
+    assert d["data.batch_size"] == optuna.distributions.IntDistribution(32, 128, step=32)
+    assert d["model.net"] == optuna.distributions.CategoricalDistribution(["mlp", "cnn"])
+    with pytest.raises(ValueError, match="model.lr.*interval.*hydra/sweeper=optuna"):
+        space.grid_points()
+    assert as_override_value(0.0031234000000000002) == "0.0031234" and as_override_value(64) == "64"
+
+
+def test_sweeping_a_hydra_setting_is_refused_with_the_key():
+    with pytest.raises(ValueError, match="hydra.job.chdir"):
+        SearchSpace.parse(["hydra.job.chdir=true,false"])
+
+
+# ------------------------------------------------------------------------------------------------------ end to end
+def sweep(log_dir: Path, data_dir: Path, *overrides: str, timeout=600, check=True, env=None):
+    """`python train.py -m overrides...` with W&B offline; returns the CompletedProcess."""
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *TINY, f"paths.data_dir={data_dir}",
+                           f"paths.log_dir={log_dir}", *overrides], cwd=ROOT, env=sweep_env(env), capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sweep failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def sweep_env(extra=None):
+    return {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **(extra or {})}
+
+
+def only_sweep(log_dir: Path) -> Path:
+    (sweep_dir,) = (log_dir / "sweeps").iterdir()
+    return sweep_dir
+
+
+def summary(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def wandb_runs(sweep_dir: Path) -> dict[str, dict]:
+    """run id -> {group, tags, exit_code, trial dirs} over every offline W&B run file in the sweep."""
+    runs = {}
+    for path in sorted(sweep_dir.glob("*/wandb/offline-run-*/run-*.wandb")):
+        for record in read_wandb_records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                run = runs.setdefault(record.run.run_id, {"tags": set(), "dirs": set(), "exit_code": None})
+                run["group"] = record.run.run_group
+                run["tags"] |= set(record.run.tags)
+                run["dirs"].add(path.parents[2].name)
+            elif kind == "exit":
+                runs[path.name[4:-6]]["exit_code"] = record.exit.exit_code
+    return runs
+
+
+# Random startup trials (seed 1) draw good, good, bad, good: the bad learning rate is pruned at its first epoch.
+OPTUNA = ["hydra/sweeper=optuna", "model.lr=choice(3e-3,1e-9)", "seed=1", "hydra.sweeper.sampler.n_startup_trials=4",
+          "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0", "trainer.max_epochs=2"]
+
+
+@pytest.mark.slow
+def test_optuna_sweep_prunes_groups_wandb_runs_and_a_rerun_extends_the_study(tmp_path, mnist_dir):
+    proc = sweep(tmp_path, mnist_dir, *OPTUNA, "hydra.sweeper.n_trials=4")
+    sweep_dir = only_sweep(tmp_path)
+    rows = summary(sweep_dir)
+    assert [r["trial"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["state"] for r in rows] == ["complete", "complete", "pruned", "complete"]
+    best = [r for r in rows if r["best"] == "*"]
+    assert len(best) == 1 and best[0]["overrides"] == "model.lr=0.003"
+    assert "| trial | best | state | val/acc_best |" in proc.stdout  # the table is printed too
+    assert (sweep_dir / "summary.md").is_file() and (sweep_dir / "study.db").is_file()
+
+    runs = wandb_runs(sweep_dir)
+    assert len(runs) == 4 and {r["group"] for r in runs.values()} == {sweep_dir.name}
+    assert all(len(r["dirs"]) == 1 for r in runs.values())  # one run per trial directory
+    pruned_dirs = {r["trial"] for r in rows if r["state"] == "pruned"}
+    assert {d for r in runs.values() if "pruned" in r["tags"] for d in r["dirs"]} == pruned_dirs
+    assert all("model=mlp" in r["tags"] for r in runs.values())  # the trial's overrides are tags
+    for trial in pruned_dirs:
+        metrics = json.loads((sweep_dir / trial / "metrics.json").read_text())
+        assert metrics["trial_state"] == "pruned" and "test/acc" not in metrics  # a pruned trial is not tested
+
+    best_cfg = (sweep_dir / "experiment" / "best.yaml").read_text()
+    assert "# @package _global_" in best_cfg and "lr: 0.003" in best_cfg and "override /model: mlp" in best_cfg
+
+    # The same command with a larger budget continues the same study: one more trial, one more W&B run.
+    sweep(tmp_path, mnist_dir, *OPTUNA, "hydra.sweeper.n_trials=5")
+    assert only_sweep(tmp_path) == sweep_dir
+    study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
+    assert len(study.trials) == 5 and all(t.state.is_finished() for t in study.trials)
+    assert len(wandb_runs(sweep_dir)) == 5
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_its_running_trial_from_the_checkpoint(tmp_path, mnist_dir):
+    args = [*TINY, f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}", "hydra/sweeper=optuna",
+            "model.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.n_trials=2", "trainer.max_epochs=3",
+            "+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.25"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("sweeps/*/0/checkpoints/last.ckpt")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the first trial never wrote a checkpoint"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)  # what a scheduler or `kill` sends
+    assert proc.wait(timeout=120) != 0
+    sweep_dir = only_sweep(tmp_path)
+    study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
+    assert [t.state.name for t in study.trials] == ["RUNNING"]  # left running, released for a rerun
+
+    rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert "Trial 0 (resumed from its last checkpoint)" in rerun.stdout + rerun.stderr
+    study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["resumed_from"].endswith("last.ckpt")
+    runs = wandb_runs(sweep_dir)
+    assert len(runs) == 2 and {r["group"] for r in runs.values()} == {sweep_dir.name}  # resumed, not duplicated
+    assert sorted(d for r in runs.values() for d in r["dirs"]) == ["0", "1"]
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_and_the_grid_goes_on(tmp_path, mnist_dir):
+    proc = sweep(tmp_path, mnist_dir, "trainer.max_epochs=1", "+callbacks.poison._target_=tests.helpers.PoisonWeights",
+                 "+callbacks.poison.epoch=0,5", "model.lr=1e-3")
+    sweep_dir = only_sweep(tmp_path)
+    rows = summary(sweep_dir)
+    assert [(r["overrides"], r["state"]) for r in rows] == [("+callbacks.poison.epoch=0", "fail"),
+                                                            ("+callbacks.poison.epoch=5", "complete")]
+    assert "non-finite" in rows[0]["error"] and rows[1]["best"] == "*"
+    assert "1 fail" in proc.stdout
+    assert "Traceback" in (sweep_dir / "0" / "train.log").read_text()  # the trial's own log has the traceback
+    assert "non-finite" in (sweep_dir / "0" / "console.log").read_text()
+    runs = wandb_runs(sweep_dir)
+    assert sorted((next(iter(r["dirs"])), r["exit_code"]) for r in runs.values()) == [("0", 1), ("1", 0)]
+
+
+@pytest.mark.slow
+def test_ddp_trials_start_from_their_own_values_one_run_each(tmp_path, mnist_dir):
+    proc = sweep(tmp_path, mnist_dir, "trainer=ddp_cpu", "trainer.max_epochs=1", "model.lr=1e-3,3e-3")
+    sweep_dir = only_sweep(tmp_path)
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1", "experiment"]
+    assert [r["state"] for r in summary(sweep_dir)] == ["complete", "complete"]
+    runs = wandb_runs(sweep_dir)
+    assert len(runs) == 2 and sorted(d for r in runs.values() for d in r["dirs"]) == ["0", "1"]
+    for trial, lr in (("0", "0.001"), ("1", "0.003")):
+        console = (sweep_dir / trial / "console.log").read_text()
+        assert "distributed_backend=gloo" in console and console.count("All distributed processes registered") == 1
+        assert f"lr: {lr}" in (sweep_dir / trial / "config.yaml").read_text()
+    assert "-m" not in json.loads((sweep_dir / "0" / "run.json").read_text())["command"]
+    assert proc.stdout.count("Sweep ") == 1
+
+
+@pytest.mark.slow
+def test_parallel_launcher_pins_each_trial_to_its_own_cores(tmp_path, mnist_dir):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores to give each trial its own")
+    sweep(tmp_path, mnist_dir, "hydra/launcher=parallel", "trainer.max_epochs=1", "model.lr=1e-3,3e-3", "logger=csv")
+    sweep_dir = only_sweep(tmp_path)
+    cpus = [json.loads((sweep_dir / t / "run.json").read_text())["cpus"] for t in ("0", "1")]
+    assert all(len(c) == len(os.sched_getaffinity(0)) // 2 for c in cpus) and not set(cpus[0]) & set(cpus[1])
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_in_a_journal_file(tmp_path, mnist_dir):
+    journal = tmp_path / "shared-fs" / "study.log"
+    args = [*TINY, f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}", "hydra/sweeper=optuna",
+            "model.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.n_trials=4", f"hydra.sweeper.storage={journal}",
+            "hydra.sweeper.study_name=shared", "trainer.max_epochs=1", "logger=csv"]
+    workers = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    study = load_study(str(journal), "shared")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert len({t.params["model.lr"] for t in study.trials}) == 4
+    ran = [set(re.findall(r"Trial (\d+) complete:", out)) for out in outputs]
+    assert all(ran) and not ran[0] & ran[1] and len(ran[0] | ran[1]) == 4  # both worked, never on the same trial
+    assert sorted(p.name for p in (tmp_path / "sweeps" / "shared").iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
+
+
+@pytest.mark.slow
+def test_a_stored_study_refuses_other_settings_and_says_how_to_start_anew(tmp_path, mnist_dir):
+    sweep(tmp_path, mnist_dir, "hydra.sweeper.study_name=mine", "model.lr=choice(1e-3)", "trainer.max_epochs=1",
+          "logger=csv")
+    proc = sweep(tmp_path, mnist_dir, "hydra.sweeper.study_name=mine", "model.lr=choice(1e-3)", "trainer.max_epochs=2",
+                 "logger=csv", check=False)
+    assert proc.returncode != 0
+    assert "trainer.max_epochs=1" in proc.stderr and "hydra.sweeper.study_name=<new name>" in proc.stderr
+
+
+def test_wandb_sweeps_definition_drives_train_py_as_the_agent_would(tmp_path, mnist_dir):
+    """W&B's agent runs the definition's command with ${args_no_hyphens} replaced by the sampled values."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "scripts" / "wandb_sweep.yaml").read_text())
+    sampled = [f"{k}={p['values'][0] if 'values' in p else p['min']}" for k, p in spec["parameters"].items()]
+    macros = {"${env}": [], "${interpreter}": [sys.executable], "${program}": [str(ROOT / spec["program"])],
+              "${args_no_hyphens}": sampled}
+    cmd = [part for item in spec["command"] for part in macros.get(item, [item])]
+    run_dir = tmp_path / "run"
+    cmd += [f"paths.data_dir={mnist_dir}", f"hydra.run.dir={run_dir}", "trainer.max_epochs=1", *TINY[1:]]
+    env = sweep_env({"WANDB_SWEEP_ID": "abc123", "WANDB_RUN_ID": "agentrun1"})
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    config = (run_dir / "config.yaml").read_text()
+    assert "lr: 0.0003" in config and "batch_size: 64" in config
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    run = next(r.run for r in read_wandb_records(path) if r.WhichOneof("record_type") == "run")
+    (group,) = [item.split("=")[1] for item in spec["command"] if item.startswith("sweep.name=")]
+    assert run.run_id == "agentrun1" and run.run_group == group
+
+
+def test_workers_sharing_a_seed_do_not_repeat_each_others_draws():
+    from nnlab.sweep import make_sampler
+
+    config = {"_target_": "optuna.samplers.TPESampler", "seed": 42, "n_startup_trials": 10}
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    workers = [optuna.load_study(study_name=study.study_name, storage=study._storage, sampler=make_sampler(config))
+               for _ in range(2)]
+    draws = [w.ask(space).params["lr"] for _ in range(3) for w in workers]
+    assert len(set(draws)) == 6
+    again = optuna.create_study(sampler=make_sampler(config))  # one worker alone: the same sweep every time
+    assert [again.ask(space).params["lr"] for _ in range(6)] == draws
