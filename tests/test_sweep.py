@@ -44,6 +44,13 @@ def test_search_space_syntax_maps_to_optuna_distributions():
     assert as_override_value(0.0031234000000000002) == "0.0031234" and as_override_value(64) == "64"
 
 
+def test_a_later_override_of_a_key_replaces_the_earlier():
+    space = SearchSpace.parse(["model.lr=tag(log,interval(1e-4,1e-2))", "data.batch_size=64,128", "model.lr=1e-3",
+                               "data.batch_size=choice(32,64)"])
+    assert space.fixed == ["model.lr=1e-3"] and list(space.distributions) == ["data.batch_size"]
+    assert space.grid == {"data.batch_size": ["32", "64"]}
+
+
 def test_sweeping_a_hydra_setting_is_refused_with_the_key():
     with pytest.raises(ValueError, match="hydra.job.chdir"):
         SearchSpace.parse(["hydra.job.chdir=true,false"])
@@ -262,3 +269,17 @@ def test_workers_sharing_a_seed_do_not_repeat_each_others_draws():
     assert len(set(draws)) == 6
     again = optuna.create_study(sampler=make_sampler(config))  # one worker alone: the same sweep every time
     assert [again.ask(space).params["lr"] for _ in range(6)] == draws
+
+
+@pytest.mark.slow
+def test_in_process_trials_get_one_wandb_run_each_and_ddp_there_is_refused(tmp_path, mnist_dir):
+    """hydra/launcher=basic runs trials one after another in the sweep's own process."""
+    sweep(tmp_path, mnist_dir, "hydra/launcher=basic", "trainer.max_epochs=1", "model.lr=1e-3,3e-3")
+    sweep_dir = only_sweep(tmp_path)
+    runs = wandb_runs(sweep_dir)
+    assert sorted(d for r in runs.values() for d in r["dirs"]) == ["0", "1"]  # finished between trials
+    assert [r["exit_code"] for r in runs.values()] == [0, 0] and {r["group"] for r in runs.values()} == {sweep_dir.name}
+
+    sweep(tmp_path / "ddp", mnist_dir, "hydra/launcher=basic", "trainer=ddp_cpu", "model.lr=1e-3,3e-3", "logger=csv")
+    rows = summary(only_sweep(tmp_path / "ddp"))
+    assert [r["state"] for r in rows] == ["fail", "fail"] and "hydra/launcher=trials" in rows[0]["error"]

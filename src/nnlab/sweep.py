@@ -42,6 +42,12 @@ class SearchSpace:
         space = cls()
         for override in OverridesParser.create().parse_overrides(arguments):
             key = override.get_key_element()
+            # A later override of the same key (the command line after hydra.sweeper.params) replaces the earlier.
+            bare = key.lstrip("+~")
+            space.fixed = [f for f in space.fixed if f.split("=", 1)[0].lstrip("+~") != bare]
+            for table in (space.grid, space.distributions):
+                for k in [k for k in table if k.lstrip("+~") == bare]:
+                    del table[k]
             if not override.is_sweep_override():
                 space.fixed.append(override.input_line)
             elif override.is_hydra_override():
@@ -277,6 +283,9 @@ def write_summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
     return text
 
 
+RECIPE_GROUPS = ("experiment", "hparams_search")  # groups whose configs are whole recipes (@package _global_)
+
+
 def write_best_experiment(study: optuna.Study, sweep_dir: Path, fixed: list[str], groups: set[str],
                           metric: str) -> Path | None:
     """<sweep dir>/experiment/best.yaml: the sweep's fixed overrides plus the best trial's parameters, as an
@@ -287,12 +296,15 @@ def write_best_experiment(study: optuna.Study, sweep_dir: Path, fixed: list[str]
         return None
     parser = OverridesParser.create()
     overrides = parser.parse_overrides(fixed + [f"{k}={as_override_value(v)}" for k, v in best.params.items()])
-    defaults, values = [], {}
+    includes, defaults, values = [], [], {}
     for o in overrides:
         key = o.get_key_element().lstrip("+~")
         if o.is_hydra_override() or o.is_delete() or key.startswith("paths."):
             continue  # paths.* say where this machine keeps things, not how the trial trained
-        if key.split("@")[0] in groups:
+        group = key.split("@")[0]
+        if group in RECIPE_GROUPS:  # null by default in train.yaml: included, not overridden
+            includes.append(f"  - /{group}/{o.get_value_element_as_str()}")
+        elif group in groups:
             defaults.append(f"  - override /{key}: {o.get_value_element_as_str()}")
         else:
             node = values
@@ -305,8 +317,8 @@ def write_best_experiment(study: optuna.Study, sweep_dir: Path, fixed: list[str]
     body = OmegaConf.to_yaml(OmegaConf.create(values)) if values else ""
     text = (f"# @package _global_\n# Best trial {best.number} of sweep {study.study_name}: {metric} = {best.value:.6g}\n"
             f"# python train.py -cd {sweep_dir} experiment=best\n")
-    if defaults:
-        text += "defaults:\n" + "\n".join(defaults) + "\n"
+    if includes or defaults:
+        text += "defaults:\n" + "\n".join(includes + ["  - _self_"] + defaults) + "\n"
     text += body
     path = sweep_dir / "experiment" / "best.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
