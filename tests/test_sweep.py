@@ -155,7 +155,7 @@ def test_interrupted_sweep_resumes_its_running_trial_from_the_checkpoint(tmp_pat
     rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
-    assert "Trial 0 (resumed from its last checkpoint)" in rerun.stdout + rerun.stderr
+    assert "Trial 0 (resumed: continues in its own directory" in rerun.stdout + rerun.stderr
     study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())

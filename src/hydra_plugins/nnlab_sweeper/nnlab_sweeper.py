@@ -367,7 +367,7 @@ class StudySweeper(Sweeper):
                         return
                     trial, resumed = picked
                     in_flight[trial._trial_id] = trial
-                note = " (resumed from its last checkpoint)" if resumed else ""
+                note = " (resumed: continues in its own directory from its last checkpoint, if any)" if resumed else ""
                 log.info(f"Trial {trial.number}{note}: " + " ".join(f"{k}={S.as_override_value(v)}"
                                                                      for k, v in trial.params.items()))
                 ret = self.launcher.launch([self.overrides_for(trial, resumed)], initial_job_idx=trial.number)[0]
