@@ -127,12 +127,13 @@ def check_launch(cfg: DictConfig):
     from hydra.types import RunMode
 
     devices = cfg.trainer.get("devices", 1)
-    many = devices == -1 or devices == "auto" or (isinstance(devices, int) and devices > 1) or isinstance(devices, (list, str))
+    many = devices in (-1, "auto") or (isinstance(devices, int) and devices > 1) or isinstance(devices, (list, str))
     started_outside = any(k in os.environ for k in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
     if HydraConfig.get().mode == RunMode.MULTIRUN and "ddp" in str(cfg.trainer.get("strategy")) and many \
             and not started_outside:
+        launcher = HydraConfig.get().runtime.choices.get("hydra/launcher")
         raise ValueError(f"trainer.strategy={cfg.trainer.strategy} with devices={devices} inside a multirun that runs "
-                         f"trials in this process (hydra/launcher={HydraConfig.get().runtime.choices.get('hydra/launcher')}): "
+                         f"trials in this process (hydra/launcher={launcher}): "
                          "DDP would re-run the whole sweep in every rank. Use the default hydra/launcher=trials "
                          "(each trial its own process) or hydra/launcher=parallel.")
 

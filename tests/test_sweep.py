@@ -222,7 +222,8 @@ def test_two_workers_share_one_study_in_a_journal_file(tmp_path, mnist_dir):
     assert len({t.params["model.lr"] for t in study.trials}) == 4
     ran = [set(re.findall(r"Trial (\d+) complete:", out)) for out in outputs]
     assert all(ran) and not ran[0] & ran[1] and len(ran[0] | ran[1]) == 4  # both worked, never on the same trial
-    assert sorted(p.name for p in (tmp_path / "sweeps" / "shared").iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
+    trial_dirs = sorted(p.name for p in (tmp_path / "sweeps" / "shared").iterdir() if p.name.isdigit())
+    assert trial_dirs == ["0", "1", "2", "3"]
 
 
 @pytest.mark.slow

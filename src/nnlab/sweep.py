@@ -2,7 +2,8 @@
 
 The sweeper (hydra_plugins/nnlab_sweeper) runs in the process that `python train.py -m ...` starts; each trial is a
 train.py run that finds its study through the `sweep.*` keys the sweeper sets. The study's storage is the record of a
-sweep: rerunning the command opens it again and continues, several workers can share it, and the summary is built from it.
+sweep: rerunning the command opens it again and continues, several workers can share it, and the summary is built
+from it.
 """
 
 import csv
@@ -61,11 +62,12 @@ class SearchSpace:
     def grid_points(self) -> list[dict[str, str]]:
         """Every combination of the discrete values, in the order Hydra's basic sweeper would run them."""
         if set(self.distributions) - set(self.grid):
-            continuous = ", ".join(sorted(set(self.distributions) - set(self.grid)))
-            raise ValueError(f"a grid sweep needs a list of values for every parameter; {continuous} is an interval. "
+            continuous = sorted(set(self.distributions) - set(self.grid))
+            what = "is an interval" if len(continuous) == 1 else "are intervals"
+            raise ValueError(f"a grid sweep needs a list of values for every parameter; {', '.join(continuous)} {what}. "
                              "Use hydra/sweeper=optuna to search intervals.")
         keys = list(self.grid)
-        return [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(self.grid[k] for k in keys))]
 
 
 def distribution(override: Override) -> optuna.distributions.BaseDistribution:
@@ -262,7 +264,7 @@ def summary_rows(study: optuna.Study) -> list[dict]:
 
 
 def write_summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
-    """summary.csv and summary.md in the sweep directory, from the study (every worker's trials); returns the Markdown."""
+    """summary.csv and summary.md in the sweep directory, from the study (all workers' trials); returns the Markdown."""
     rows = summary_rows(study)
     columns = ["trial", "best", "state", "value", "epochs", "overrides", "run_dir", "error"]
     buf = io.StringIO()
@@ -315,7 +317,8 @@ def write_best_experiment(study: optuna.Study, sweep_dir: Path, fixed: list[str]
     from omegaconf import OmegaConf
 
     body = OmegaConf.to_yaml(OmegaConf.create(values)) if values else ""
-    text = (f"# @package _global_\n# Best trial {best.number} of sweep {study.study_name}: {metric} = {best.value:.6g}\n"
+    text = (f"# @package _global_\n"
+            f"# Best trial {best.number} of sweep {study.study_name}: {metric} = {best.value:.6g}\n"
             f"# python train.py -cd {sweep_dir} experiment=best\n")
     if includes or defaults:
         text += "defaults:\n" + "\n".join(includes + ["  - _self_"] + defaults) + "\n"

@@ -279,7 +279,8 @@ class StudySweeper(Sweeper):
         self.study.set_user_attr("pruner", pruner_cfg)
         self.study.set_user_attr("prune_monitor", self.prune_monitor)
         self.study.set_user_attr("metric", str(self.config.get("optimized_metric")))
-        self.grid_distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in self.space.grid.items()}
+        categorical = optuna.distributions.CategoricalDistribution
+        self.grid_distributions = {k: categorical(v) for k, v in self.space.grid.items()}
 
     def check_same_sweep(self):
         """A stored study continues only with the settings it was started with: trials run under other fixed
