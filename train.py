@@ -61,6 +61,8 @@ def describe_run(out: Path, cfg: DictConfig):
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),
         "cpus": sorted(os.sched_getaffinity(0)),
+        "slurm": {k[6:].lower(): v for k, v in os.environ.items()
+                  if k in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_NNODES", "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT")},
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -138,6 +140,26 @@ def check_launch(cfg: DictConfig):
                          "(each trial its own process) or hydra/launcher=parallel.")
 
 
+def check_slurm(cfg: DictConfig):
+    """Under SLURM, srun starts one process per task and Lightning takes rank and world size from SLURM's environment.
+    A job whose tasks do not match the trainer would hang in the rendezvous or spawn processes of its own: say so
+    before anything is built."""
+    env = os.environ
+    if "SLURM_NTASKS" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive") or int(env["SLURM_NTASKS"]) == 1:
+        return  # not a SLURM job, an interactive allocation (Lightning starts its own processes), or one process
+    ntasks, nodes = int(env["SLURM_NTASKS"]), int(env.get("SLURM_NNODES", "1"))
+    if "SLURM_STEP_ID" not in env:
+        raise ValueError(f"this SLURM job has {ntasks} tasks, but train.py runs in the batch script itself: start it "
+                         "with `srun python train.py ...`, which starts one process per task (scripts/slurm/)")
+    devices, num_nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1) or 1
+    if isinstance(devices, int) and devices > 0 and (devices * num_nodes != ntasks or num_nodes != nodes):
+        raise ValueError(f"the SLURM job has {nodes} node(s) x {ntasks // nodes} task(s) per node, but the trainer asks "
+                         f"for trainer.num_nodes={num_nodes} x trainer.devices={devices}: Lightning runs one process "
+                         f"per device, each a SLURM task. Submit with --nodes={num_nodes} "
+                         f"--ntasks-per-node={devices} (and as many GPUs per node), or set trainer.num_nodes={nodes} "
+                         f"trainer.devices={ntasks // nodes}.")
+
+
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     start = time.perf_counter()
@@ -154,6 +176,7 @@ def main(cfg: DictConfig) -> float | None:
             log.warning(f"resume=true but {last_ckpt} does not exist: starting from scratch in {out}")
 
     check_launch(cfg)
+    check_slurm(cfg)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     L.seed_everything(cfg.seed, workers=True)

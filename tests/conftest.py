@@ -21,3 +21,28 @@ def imdb_dir(tmp_path_factory):
 def speech_dir(tmp_path_factory):
     """A tiny Speech Commands tree in the v0.02 layout (5 words, noise, one stereo and one corrupt file)."""
     return make_speech_commands(tmp_path_factory.mktemp("speech"))
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real single-node SLURM cluster (tests/slurm_cluster.py) for the session; the environment that reaches it.
+
+    Skipped, with the reason, where SLURM cannot be started; .ci/run sets NNLAB_REQUIRE_SLURM=1, which turns
+    that skip into a failure."""
+    import os
+
+    from tests import slurm_cluster
+
+    why = None
+    if slurm_cluster.missing_binaries():
+        why = f"SLURM is not installed ({', '.join(slurm_cluster.missing_binaries())}): apt-get install slurm-wlm munge"
+    elif os.geteuid() != 0:
+        why = "starting munged and slurmd by hand needs root"
+    if why:
+        if os.environ.get("NNLAB_REQUIRE_SLURM"):
+            pytest.fail(f"NNLAB_REQUIRE_SLURM is set but {why}")
+        pytest.skip(why)
+    root = tmp_path_factory.mktemp("slurm")
+    conf = slurm_cluster.start(root)
+    yield {"SLURM_CONF": str(conf)}
+    slurm_cluster.stop(root)
