@@ -71,6 +71,8 @@ SchedulerType=sched/backfill
 # A requeued job starts again at once (default: 120 s after it ended).
 MinJobAge=300
 KillWait=10
+# A job that does not say how much memory it needs gets its CPUs' share, not the whole node.
+DefMemPerCPU={memory_mb() // os.cpu_count()}
 NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={memory_mb()} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=60 State=UP
 """)

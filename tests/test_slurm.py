@@ -49,3 +49,21 @@ def test_tasks_that_do_not_match_the_trainer_fail_before_training(slurm, tmp_pat
     rc, out = submit(slurm, tmp_path, f"{train} hydra.run.dir={tmp_path}/b", "--ntasks=2")
     assert rc != 0 and "start it with `srun python train.py ...`" in out
     assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_a_sweep_through_the_slurm_launcher_runs_its_trials_as_one_job_array(slurm, tmp_path, mnist_dir):
+    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm",
+                           "hydra.launcher.timeout_min=10", *TINY, "trainer.max_epochs=1", "model.lr=1e-3,3e-3",
+                           f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (sweep_dir,) = (tmp_path / "sweeps").iterdir()
+    assert [line.split(",")[2] for line in (sweep_dir / "summary.csv").read_text().splitlines()[1:]] == \
+        ["complete", "complete"]
+    tasks = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
+    assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1  # one array: <job>_0, <job>_1
+    for trial in ("0", "1"):
+        info = json.loads((sweep_dir / trial / "run.json").read_text())
+        assert info["slurm"]["job_id"] and (sweep_dir / trial / "metrics.json").is_file()
+        assert len(list((sweep_dir / trial / "wandb").glob("offline-run-*"))) == 1

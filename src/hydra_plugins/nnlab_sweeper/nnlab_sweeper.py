@@ -237,17 +237,18 @@ def _read_metric(out: Path, metric: str | None):
 class StudySweeper(Sweeper):
     def __init__(self, study_name: str | None = None, storage: str | None = None, direction: str = "maximize",
                  n_trials: int | None = None, sampler: Any = None, pruner: Any = None, prune_monitor: str = "val/acc",
-                 params: dict | None = None, heartbeat_s: float = 15, stale_after_s: float = 90):
+                 params: dict | None = None, heartbeat_s: float = 15, stale_after_s: float = 90,
+                 max_batch_size: int | None = None):
         self.study_name, self.storage, self.direction, self.n_trials = study_name, storage, direction, n_trials
         self.sampler_cfg, self.pruner_cfg, self.prune_monitor = sampler, pruner, prune_monitor
         self.params = dict(params or {})
-        self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
-        self.config = self.hydra_context = self.launcher = None
+        self.heartbeat_s, self.stale_after_s, self.max_batch_size = heartbeat_s, stale_after_s, max_batch_size
+        self.config = self.hydra_context = self.task_function = self.launcher = None
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
-        self.config, self.hydra_context = config, hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
-                                                                task_function=task_function, config=config)
+        # The launcher is built in sweep(), once the study's name (and so the sweep directory, which launcher
+        # settings such as submitit's folder interpolate) is known.
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     # --------------------------------------------------------------------------------------------------- the study
     def open_study(self, arguments: list[str]):
@@ -355,31 +356,39 @@ class StudySweeper(Sweeper):
     # ------------------------------------------------------------------------------------------------------- sweep
     def sweep(self, arguments: list[str]) -> Any:
         self.open_study(arguments)
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=self.hydra_context,
+                                                                task_function=self.task_function, config=self.config)
         done = len([t for t in self.study.get_trials(deepcopy=False) if t.state in S.FINISHED])
         log.info(f"Study {self.study.study_name} in {self.url}: {done} of {self.target} trials finished; "
                  f"sweep directory {self.sweep_dir}")
         lock, stop, in_flight, returns = threading.Lock(), threading.Event(), {}, []
 
+        streaming = hasattr(self.launcher, "n_jobs")  # the trial launchers run one trial per launch, n_jobs at once
+        batch = 1 if streaming else (self.max_batch_size or (len(self.points) if self.grid else 4))
+
         def worker():
             while not stop.is_set():
                 with lock:
-                    picked = self.next_trial()
-                    if picked is None:
+                    picked = []
+                    while len(picked) < batch and (p := self.next_trial()) is not None:
+                        picked.append(p)
+                        in_flight[p[0]._trial_id] = p[0]
+                    if not picked:
                         return
-                    trial, resumed = picked
-                    in_flight[trial._trial_id] = trial
-                note = " (resumed: continues in its own directory from its last checkpoint, if any)" if resumed else ""
-                log.info(f"Trial {trial.number}{note}: " + " ".join(f"{k}={S.as_override_value(v)}"
-                                                                     for k, v in trial.params.items()))
-                ret = self.launcher.launch([self.overrides_for(trial, resumed)], initial_job_idx=trial.number)[0]
+                for trial, resumed in picked:
+                    note = " (resumed: continues in its own directory from its last checkpoint, if any)"
+                    values = " ".join(f"{k}={S.as_override_value(v)}" for k, v in trial.params.items())
+                    log.info(f"Trial {trial.number}{note if resumed else ''}: {values}")
+                rets = self.launch([self.overrides_for(t, r) for t, r in picked], [t for t, _ in picked])
                 with lock:
-                    del in_flight[trial._trial_id]
-                    if stop.is_set():  # interrupted: leave it running for a rerun to resume
-                        self.beat(trial._trial_id, 0.0)
-                        return
-                    state = self.record(trial, ret)
-                    returns.append(ret)
-                log.info(f"Trial {trial.number} {state.name.lower()}: {ret.working_dir}")
+                    for (trial, _), ret in zip(picked, rets, strict=True):
+                        del in_flight[trial._trial_id]
+                        if stop.is_set():  # interrupted: leave it running for a rerun to resume
+                            self.beat(trial._trial_id, 0.0)
+                            continue
+                        state = self.record(trial, ret)
+                        returns.append(ret)
+                        log.info(f"Trial {trial.number} {state.name.lower()}: {ret.working_dir}")
 
         def heartbeat():
             while not stop.wait(self.heartbeat_s):
@@ -389,7 +398,7 @@ class StudySweeper(Sweeper):
 
         beats = threading.Thread(target=heartbeat, daemon=True)
         beats.start()
-        slots = getattr(self.launcher, "n_jobs", 1)
+        slots = self.launcher.n_jobs if streaming else 1
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             if slots == 1:
@@ -416,6 +425,27 @@ class StudySweeper(Sweeper):
             signal.signal(signal.SIGTERM, previous)
         self.report()
         return [returns]
+
+    def launch(self, overrides: list[list[str]], trials: list) -> list[JobReturn]:
+        """Launch trials together (one SLURM array with the submitit launcher). A launcher that raises instead of
+        returning (submitit, for a job killed without a result) loses every return of the batch: each trial's run
+        directory then says what happened."""
+        try:
+            return list(self.launcher.launch(overrides, initial_job_idx=trials[0].number))
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001  (recorded per trial)
+            log.error(f"the launcher failed: {e}")
+            rets = []
+            for trial in trials:
+                out = self.sweep_dir / str(trial.number)
+                ret = JobReturn(overrides=[], working_dir=str(out))
+                value = _read_metric(out, self.config.get("optimized_metric"))
+                done = (out / "metrics.json").is_file()
+                ret.status = JobStatus.COMPLETED if done else JobStatus.FAILED
+                ret.return_value = value if done else TrialFailed(f"{type(e).__name__}: {e}")
+                rets.append(ret)
+            return rets
 
     def report(self):
         metric = str(self.config.get("optimized_metric"))
