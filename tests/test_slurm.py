@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -67,3 +68,23 @@ def test_a_sweep_through_the_slurm_launcher_runs_its_trials_as_one_job_array(slu
         info = json.loads((sweep_dir / trial / "run.json").read_text())
         assert info["slurm"]["job_id"] and (sweep_dir / trial / "metrics.json").is_file()
         assert len(list((sweep_dir / trial / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_sweep_workers_of_a_job_array_share_one_study(slurm, tmp_path, mnist_dir):
+    """scripts/slurm/sweep_worker.sbatch as written, with the GPU request taken off for this CPU-only cluster."""
+    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline",
+           "STUDY_STORAGE": str(tmp_path / "study.journal"), "NNLAB_DATA_DIR": str(mnist_dir)}
+    proc = subprocess.run(["sbatch", "--wait", "--parsable", "--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1",
+                           "--mem=3G", "--time=10", f"--output={tmp_path}/slurm-%A_%a.out",
+                           str(ROOT / "scripts" / "slurm" / "sweep_worker.sbatch"), "hydra/sweeper=optuna",
+                           "model.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.n_trials=4",
+                           "hydra.sweeper.study_name=array", *TINY, "trainer.max_epochs=1", "logger=csv",
+                           f"paths.log_dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    outputs = [p.read_text() for p in sorted(tmp_path.glob("slurm-*_*.out"))]
+    assert proc.returncode == 0 and len(outputs) == 2, proc.stderr + "".join(o[-3000:] for o in outputs)
+    from nnlab.sweep import load_study
+
+    study = load_study(str(tmp_path / "study.journal"), "array")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    ran = [set(re.findall(r"Trial (\d+) complete:", out)) for out in outputs]
+    assert all(ran) and not ran[0] & ran[1] and len(ran[0] | ran[1]) == 4  # both workers, never the same trial
