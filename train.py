@@ -51,6 +51,9 @@ def git_state() -> dict:
         return {"commit": None, "dirty": None}
 
 
+SLURM_FACTS = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_NNODES", "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT")
+
+
 @rank_zero_only
 def describe_run(out: Path, cfg: DictConfig):
     """The run directory holds what reproduces it: resolved config, commit, versions, command."""
@@ -61,8 +64,7 @@ def describe_run(out: Path, cfg: DictConfig):
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),
         "cpus": sorted(os.sched_getaffinity(0)),
-        "slurm": {k[6:].lower(): v for k, v in os.environ.items()
-                  if k in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_NNODES", "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT")},
+        "slurm": {k[6:].lower(): os.environ[k] for k in SLURM_FACTS if k in os.environ},
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -83,18 +85,14 @@ def check_pairing(cfg: DictConfig, model_input: str):
 
 
 @rank_zero_only
-def end_pruned_trial(cfg: DictConfig, loggers, epoch: int):
+def end_pruned_trial(pruning, loggers):
     """The pruner stopped this trial: the study records it as pruned, W&B gets a `pruned` tag; no test is run."""
-    import optuna
-
-    from nnlab.sweep import load_study
-
-    load_study(cfg.sweep.storage, cfg.sweep.name).tell(cfg.sweep.trial, state=optuna.trial.TrialState.PRUNED)
+    pruning.record_pruned()
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             lg.experiment.tags = (*lg.experiment.tags, "pruned")
             lg.experiment.summary["trial_state"] = "pruned"
-    log.info(f"trial {cfg.sweep.trial} pruned after epoch {epoch}")
+    log.info(f"trial {pruning.number} pruned after epoch {pruning.pruned_at}")
 
 
 @rank_zero_only
@@ -113,14 +111,13 @@ def sweep_trial(cfg: DictConfig):
     """In a sweep's trial: the pruning callback, and the trial's overrides as W&B tags. None in a single run."""
     if cfg.get("sweep") is None or cfg.sweep.trial is None:
         return None
-    from nnlab.sweep import PruneTrial, load_study
+    from nnlab.sweep import PruneTrial
 
-    attrs = load_study(cfg.sweep.storage, cfg.sweep.name).user_attrs
     if "wandb" in cfg.get("logger", {}):
         skip = ("sweep.", "hydra.", "run_id=", "run_name=", "resume=", "paths.")
         tags = [o.lstrip("+~")[:64] for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(skip)]
         cfg.logger.wandb.tags = [*cfg.logger.wandb.tags, *tags]
-    return PruneTrial(cfg.sweep.storage, cfg.sweep.name, cfg.sweep.trial, attrs.get("prune_monitor", "val/acc"))
+    return PruneTrial(cfg.sweep.storage, cfg.sweep.name, cfg.sweep.trial)
 
 
 def check_launch(cfg: DictConfig):
@@ -145,17 +142,18 @@ def check_slurm(cfg: DictConfig):
     A job whose tasks do not match the trainer would hang in the rendezvous or spawn processes of its own: say so
     before anything is built."""
     env = os.environ
-    if "SLURM_NTASKS" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive") or int(env["SLURM_NTASKS"]) == 1:
-        return  # not a SLURM job, an interactive allocation (Lightning starts its own processes), or one process
+    interactive = env.get("SLURM_JOB_NAME") in ("bash", "interactive")  # Lightning starts its own processes there
+    if "SLURM_NTASKS" not in env or interactive or int(env["SLURM_NTASKS"]) == 1:
+        return
     ntasks, nodes = int(env["SLURM_NTASKS"]), int(env.get("SLURM_NNODES", "1"))
     if "SLURM_STEP_ID" not in env:
         raise ValueError(f"this SLURM job has {ntasks} tasks, but train.py runs in the batch script itself: start it "
                          "with `srun python train.py ...`, which starts one process per task (scripts/slurm/)")
     devices, num_nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1) or 1
     if isinstance(devices, int) and devices > 0 and (devices * num_nodes != ntasks or num_nodes != nodes):
-        raise ValueError(f"the SLURM job has {nodes} node(s) x {ntasks // nodes} task(s) per node, but the trainer asks "
-                         f"for trainer.num_nodes={num_nodes} x trainer.devices={devices}: Lightning runs one process "
-                         f"per device, each a SLURM task. Submit with --nodes={num_nodes} "
+        raise ValueError(f"the SLURM job has {nodes} node(s) x {ntasks // nodes} task(s) per node, but the trainer "
+                         f"asks for trainer.num_nodes={num_nodes} x trainer.devices={devices}: Lightning runs one "
+                         f"process per device, each a SLURM task. Submit with --nodes={num_nodes} "
                          f"--ntasks-per-node={devices} (and as many GPUs per node), or set trainer.num_nodes={nodes} "
                          f"trainer.devices={ntasks // nodes}.")
 
@@ -216,7 +214,7 @@ def main(cfg: DictConfig) -> float | None:
         pruned = pruning is not None and pruning.pruned_at is not None
         test = [{}] if pruned else trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
         if pruned:
-            end_pruned_trial(cfg, loggers, pruning.pruned_at)
+            end_pruned_trial(pruning, loggers)
     except BaseException:
         log.exception(f"run failed; its directory: {out}")  # into train.log, and W&B's copy of the console
         finish_wandb(loggers, 1)
@@ -240,7 +238,7 @@ def main(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
         log.info(f"metrics: {json.dumps({k: v for k, v in metrics.items() if k.startswith('test/')})}  run directory: {out}")
-    return None if metrics.get("trial_state") == "pruned" else metrics.get(cfg.optimized_metric)
+    return None if pruned else metrics.get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

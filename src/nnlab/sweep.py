@@ -63,8 +63,8 @@ class SearchSpace:
         """Every combination of the discrete values, in the order Hydra's basic sweeper would run them."""
         if set(self.distributions) - set(self.grid):
             continuous = sorted(set(self.distributions) - set(self.grid))
-            what = "is an interval" if len(continuous) == 1 else "are intervals"
-            raise ValueError(f"a grid sweep needs a list of values for every parameter; {', '.join(continuous)} {what}. "
+            what = f"{', '.join(continuous)} {'is an interval' if len(continuous) == 1 else 'are intervals'}"
+            raise ValueError(f"a grid sweep needs a list of values for every parameter; {what}. "
                              "Use hydra/sweeper=optuna to search intervals.")
         keys = list(self.grid)
         return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(self.grid[k] for k in keys))]
@@ -208,24 +208,30 @@ def make_sampler(config: dict | None) -> optuna.samplers.BaseSampler:
 class PruneTrial(L.Callback):
     """Reports the monitored metric to the trial after every validation; stops training when the pruner says so.
 
-    Rank 0 talks to the study; the decision is broadcast so that every DDP rank stops at the same epoch."""
+    Rank 0 talks to the study (the metric it watches is the study's `prune_monitor`); the decision is broadcast so
+    that every DDP rank stops at the same epoch."""
 
-    def __init__(self, storage: str, study: str, trial: int, monitor: str):
-        self.storage, self.study, self.number, self.monitor = storage, study, trial, monitor
-        self.trial = None
+    def __init__(self, storage: str, study: str, trial: int):
+        self.storage, self.study, self.number = storage, study, trial
+        self._trial: optuna.Trial | None = None  # loaded by rank 0 when it first needs it
         self.pruned_at: int | None = None
+
+    @property
+    def trial(self) -> optuna.Trial:
+        if self._trial is None:
+            self._trial = live_trial(self.storage, self.study, self.number)
+        return self._trial
 
     def on_validation_end(self, trainer: L.Trainer, pl_module):
         if trainer.sanity_checking:
             return
         prune = False
         if trainer.is_global_zero:
-            if self.monitor not in trainer.callback_metrics:
-                raise KeyError(f"hydra.sweeper.prune_monitor={self.monitor!r} is not a logged metric; "
+            monitor = self.trial.study.user_attrs.get("prune_monitor", "val/acc")
+            if monitor not in trainer.callback_metrics:
+                raise KeyError(f"hydra.sweeper.prune_monitor={monitor!r} is not a logged metric; "
                                f"logged: {', '.join(sorted(trainer.callback_metrics))}")
-            value = float(trainer.callback_metrics[self.monitor])
-            if self.trial is None:
-                self.trial = live_trial(self.storage, self.study, self.number)
+            value = float(trainer.callback_metrics[monitor])
             if math.isfinite(value):
                 self.trial.report(value, step=trainer.current_epoch)
             prune = self.trial.should_prune()
@@ -233,6 +239,10 @@ class PruneTrial(L.Callback):
         if prune:
             self.pruned_at = trainer.current_epoch
             trainer.should_stop = True
+
+    def record_pruned(self):
+        """Rank 0, once training stopped: the study records the trial as pruned."""
+        self.trial.study.tell(self.number, state=optuna.trial.TrialState.PRUNED)
 
     def state_dict(self):
         return {"pruned_at": self.pruned_at}

@@ -323,12 +323,16 @@ class StudySweeper(Sweeper):
     def beat(self, trial_id: int, when: float | None = None):
         self.study._storage.set_trial_user_attr(trial_id, S.HEARTBEAT, time.time() if when is None else when)
 
+    def trial_dir(self, trial) -> Path:
+        """A trial's run directory: hydra.sweep.subdir is its number (unique in the study, whichever worker runs it)."""
+        return self.sweep_dir / str(trial.number)
+
     def overrides_for(self, trial: optuna.trial.FrozenTrial, resumed: bool) -> list[str]:
         import secrets
 
         run_id = trial.user_attrs.get("run_id") or secrets.token_hex(4)
         self.study._storage.set_trial_user_attr(trial._trial_id, "run_id", run_id)
-        self.study._storage.set_trial_user_attr(trial._trial_id, "run_dir", str(self.sweep_dir / str(trial.number)))
+        self.study._storage.set_trial_user_attr(trial._trial_id, "run_dir", str(self.trial_dir(trial)))
         params = [f"{k}={S.as_override_value(v)}" for k, v in trial.params.items()]
         return self.space.fixed + params + [
             f"hydra.sweep.dir='{self.sweep_dir}'", f"hydra.sweep.subdir={trial.number}",
@@ -438,7 +442,7 @@ class StudySweeper(Sweeper):
             log.error(f"the launcher failed: {e}")
             rets = []
             for trial in trials:
-                out = self.sweep_dir / str(trial.number)
+                out = self.trial_dir(trial)
                 ret = JobReturn(overrides=[], working_dir=str(out))
                 value = _read_metric(out, self.config.get("optimized_metric"))
                 done = (out / "metrics.json").is_file()
