@@ -47,6 +47,9 @@ class Throughput(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         self.samples, self.tokens, self.start, self.paused = 0, 0, self._now(trainer), 0.0
 
+    def on_train_start(self, trainer, pl_module):
+        self.on_train_epoch_start(trainer, pl_module)  # a run resumed mid-epoch starts measuring here
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.samples += len(batch[1])
         if isinstance(batch[0], (tuple, list)):  # (tokens, lengths); the lengths stay on the CPU

@@ -19,13 +19,37 @@ def shard(index, shuffle: bool, generator, rank: int, world: int):
 
 def placement(trainer) -> dict:
     """Where a batch iterator runs, as its keyword arguments: the run's seed (set by seed_everything),
-    the trainer's epoch (read when an epoch starts), this process's rank and the world size; without
-    a trainer, epoch 0 of a single process."""
+    the trainer's epoch (read when an epoch starts), how many batches of that epoch the training loop
+    has already finished (non-zero only when resuming from a checkpoint written mid-epoch), this
+    process's rank and the world size; without a trainer, epoch 0 of a single process."""
     seed = torch.initial_seed() % 2**62
     if trainer is None:
         return {"seed": seed, "epoch": lambda: 0, "rank": 0, "world": 1}
-    return {"seed": seed, "epoch": lambda: trainer.current_epoch, "rank": trainer.global_rank,
-            "world": trainer.world_size}
+    return {"seed": seed, "epoch": lambda: trainer.current_epoch,
+            "finished": lambda: trainer.fit_loop.epoch_loop.batch_progress.current.ready,
+            "rank": trainer.global_rank, "world": trainer.world_size}
+
+
+class Resumable:
+    """A training loader that resumes in the middle of an epoch.
+
+    A run resumed from a checkpoint written mid-epoch (a requeue, a SIGTERM) draws that epoch's
+    order again (same seed and epoch) and starts after the batches the training loop had finished,
+    so it sees exactly the batches an uninterrupted run would. The position comes from the loop's
+    own counters, which the checkpoint restores: a position saved in the loader's state would not
+    arrive, because Lightning builds the training loader (when a scheduler asks for the number of
+    steps) before it loads the checkpoint. `state_dict`/`load_state_dict` tell Lightning the loader
+    resumes.
+    """
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict):
+        pass
+
+    def _skip(self) -> int:
+        return self.finished() if self.shuffle else 0
 
 
 def num_batches(n: int, batch_size: int, shuffle: bool, world: int) -> int:
@@ -33,16 +57,17 @@ def num_batches(n: int, batch_size: int, shuffle: bool, world: int) -> int:
     return math.ceil(per_rank / batch_size)
 
 
-class TensorBatches:
+class TensorBatches(Resumable):
     """Iterates over (x[i:j], y[i:j]) batches: no workers, no collation, no per-sample work.
 
     Shuffling draws one permutation per epoch from `seed + epoch()`, so a resumed run sees the
     same order as an uninterrupted one; under DDP each rank takes its `shard`.
     """
 
-    def __init__(self, x, y, batch_size: int, shuffle: bool, seed: int = 0, epoch=lambda: 0, rank=0, world=1):
+    def __init__(self, x, y, batch_size: int, shuffle: bool, seed: int = 0, epoch=lambda: 0, finished=lambda: 0,
+                 rank=0, world=1):
         self.x, self.y = x, y
-        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
+        self.batch_size, self.shuffle, self.seed, self.epoch, self.finished = batch_size, shuffle, seed, epoch, finished
         self.rank, self.world = rank, world
 
     def __len__(self):
@@ -57,12 +82,12 @@ class TensorBatches:
             return
         g = torch.Generator().manual_seed(self.seed + self.epoch())
         idx = shard(torch.arange(len(self.y)), self.shuffle, g, self.rank, self.world).to(self.y.device)
-        for i in range(0, len(idx), bs):
+        for i in range(self._skip() * bs, len(idx), bs):
             j = idx[i : i + bs]
             yield self.x[j], self.y[j]
 
 
-class BucketBatches:
+class BucketBatches(Resumable):
     """Batches of token sequences of similar length, each padded only to its own longest review.
 
     The reviews are stored flat (`ids`, review i is `ids[offsets[i]:offsets[i+1]]`). Each epoch
@@ -74,9 +99,10 @@ class BucketBatches:
     """
 
     def __init__(self, ids, offsets, labels, index, batch_size: int, shuffle: bool, pad: int, seed: int = 0,
-                 epoch=lambda: 0, rank=0, world=1, bucket_batches: int = 50):
+                 epoch=lambda: 0, finished=lambda: 0, rank=0, world=1, bucket_batches: int = 50):
         self.ids, self.offsets, self.labels, self.index = ids, offsets, labels, index
         self.batch_size, self.shuffle, self.pad, self.seed, self.epoch = batch_size, shuffle, pad, seed, epoch
+        self.finished = finished
         self.rank, self.world = rank, world
         self.bucket = batch_size * bucket_batches if shuffle else max(len(index), 1)
 
@@ -98,7 +124,7 @@ class BucketBatches:
 
     def __iter__(self):
         device = self.labels.device
-        for b in self._batches():
+        for b in self._batches()[self._skip():]:
             starts, lengths = self.offsets[b], self.offsets[b + 1] - self.offsets[b]
             positions = torch.arange(int(lengths.max()))
             flat = (starts[:, None] + positions).clamp_max(len(self.ids) - 1)  # (B, T)
