@@ -20,8 +20,10 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import nnlab.config  # noqa: F401  (registers the resolvers conf/ uses)
@@ -29,6 +31,7 @@ from nnlab.atomic import atomic_open
 from nnlab.callbacks import AtomicCheckpointIO, Throughput, steady_rate
 from nnlab.memory import keep_freed_memory
 from nnlab.module import Classifier
+from nnlab.preemption import SignalStop, Stopped, in_slurm_batch_job, job_id, requeue_job, requeue_signal
 
 keep_freed_memory()  # before the first training step: see nnlab/memory.py
 if os.environ.get("NNLAB_CPUS"):  # hydra/launcher=parallel pins each trial (and its DDP ranks) to its own cores
@@ -51,7 +54,8 @@ def git_state() -> dict:
         return {"commit": None, "dirty": None}
 
 
-SLURM_FACTS = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_NNODES", "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT")
+SLURM_FACTS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_NTASKS", "SLURM_NNODES",
+               "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT")
 
 
 @rank_zero_only
@@ -96,12 +100,15 @@ def end_pruned_trial(pruning, loggers):
 
 
 @rank_zero_only
-def finish_wandb(loggers, exit_code: int):
-    """Close the W&B run (marked failed on a non-zero exit code) so the next run in this process is a new one."""
+def finish_wandb(loggers, exit_code: int, preempted: bool = False):
+    """Close the W&B run (marked failed on a non-zero exit code, preempted when it will be resumed) so the next run
+    in this process is a new one."""
     for lg in loggers:
         if isinstance(lg, WandbLogger) and lg._experiment is not None:
             run_dir = Path(lg.experiment.dir).parent
             offline = lg._offline
+            if preempted:
+                lg.experiment.mark_preempting()
             lg.experiment.finish(exit_code=exit_code)
             if offline:
                 print(f"W&B is offline (no credentials found); upload this run with: wandb sync {run_dir}")
@@ -158,20 +165,48 @@ def check_slurm(cfg: DictConfig):
                          f"trainer.devices={ntasks // nodes}.")
 
 
+def end_stopped_run(stop: SignalStop, trainer: L.Trainer, loggers, cfg: DictConfig):
+    """Training stopped on a signal with its checkpoint written: close the W&B run as preempted, requeue the SLURM
+    job if the signal asked for it, and exit (0 when requeued, 128 + the signal otherwise)."""
+    requeue = stop.requeue_requested and cfg.slurm.requeue
+    log.warning(f"{stop.received.name} received: training stopped at epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step}; checkpoint {stop.checkpoint if stop.saved else 'not needed (fit was over)'}"
+                + ("" if requeue else "; rerun with resume=true and the same hydra.run.dir to continue"))
+    try:
+        finish_wandb(loggers, 0 if requeue else 1, preempted=True)
+    except Exception as e:  # noqa: BLE001  SLURM signals every process of the job: W&B's service may be gone already
+        log.warning(f"could not close the W&B run ({e}); the resumed run continues it")
+    requeued = requeue and (not trainer.is_global_zero or requeue_job())
+    raise SystemExit(0 if requeued else 128 + stop.received)
+
+
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     start = time.perf_counter()
     out = Path(HydraConfig.get().runtime.output_dir)
     last_ckpt = Path(cfg.callbacks.last_checkpoint.dirpath) / "last.ckpt"
+    slurm_job = in_slurm_batch_job()
+    # Installed first: SIGTERM or the requeue signal while data loads must not kill the run before its checkpoint.
+    stop = SignalStop(last_ckpt, requeue_signal(cfg.slurm.signal) if slurm_job else None).install()
+    try:
+        return run(cfg, out, last_ckpt, stop, slurm_job, start)
+    finally:
+        stop.uninstall()
+
+
+def run(cfg: DictConfig, out: Path, last_ckpt: Path, stop: SignalStop, slurm_job: bool, start: float):
     ckpt_path = cfg.ckpt_path
-    if cfg.resume:
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0")) if slurm_job else 0
+    if restarts:  # a requeued job (ours, or SLURM's after a preemption or node failure) continues where it stopped
+        log.info(f"SLURM restarted job {job_id()} (restart {restarts}): resuming")
+    if cfg.resume or restarts:
+        if (out / "run.json").is_file():  # keep the run's id, so W&B continues the same run instead of a second one
+            cfg.run_id = json.loads((out / "run.json").read_text())["run_id"]
         if last_ckpt.is_file():
             ckpt_path = str(last_ckpt)
-            # Keep the run's id, so W&B continues the same run instead of starting a second one.
-            if (out / "run.json").is_file():
-                cfg.run_id = json.loads((out / "run.json").read_text())["run_id"]
         else:
-            log.warning(f"resume=true but {last_ckpt} does not exist: starting from scratch in {out}")
+            log.warning(f"{'resume=true' if cfg.resume else 'restarted'} but {last_ckpt} does not exist: "
+                        f"starting from scratch in {out}")
 
     check_launch(cfg)
     check_slurm(cfg)
@@ -194,9 +229,11 @@ def main(cfg: DictConfig) -> float | None:
 
     pruning = sweep_trial(cfg) if cfg.train else None
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()] + ([pruning] if pruning else [])
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                     plugins=[AtomicCheckpointIO()])
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()] + ([pruning] if pruning else []) + [stop]
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # ranks from SLURM; requeueing is SignalStop's alone (nnlab/preemption.py)
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins)
     describe_run(out, cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for lg in loggers:
@@ -215,6 +252,10 @@ def main(cfg: DictConfig) -> float | None:
         test = [{}] if pruned else trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
         if pruned:
             end_pruned_trial(pruning, loggers)
+    except (Stopped, SIGTERMException):
+        if stop.received is None:
+            raise
+        end_stopped_run(stop, trainer, loggers, cfg)
     except BaseException:
         log.exception(f"run failed; its directory: {out}")  # into train.log, and W&B's copy of the console
         finish_wandb(loggers, 1)
@@ -232,7 +273,7 @@ def main(cfg: DictConfig) -> float | None:
             "train/tokens_per_s": steady_rate(throughput.tokens_per_s if throughput else []),
             "wall_time_s": time.perf_counter() - start,
             "checkpoint": test_ckpt or cfg.ckpt_path,
-            "resumed_from": ckpt_path if cfg.resume else None,
+            "resumed_from": ckpt_path if cfg.resume or restarts else None,
         }
     )
     if trainer.is_global_zero:

@@ -241,19 +241,26 @@ def test_wandb_offline_files_hold_the_metrics(trained_run, mnist_dir):
     assert exit_code == 0
 
 
-def test_kill_and_resume_ends_after_the_same_epochs(tmp_path, mnist_dir):
-    args = ["model=mlp", "trainer.max_epochs=3", "+callbacks.slow._target_=tests.helpers.SlowSteps",
-            "+callbacks.slow.seconds=0.15", *run_args(tmp_path, mnist_dir)]
+def stop_in_second_epoch(args, run_dir, sig) -> tuple[subprocess.Popen, str]:
+    """Start train.py (with SlowSteps of 0.15 s), send `sig` half a second after the first epoch's checkpoint, that
+    is into the second epoch (8 steps); returns the ended process and its output."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = tmp_path / "checkpoints" / "last.ckpt"
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(0.5)  # into the second epoch (8 steps of 0.15 s each)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    return proc, proc.communicate(timeout=60)[0]
+
+
+def test_kill_and_resume_ends_after_the_same_epochs(tmp_path, mnist_dir):
+    args = ["model=mlp", "trainer.max_epochs=3", "+callbacks.slow._target_=tests.helpers.SlowSteps",
+            "+callbacks.slow.seconds=0.15", *run_args(tmp_path, mnist_dir)]
+    stop_in_second_epoch(args, tmp_path, signal.SIGKILL)
+    last = tmp_path / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == 0  # one epoch done when killed
     assert not (tmp_path / "metrics.json").exists()
 
@@ -262,6 +269,28 @@ def test_kill_and_resume_ends_after_the_same_epochs(tmp_path, mnist_dir):
     assert metrics["epochs"] == 3 and metrics["resumed_from"] == str(last)
     assert torch.load(last, weights_only=True)["epoch"] == 2
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one W&B run id, resumed
+
+
+def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path, mnist_dir):
+    exact = ["model=mlp", "trainer.max_epochs=2", "model.arch.dropout=0", "data.augment.rotate=0",
+             "data.augment.scale=0", "data.augment.translate=0"]  # no randomness but the data order
+    train(*exact, "logger=csv", *run_args(tmp_path / "straight", mnist_dir))
+    run_dir = tmp_path / "stopped"
+    args = [*exact, "+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.15",
+            *run_args(run_dir, mnist_dir)]
+    proc, out = stop_in_second_epoch(args, run_dir, signal.SIGTERM)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "SIGTERM received: training stopped at epoch 1" in out
+    step = torch.load(last, weights_only=True)["global_step"]
+    assert 8 < step < 16  # saved at the step it stopped, not at the end of epoch 0
+
+    train(*args, "resume=true")
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["test/loss"] == straight["test/loss"] and resumed["epochs"] == 2  # the same batches, bit for bit
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1  # one W&B run id, resumed
 
 
