@@ -35,7 +35,7 @@ def slurm(tmp_path_factory):
 
     why = None
     if slurm_cluster.missing_binaries():
-        why = f"SLURM is not installed ({', '.join(slurm_cluster.missing_binaries())}): apt-get install slurm-wlm munge"
+        why = f"SLURM is not installed ({', '.join(slurm_cluster.missing_binaries())}): {slurm_cluster.INSTALL}"
     elif os.geteuid() != 0:
         why = "starting munged and slurmd by hand needs root"
     if why:

@@ -3,11 +3,12 @@
     python -m tests.slurm_cluster start [DIR]   # prints the SLURM_CONF=... to export
     python -m tests.slurm_cluster stop [DIR]
 
-Debian's slurm-wlm and munge, daemons started by hand (no systemd): munged, slurmctld and slurmd, all configured from
-files in DIR (default /tmp/nnlab-slurm). What such a machine needs: ProctrackType=proctrack/linuxproc and
-TaskPlugin=task/none (no cgroups to manage), SelectType=select/cons_tres (CPUs and memory as consumable resources),
-EnforcePartLimits=ALL (an impossible request is refused at submission instead of pending forever), RealMemory from
-/proc/meminfo. There is no accounting database (sacct fails).
+Debian's slurm-wlm, slurmdbd, mariadb-server and munge, daemons started by hand (no systemd): munged, a MariaDB server
+for accounting, slurmdbd, slurmctld and slurmd, all configured from files in DIR (default /tmp/nnlab-slurm). What such
+a machine needs: ProctrackType=proctrack/linuxproc and TaskPlugin=task/none (no cgroups to manage),
+SelectType=select/cons_tres (CPUs and memory as consumable resources), EnforcePartLimits=ALL (an impossible request is
+refused at submission instead of pending forever), RealMemory from /proc/meminfo. Accounting is real (sacct works):
+submitit asks sacct for the state of a job that ended without a result, which it cannot learn otherwise.
 """
 
 import os
@@ -19,7 +20,9 @@ import time
 from pathlib import Path
 
 DEFAULT_DIR = Path("/tmp/nnlab-slurm")
-DAEMONS = ("slurmctld", "slurmd", "munged", "sinfo", "sbatch", "srun")
+DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "mariadb-install-db", "sinfo", "sbatch", "srun",
+           "sacctmgr")
+INSTALL = "apt-get install slurm-wlm slurmdbd mariadb-server munge"
 
 
 def missing_binaries() -> list[str]:
@@ -39,7 +42,7 @@ def memory_mb() -> int:
     raise RuntimeError("no MemTotal in /proc/meminfo")
 
 
-def write_config(root: Path) -> Path:
+def write_config(root: Path, dbd_port: int) -> Path:
     host = socket.gethostname().split(".")[0]
     for d in ("state", "spool", "log"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -65,10 +68,12 @@ SelectTypeParameters=CR_CPU_Memory
 EnforcePartLimits=ALL
 ReturnToService=2
 MpiDefault=none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/linux
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort={dbd_port}
 SchedulerType=sched/backfill
-# A requeued job starts again at once (default: 120 s after it ended).
+# Finished jobs stay visible to squeue for 5 minutes; SIGKILL follows SIGTERM after 10 s.
 MinJobAge=300
 KillWait=10
 # A job that does not say how much memory it needs gets its CPUs' share, not the whole node.
@@ -91,34 +96,76 @@ def start_munge():
     run("runuser", "-u", "munge", "--", "/usr/sbin/munged")
 
 
+def wait_for(what: str, ready, timeout: float, logs: list[Path]):
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            tails = "".join(f"--- {f}\n{f.read_text()[-2000:]}" for f in logs if f.exists())
+            raise RuntimeError(f"{what} did not start in {timeout} s:\n{tails}")
+        time.sleep(0.3)
+
+
+def start_accounting(root: Path, dbd_port: int, env: dict, timeout: float):
+    """A MariaDB server on a free local port with a database user for slurmdbd, then slurmdbd on dbd_port."""
+    data, sock, db_port = root / "mysql", root / "mysql.sock", free_port()
+    run("mariadb-install-db", "--user=root", f"--datadir={data}", "--auth-root-authentication-method=socket",
+        "--skip-test-db")
+    log = root / "log" / "mariadb.log"
+    subprocess.Popen(["/usr/sbin/mariadbd", "--no-defaults", "--user=root", f"--datadir={data}", f"--socket={sock}",
+                      f"--port={db_port}", "--bind-address=127.0.0.1", f"--pid-file={root / 'mariadb.pid'}",
+                      f"--log-error={log}", "--skip-name-resolve"], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    sql = lambda q: subprocess.run(["mariadb", f"--socket={sock}", "-u", "root", "-e", q],  # noqa: E731
+                                   capture_output=True, text=True)
+    wait_for("MariaDB", lambda: sql("SELECT 1").returncode == 0, timeout, [log])
+    sql("CREATE USER 'slurm'@'%' IDENTIFIED BY 'nnlab'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'%';")
+    dbd_conf = root / "slurmdbd.conf"  # beside slurm.conf, where slurmdbd looks; only its owner may read it
+    dbd_conf.write_text(f"""\
+AuthType=auth/munge
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort={dbd_port}
+SlurmUser=root
+PidFile={root}/slurmdbd.pid
+LogFile={root}/log/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={db_port}
+StorageUser=slurm
+StoragePass=nnlab
+StorageLoc=slurm_acct_db
+""")
+    dbd_conf.chmod(0o600)
+    run("/usr/sbin/slurmdbd", env=env)
+    up = lambda: subprocess.run(["sacctmgr", "-n", "list", "cluster"], capture_output=True, env=env).returncode == 0  # noqa: E731
+    wait_for("slurmdbd", up, timeout, [root / "log" / "slurmdbd.log"])
+    run("sacctmgr", "-i", "add", "cluster", "nnlab", env=env)
+
+
 def start(root: Path = DEFAULT_DIR, timeout: float = 60) -> Path:
-    """Start munged, slurmctld and slurmd on a fresh config in root; returns the config (for SLURM_CONF)."""
+    """Start munged, MariaDB, slurmdbd, slurmctld and slurmd on a fresh config in root; returns the config (for
+    SLURM_CONF)."""
     if missing_binaries():
-        raise RuntimeError(f"SLURM is not installed ({', '.join(missing_binaries())} not found): "
-                           "apt-get install slurm-wlm munge")
+        raise RuntimeError(f"SLURM is not installed ({', '.join(missing_binaries())} not found): {INSTALL}")
     stop(root)
     if root.exists():
         shutil.rmtree(root)
-    conf = write_config(root)
+    dbd_port = free_port()
+    conf = write_config(root, dbd_port)
     env = {**os.environ, "SLURM_CONF": str(conf)}
     start_munge()
+    start_accounting(root, dbd_port, env, timeout)
     run("/usr/sbin/slurmctld", "-f", str(conf), "-c", env=env)  # -c: no state from an earlier cluster
     run("/usr/sbin/slurmd", "-f", str(conf), env=env)
-    deadline = time.monotonic() + timeout
-    while True:
-        state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env).stdout.strip()
-        if state == "idle":
-            return conf
-        if time.monotonic() > deadline:
-            logs = "".join((root / "log" / f).read_text()[-2000:] for f in ("slurmctld.log", "slurmd.log")
-                           if (root / "log" / f).exists())
-            raise RuntimeError(f"the local SLURM node is {state or 'not answering'} after {timeout} s:\n{logs}")
-        time.sleep(0.5)
+    idle = lambda: subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True,  # noqa: E731
+                                  env=env).stdout.strip() == "idle"
+    wait_for("the local SLURM node", idle, timeout, [root / "log" / f for f in ("slurmctld.log", "slurmd.log")])
+    return conf
 
 
 def stop(root: Path = DEFAULT_DIR):
     """Stop the daemons started from root (munged stays: other users of this machine may need it)."""
-    for name in ("slurmd", "slurmctld"):
+    for name in ("slurmd", "slurmctld", "slurmdbd", "mariadb"):
         pid_file = root / f"{name}.pid"
         if pid_file.is_file():
             try:
