@@ -33,6 +33,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnlab import sweep as S
+from nnlab.preemption import in_slurm_batch_job, requeue_job, requeue_signal
 
 log = logging.getLogger("nnlab.sweep")
 _hydra_config_lock = threading.Lock()  # HydraConfig is one per process; trial configs are resolved one at a time
@@ -134,6 +135,7 @@ class TrialLauncher(Launcher):
         slot = self._slots.get()
         try:
             env = {**os.environ, **slot, "PYTHONUNBUFFERED": "1"}
+            env.pop("SLURM_RESTART_COUNT", None)  # in a requeued sweep worker, resume=true says which trials resume
             pinned = " ".join(f"{k}={v}" for k, v in slot.items() if k != "OMP_NUM_THREADS")
             log.info(f"#{idx} {' '.join(ret.overrides)} -> {out}{'  (' + pinned + ')' if pinned else ''}")
             tail: deque[str] = deque(maxlen=30)
@@ -387,6 +389,7 @@ class StudySweeper(Sweeper):
                 with lock:
                     for (trial, _), ret in zip(picked, rets, strict=True):
                         del in_flight[trial._trial_id]
+                        ret.working_dir = ret.working_dir or str(self.trial_dir(trial))
                         if stop.is_set():  # interrupted: leave it running for a rerun to resume
                             self.beat(trial._trial_id, 0.0)
                             continue
@@ -403,7 +406,14 @@ class StudySweeper(Sweeper):
         beats = threading.Thread(target=heartbeat, daemon=True)
         beats.start()
         slots = self.launcher.n_jobs if streaming else 1
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # SIGTERM stops the sweep; in a SLURM job so does the requeue signal (scripts/slurm/sweep_worker.sbatch), and
+        # the worker then requeues itself: its restart resumes the released trials.
+        received = []
+        stop_signals = {signal.SIGTERM}
+        if in_slurm_batch_job():
+            stop_signals.add(requeue_signal(self.config.slurm.signal))
+        previous = {sig: signal.signal(sig, lambda signum, frame: _raise_interrupt(signum, received))
+                    for sig in stop_signals}
         try:
             if slots == 1:
                 worker()
@@ -423,10 +433,13 @@ class StudySweeper(Sweeper):
                 for trial_id in list(in_flight):
                     self.beat(trial_id, 0.0)
             self.report()
+            if received and received[0] != signal.SIGTERM and self.config.slurm.requeue and requeue_job():
+                raise SystemExit(0) from None
             raise
         finally:
             stop.set()
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         self.report()
         return [returns]
 
@@ -464,5 +477,7 @@ class StudySweeper(Sweeper):
         print(f"Summary: {self.sweep_dir / 'summary.md'}  (rerun the same command to continue the study)", flush=True)
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+def _raise_interrupt(signum, received: list):
+    received.append(signal.Signals(signum))
+    if len(received) == 1:  # later signals (SLURM's SIGTERM after the requeue signal) must not cut the cleanup short
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
