@@ -3,12 +3,15 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, read_wandb_records
 
 pytestmark = pytest.mark.slow
 TINY = ["model=mlp", "data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100"]
@@ -24,6 +27,38 @@ def submit(slurm, tmp_path, body: str, *sbatch_options: str, timeout=600) -> tup
     job = proc.stdout.strip().split(";")[0]
     assert job, proc.stderr
     return proc.returncode, (tmp_path / f"slurm-{job}.out").read_text()
+
+
+def wait_for(what: str, ready, timeout: float = 300, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while not (value := ready()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the sweep ended (exit code {proc.returncode}) before {what}:\n"
+                                 f"{proc.stdout.read()[-5000:]}")
+        time.sleep(0.3)
+    return value
+
+
+def slurm_run(slurm, *cmd) -> str:
+    return subprocess.run(cmd, env={**os.environ, **slurm}, capture_output=True, text=True, check=True).stdout
+
+
+def job_state(slurm, job: str) -> str:
+    """The job's state in the queue, else (finished) in the accounting database."""
+    state = slurm_run(slurm, "squeue", "-h", "-j", job, "-o", "%T").strip()
+    state = state or slurm_run(slurm, "sacct", "-n", "-X", "-P", "-j", job, "-o", "State").strip()
+    return state.split(" ")[0]  # "CANCELLED by 0" -> CANCELLED
+
+
+def restart_now(slurm, job: str):
+    """SLURM makes a requeued job wait about two minutes before it may start again: let it start now."""
+    wait_for(f"job {job} to be queued again", lambda: job_state(slurm, job) == "PENDING", 120)
+    slurm_run(slurm, "scontrol", "update", f"JobId={job}", "StartTime=now")
+
+
+def newer_checkpoint(path, than: float) -> bool:
+    return path.is_file() and path.stat().st_mtime > than
 
 
 def test_two_task_ddp_job_started_by_srun(slurm, tmp_path, mnist_dir):
@@ -88,3 +123,162 @@ def test_sweep_workers_of_a_job_array_share_one_study(slurm, tmp_path, mnist_dir
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     ran = [set(re.findall(r"Trial (\d+) complete:", out)) for out in outputs]
     assert all(ran) and not ran[0] & ran[1] and len(ran[0] | ran[1]) == 4  # both workers, never the same trial
+
+
+def test_a_job_signalled_before_its_limit_or_requeued_resumes_into_the_same_run(slurm, tmp_path, mnist_dir):
+    """The signal sbatch --signal=USR2@<lead> sends before the time limit (delivered here with scancel --signal, as
+    SLURM would), then `scontrol requeue` (what a preemption in requeue mode does): each time the job saves its
+    checkpoint, goes back to the queue, and resumes in the same directory and W&B run."""
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    body = "\n".join([
+        "#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --cpus-per-task=1",
+        f"srun {sys.executable} {ROOT / 'train.py'} {' '.join(TINY)} trainer.max_epochs=6 paths.data_dir={mnist_dir} "
+        f"+callbacks.slow._target_=tests.helpers.SlowSteps +callbacks.slow.seconds=0.25 hydra.run.dir={run}"])
+    script = tmp_path / "job.sbatch"
+    script.write_text(f"#!/bin/bash\n#SBATCH --time=10\n#SBATCH --output={tmp_path}/slurm-%j.out\n{body}\n")
+    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    job = subprocess.run(["sbatch", "--parsable", str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+
+    wait_for("the first checkpoint", last.is_file)
+    signalled = time.time()
+    slurm_run(slurm, "scancel", "--signal=USR2", job)
+    restart_now(slurm, job)
+    wait_for("a checkpoint after the first restart", lambda: newer_checkpoint(last, signalled + 5))
+    requeued = time.time()
+    slurm_run(slurm, "scontrol", "requeue", job)
+    restart_now(slurm, job)
+    wait_for("the job to end", lambda: job_state(slurm, job) in ("COMPLETED", "FAILED", "CANCELLED"), 300)
+
+    out = (tmp_path / f"slurm-{job}.out").read_text()
+    assert job_state(slurm, job) == "COMPLETED", out[-5000:]
+    assert "SIGUSR2 received: training stopped" in out and f"requeued SLURM job {job}" in out
+    assert "SIGTERM received: training stopped" in out and out.count(f"SLURM restarted job {job}") == 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 6 and metrics["resumed_from"] == str(last)
+    assert json.loads((run / "run.json").read_text())["slurm"]["restart_count"] == "2"
+    assert torch.load(last, weights_only=True)["global_step"] == 6 * 8  # 500 images / 64: no batch lost or repeated
+    assert last.stat().st_mtime > requeued
+    # One W&B run: three offline segments with one id (wandb sync joins them); the last one ends with exit code 0.
+    segments = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(segments) == 3 and len({d.name.rsplit("-", 1)[1] for d in segments}) == 1
+    (last_file,) = segments[-1].glob("run-*.wandb")
+    exits = [r.exit.exit_code for r in read_wandb_records(last_file) if r.WhichOneof("record_type") == "exit"]
+    assert exits == [0]
+
+
+def test_a_two_task_ddp_job_stops_at_one_step_on_every_rank_and_requeues_once(slurm, tmp_path, mnist_dir):
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    script = tmp_path / "job.sbatch"
+    script.write_text("\n".join([
+        "#!/bin/bash", "#SBATCH --time=10", f"#SBATCH --output={tmp_path}/slurm-%j.out", "#SBATCH --open-mode=append",
+        "#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=1",
+        f"srun {sys.executable} {ROOT / 'train.py'} {' '.join(TINY)} trainer=ddp_cpu trainer.max_epochs=4 "
+        f"paths.data_dir={mnist_dir} +callbacks.slow._target_=tests.helpers.SlowSteps +callbacks.slow.seconds=0.25 "
+        f"hydra.run.dir={run}", ""]))
+    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    job = subprocess.run(["sbatch", "--parsable", str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    wait_for("the first checkpoint", last.is_file)
+    slurm_run(slurm, "scancel", "--signal=USR2", job)
+    restart_now(slurm, job)
+    wait_for("the job to end", lambda: job_state(slurm, job) in ("COMPLETED", "FAILED", "CANCELLED"), 300)
+    out = (tmp_path / f"slurm-{job}.out").read_text()
+    assert job_state(slurm, job) == "COMPLETED", out[-5000:]
+    assert out.count(f"requeued SLURM job {job}") == 1  # rank 0 only
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 4
+    assert torch.load(last, weights_only=True)["global_step"] == 4 * 4  # 500 images / 64 / 2 ranks: 4 steps an epoch
+    assert len({d.name.rsplit("-", 1)[1] for d in (run / "wandb").glob("offline-run-*")}) == 1
+
+
+def sweep_in_background(slurm, tmp_path, mnist_dir, *overrides):
+    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm",
+                             "hydra.launcher.timeout_min=10", *TINY, f"paths.data_dir={mnist_dir}",
+                             f"paths.log_dir={tmp_path}", "+callbacks.slow._target_=tests.helpers.SlowSteps",
+                             "+callbacks.slow.seconds=0.25", *overrides],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def trial_job(sweep: subprocess.Popen, log_dir, trial: int) -> str:
+    """The SLURM job id of a sweep's trial, once the trial has started (its run.json)."""
+    def job():
+        for info in log_dir.glob(f"sweeps/*/{trial}/run.json"):
+            facts = json.loads(info.read_text())["slurm"]  # a task of an array is <array>_<task> to scancel
+            return f"{facts['array_job_id']}_{facts['array_task_id']}" if "array_job_id" in facts else facts["job_id"]
+    return wait_for(f"trial {trial} to start", job, proc=sweep)
+
+
+def test_a_launcher_trial_requeues_itself_on_submitits_signal(slurm, tmp_path, mnist_dir):
+    """Under hydra/launcher=slurm the trial, not submitit, owns the requeue: the trial answers the signal submitit
+    asked SLURM for (USR2, signal_delay_s before the limit), and the sweep waits for the resumed job's result."""
+    sweep = sweep_in_background(slurm, tmp_path, mnist_dir, "trainer.max_epochs=4", "hydra/sweeper=optuna",
+                                "hydra.sweeper.n_trials=1", "model.lr=interval(1e-3,2e-3)")
+    last = wait_for("the trial's first checkpoint",
+                    lambda: next(tmp_path.glob("sweeps/*/0/checkpoints/last.ckpt"), None), proc=sweep)
+    job = trial_job(sweep, tmp_path, 0)
+    slurm_run(slurm, "scancel", "--signal=USR2", job)
+    restart_now(slurm, job)
+    out = sweep.communicate(timeout=300)[0]
+    assert sweep.returncode == 0, out[-5000:]
+    sweep_dir = last.parent.parent.parent
+    assert (sweep_dir / "summary.csv").read_text().splitlines()[1].split(",")[2] == "complete"
+    trial = last.parent.parent
+    assert json.loads((trial / "metrics.json").read_text())["epochs"] == 4
+    assert json.loads((trial / "run.json").read_text())["slurm"]["restart_count"] == "1"
+    logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob("*/*_log.*"))
+    assert f"requeued SLURM job {job}" in logs and "Caught signal" not in logs  # submitit's handler never ran
+    assert len({d.name.rsplit("-", 1)[1] for d in (trial / "wandb").glob("offline-run-*")}) == 1
+
+
+def test_a_cancelled_trial_fails_alone_and_an_interrupted_sweep_cancels_its_jobs(slurm, tmp_path, mnist_dir):
+    """SLURM accounting tells submitit that a job ended without a result: that trial fails, its array goes on. An
+    interrupted sweep cancels the jobs it submitted: nothing is left running that a rerun would resume twice."""
+    sweep = sweep_in_background(slurm, tmp_path, mnist_dir, "trainer.max_epochs=3", "model.lr=1e-3,2e-3")
+    cancelled = trial_job(sweep, tmp_path, 0)
+    wait_for("trial 0's first checkpoint", lambda: any(tmp_path.glob("sweeps/*/0/checkpoints/last.ckpt")), proc=sweep)
+    slurm_run(slurm, "scancel", cancelled)  # SIGTERM: the trial checkpoints and exits without a result
+    out = sweep.communicate(timeout=300)[0]
+    assert sweep.returncode == 0, out[-5000:]
+    (sweep_dir,) = (tmp_path / "sweeps").iterdir()
+    rows = [line.split(",") for line in (sweep_dir / "summary.csv").read_text().splitlines()[1:]]
+    assert [r[2] for r in rows] == ["fail", "complete"], out[-3000:]
+    assert f"SLURM job {cancelled}" in out and "CANCELLED" in out
+
+    interrupted = tmp_path / "interrupted"
+    sweep = sweep_in_background(slurm, interrupted, mnist_dir, "trainer.max_epochs=20", "model.lr=1e-3,2e-3")
+    jobs = [trial_job(sweep, interrupted, 0), trial_job(sweep, interrupted, 1)]
+    sweep.send_signal(signal.SIGTERM)
+    out = sweep.communicate(timeout=120)[0]
+    assert sweep.returncode != 0 and "cancelling SLURM job" in out, out[-3000:]
+    wait_for("the cancelled jobs to end", lambda: all(job_state(slurm, j) == "CANCELLED" for j in jobs), 120)
+
+
+def test_a_sweep_worker_signalled_before_its_limit_requeues_itself_and_resumes_its_trial(slurm, tmp_path, mnist_dir):
+    """scripts/slurm/sweep_worker.sbatch gets USR2 itself (--signal=B:USR2@120; here scancel --batch): it stops its
+    trial (which checkpoints), releases it and requeues; the restarted worker resumes that trial and ends the study."""
+    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline",
+           "STUDY_STORAGE": str(tmp_path / "study.journal"), "NNLAB_DATA_DIR": str(mnist_dir)}
+    job = subprocess.run(["sbatch", "--parsable", "--array=0", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=3G",
+                          "--time=10", f"--output={tmp_path}/slurm-%A_%a.out",
+                          str(ROOT / "scripts" / "slurm" / "sweep_worker.sbatch"), "model.lr=1e-3,2e-3",
+                          "hydra.sweeper.study_name=requeued", *TINY, "trainer.max_epochs=3", "logger=csv",
+                          "+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.25",
+                          f"paths.log_dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout.strip() + "_0"
+    first = tmp_path / "sweeps" / "requeued" / "0"
+    wait_for("trial 0's first checkpoint", (first / "checkpoints" / "last.ckpt").is_file)
+    slurm_run(slurm, "scancel", "--batch", "--signal=USR2", job)
+    restart_now(slurm, job)
+    wait_for("the worker to end", lambda: job_state(slurm, job) in ("COMPLETED", "FAILED", "CANCELLED"), 300)
+    (out,) = [p.read_text() for p in tmp_path.glob("slurm-*_0.out")]
+    assert job_state(slurm, job) == "COMPLETED", out[-5000:]
+    assert f"requeued SLURM job {job}" in out and "Trial 0 (resumed" in out
+    from nnlab.sweep import load_study
+
+    study = load_study(str(tmp_path / "study.journal"), "requeued")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    metrics = json.loads((first / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["resumed_from"].endswith("last.ckpt")
