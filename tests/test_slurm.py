@@ -282,3 +282,12 @@ def test_a_sweep_worker_signalled_before_its_limit_requeues_itself_and_resumes_i
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     metrics = json.loads((first / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics["resumed_from"].endswith("last.ckpt")
+
+
+def test_a_lead_time_not_under_the_time_limit_is_refused_before_anything_is_submitted(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm",
+                           "hydra.launcher.timeout_min=2", "model=mlp", "model.lr=1e-3,2e-3",
+                           f"paths.log_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "hydra.launcher.signal_delay_s=120 is not under hydra.launcher.timeout_min=2 (120 s)" in proc.stderr
+    assert not list(tmp_path.glob("sweeps/*/.submitit"))

@@ -23,6 +23,15 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
     - each trial requeues itself on submitit's signal (nnlab/preemption.py), so submitit's own requeue never runs.
     """
 
+    def __init__(self, **params):
+        super().__init__(**params)
+        timeout_s, lead_s = self.params.get("timeout_min", 0) * 60, self.params.get("signal_delay_s", 0)
+        if lead_s >= timeout_s:
+            raise ValueError(f"hydra.launcher.signal_delay_s={lead_s} is not under hydra.launcher.timeout_min="
+                             f"{self.params.get('timeout_min')} ({timeout_s} s): the trial would be told to stop before "
+                             "it starts. Lower signal_delay_s (SLURM may send the signal up to a minute early too) or "
+                             "raise timeout_min.")
+
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
         import submitit
 
