@@ -165,6 +165,14 @@ def check_slurm(cfg: DictConfig):
                          f"trainer.devices={ntasks // nodes}.")
 
 
+def leave_process_group():
+    """Under DDP, destroy the process group while the interpreter is still whole: left to interpreter shutdown, gloo's
+    threads can abort the process ("terminate called without an active exception", PyTorch issue 190489; seen on a
+    2-task SLURM job). Only on orderly ends, where every rank gets here."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def end_stopped_run(stop: SignalStop, trainer: L.Trainer, loggers, cfg: DictConfig):
     """Training stopped on a signal with its checkpoint written: close the W&B run as preempted, requeue the SLURM
     job if the signal asked for it, and exit (0 when requeued, 128 + the signal otherwise)."""
@@ -177,6 +185,7 @@ def end_stopped_run(stop: SignalStop, trainer: L.Trainer, loggers, cfg: DictConf
     except Exception as e:  # noqa: BLE001  SLURM signals every process of the job: W&B's service may be gone already
         log.warning(f"could not close the W&B run ({e}); the resumed run continues it")
     requeued = requeue and (not trainer.is_global_zero or requeue_job())
+    leave_process_group()
     raise SystemExit(0 if requeued else 128 + stop.received)
 
 
@@ -276,6 +285,7 @@ def run(cfg: DictConfig, out: Path, last_ckpt: Path, stop: SignalStop, slurm_job
             "resumed_from": ckpt_path if cfg.resume or restarts else None,
         }
     )
+    leave_process_group()
     if trainer.is_global_zero:
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
         log.info(f"metrics: {json.dumps({k: v for k, v in metrics.items() if k.startswith('test/')})}  run directory: {out}")

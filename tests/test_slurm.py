@@ -52,9 +52,10 @@ def job_state(slurm, job: str) -> str:
 
 
 def restart_now(slurm, job: str):
-    """SLURM makes a requeued job wait about two minutes before it may start again: let it start now."""
+    """SLURM makes a requeued job wait about two minutes before it may start again: let it start in 3 s. (Started
+    within the second its previous run was killed in, slurmd refuses the job: "Job credential revoked".)"""
     wait_for(f"job {job} to be queued again", lambda: job_state(slurm, job) == "PENDING", 120)
-    slurm_run(slurm, "scontrol", "update", f"JobId={job}", "StartTime=now")
+    slurm_run(slurm, "scontrol", "update", f"JobId={job}", "StartTime=now+3")
 
 
 def newer_checkpoint(path, than: float) -> bool:
