@@ -389,7 +389,7 @@ class StudySweeper(Sweeper):
                 with lock:
                     for (trial, _), ret in zip(picked, rets, strict=True):
                         del in_flight[trial._trial_id]
-                        ret.working_dir = ret.working_dir or str(self.trial_dir(trial))
+                        ret.working_dir = str(self.trial_dir(trial))  # submitit's returns hold the job's cwd
                         if stop.is_set():  # interrupted: leave it running for a rerun to resume
                             self.beat(trial._trial_id, 0.0)
                             continue
