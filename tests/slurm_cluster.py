@@ -118,7 +118,9 @@ def start_accounting(root: Path, dbd_port: int, env: dict, timeout: float):
     sql = lambda q: subprocess.run(["mariadb", f"--socket={sock}", "-u", "root", "-e", q],  # noqa: E731
                                    capture_output=True, text=True)
     wait_for("MariaDB", lambda: sql("SELECT 1").returncode == 0, timeout, [log])
-    sql("CREATE USER 'slurm'@'%' IDENTIFIED BY 'nnlab'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'%';")
+    user = sql("CREATE USER 'slurm'@'%' IDENTIFIED BY 'nnlab'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'%';")
+    if user.returncode != 0:
+        raise RuntimeError(f"could not create slurmdbd's database user: {user.stderr.strip()}")
     dbd_conf = root / "slurmdbd.conf"  # beside slurm.conf, where slurmdbd looks; only its owner may read it
     dbd_conf.write_text(f"""\
 AuthType=auth/munge
