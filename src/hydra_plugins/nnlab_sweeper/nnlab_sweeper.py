@@ -445,8 +445,8 @@ class StudySweeper(Sweeper):
 
     def launch(self, overrides: list[list[str]], trials: list) -> list[JobReturn]:
         """Launch trials together (one SLURM array with the submitit launcher). A launcher that raises instead of
-        returning (submitit, for a job killed without a result) loses every return of the batch: each trial's run
-        directory then says what happened."""
+        returning loses every return of the batch: each trial's run directory then says what happened. (Ours return
+        one result per trial: hydra/launcher=slurm turns a job that ended without a result into its trial's failure.)"""
         try:
             return list(self.launcher.launch(overrides, initial_job_idx=trials[0].number))
         except KeyboardInterrupt:
