@@ -15,18 +15,30 @@ from tests.helpers import ROOT, read_wandb_records
 
 pytestmark = pytest.mark.slow
 TINY = ["model=mlp", "data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100"]
+# What scripts/slurm/*.sbatch ask for: USR2 before the limit, requeueable, one output file across restarts.
+PREEMPTIBLE = ["#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --open-mode=append"]
 
 
-def submit(slurm, tmp_path, body: str, *sbatch_options: str, timeout=600) -> tuple[int, str]:
-    """sbatch --wait a batch script; returns its exit code and its output file's text."""
+def job_env(slurm, **more) -> dict:
+    return {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **more}
+
+
+def sbatch(slurm, tmp_path, body: str, *sbatch_options: str, wait=False, timeout=600) -> tuple[str, int]:
+    """Submit a batch script (a 10-minute limit, output in tmp_path/slurm-<job>.out, then body); returns the job id
+    and sbatch's exit code, which with wait=True is the job's."""
     script = tmp_path / "job.sbatch"
     script.write_text(f"#!/bin/bash\n#SBATCH --time=10\n#SBATCH --output={tmp_path}/slurm-%j.out\n{body}\n")
-    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    proc = subprocess.run(["sbatch", "--wait", "--parsable", *sbatch_options, str(script)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(["sbatch", *(["--wait"] if wait else []), "--parsable", *sbatch_options, str(script)],
+                          cwd=ROOT, env=job_env(slurm), capture_output=True, text=True, timeout=timeout)
     job = proc.stdout.strip().split(";")[0]
     assert job, proc.stderr
-    return proc.returncode, (tmp_path / f"slurm-{job}.out").read_text()
+    return job, proc.returncode
+
+
+def submit(slurm, tmp_path, body: str, *sbatch_options: str) -> tuple[int, str]:
+    """sbatch --wait a batch script; returns its exit code and its output file's text."""
+    job, rc = sbatch(slurm, tmp_path, body, *sbatch_options, wait=True)
+    return rc, (tmp_path / f"slurm-{job}.out").read_text()
 
 
 def wait_for(what: str, ready, timeout: float = 300, proc: subprocess.Popen | None = None):
@@ -56,6 +68,14 @@ def restart_now(slurm, job: str):
     within the second its previous run was killed in, slurmd refuses the job: "Job credential revoked".)"""
     wait_for(f"job {job} to be queued again", lambda: job_state(slurm, job) == "PENDING", 120)
     slurm_run(slurm, "scontrol", "update", f"JobId={job}", "StartTime=now+3")
+
+
+def final_state(slurm, job: str) -> str:
+    """Wait for the job to end (requeues included); its state."""
+    return wait_for(f"job {job} to end", lambda: (state := job_state(slurm, job)) in ENDED and state, 300)
+
+
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL")
 
 
 def newer_checkpoint(path, than: float) -> bool:
@@ -89,7 +109,7 @@ def test_tasks_that_do_not_match_the_trainer_fail_before_training(slurm, tmp_pat
 
 
 def test_a_sweep_through_the_slurm_launcher_runs_its_trials_as_one_job_array(slurm, tmp_path, mnist_dir):
-    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    env = job_env(slurm)
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm",
                            "hydra.launcher.timeout_min=10", *TINY, "trainer.max_epochs=1", "model.lr=1e-3,3e-3",
                            f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}"], cwd=ROOT, env=env,
@@ -108,8 +128,7 @@ def test_a_sweep_through_the_slurm_launcher_runs_its_trials_as_one_job_array(slu
 
 def test_sweep_workers_of_a_job_array_share_one_study(slurm, tmp_path, mnist_dir):
     """scripts/slurm/sweep_worker.sbatch as written, with the GPU request taken off for this CPU-only cluster."""
-    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline",
-           "STUDY_STORAGE": str(tmp_path / "study.journal"), "NNLAB_DATA_DIR": str(mnist_dir)}
+    env = job_env(slurm, STUDY_STORAGE=str(tmp_path / "study.journal"), NNLAB_DATA_DIR=str(mnist_dir))
     proc = subprocess.run(["sbatch", "--wait", "--parsable", "--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1",
                            "--mem=3G", "--time=10", f"--output={tmp_path}/slurm-%A_%a.out",
                            str(ROOT / "scripts" / "slurm" / "sweep_worker.sbatch"), "hydra/sweeper=optuna",
@@ -132,15 +151,10 @@ def test_a_job_signalled_before_its_limit_or_requeued_resumes_into_the_same_run(
     checkpoint, goes back to the queue, and resumes in the same directory and W&B run."""
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
-    body = "\n".join([
-        "#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --cpus-per-task=1",
+    job, _ = sbatch(slurm, tmp_path, "\n".join([
+        *PREEMPTIBLE, "#SBATCH --cpus-per-task=1",
         f"srun {sys.executable} {ROOT / 'train.py'} {' '.join(TINY)} trainer.max_epochs=6 paths.data_dir={mnist_dir} "
-        f"+callbacks.slow._target_=tests.helpers.SlowSteps +callbacks.slow.seconds=0.25 hydra.run.dir={run}"])
-    script = tmp_path / "job.sbatch"
-    script.write_text(f"#!/bin/bash\n#SBATCH --time=10\n#SBATCH --output={tmp_path}/slurm-%j.out\n{body}\n")
-    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    job = subprocess.run(["sbatch", "--parsable", str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
+        f"+callbacks.slow._target_=tests.helpers.SlowSteps +callbacks.slow.seconds=0.25 hydra.run.dir={run}"]))
 
     wait_for("the first checkpoint", last.is_file)
     signalled = time.time()
@@ -150,10 +164,10 @@ def test_a_job_signalled_before_its_limit_or_requeued_resumes_into_the_same_run(
     requeued = time.time()
     slurm_run(slurm, "scontrol", "requeue", job)
     restart_now(slurm, job)
-    wait_for("the job to end", lambda: job_state(slurm, job) in ("COMPLETED", "FAILED", "CANCELLED"), 300)
+    state = final_state(slurm, job)
 
     out = (tmp_path / f"slurm-{job}.out").read_text()
-    assert job_state(slurm, job) == "COMPLETED", out[-5000:]
+    assert state == "COMPLETED", out[-5000:]
     assert "SIGUSR2 received: training stopped" in out and f"requeued SLURM job {job}" in out
     assert "SIGTERM received: training stopped" in out and out.count(f"SLURM restarted job {job}") == 2
     metrics = json.loads((run / "metrics.json").read_text())
@@ -172,22 +186,17 @@ def test_a_job_signalled_before_its_limit_or_requeued_resumes_into_the_same_run(
 def test_a_two_task_ddp_job_stops_at_one_step_on_every_rank_and_requeues_once(slurm, tmp_path, mnist_dir):
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
-    script = tmp_path / "job.sbatch"
-    script.write_text("\n".join([
-        "#!/bin/bash", "#SBATCH --time=10", f"#SBATCH --output={tmp_path}/slurm-%j.out", "#SBATCH --open-mode=append",
-        "#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=1",
+    job, _ = sbatch(slurm, tmp_path, "\n".join([
+        *PREEMPTIBLE, "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=1",
         f"srun {sys.executable} {ROOT / 'train.py'} {' '.join(TINY)} trainer=ddp_cpu trainer.max_epochs=4 "
         f"paths.data_dir={mnist_dir} +callbacks.slow._target_=tests.helpers.SlowSteps +callbacks.slow.seconds=0.25 "
-        f"hydra.run.dir={run}", ""]))
-    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    job = subprocess.run(["sbatch", "--parsable", str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
+        f"hydra.run.dir={run}"]))
     wait_for("the first checkpoint", last.is_file)
     slurm_run(slurm, "scancel", "--signal=USR2", job)
     restart_now(slurm, job)
-    wait_for("the job to end", lambda: job_state(slurm, job) in ("COMPLETED", "FAILED", "CANCELLED"), 300)
+    state = final_state(slurm, job)
     out = (tmp_path / f"slurm-{job}.out").read_text()
-    assert job_state(slurm, job) == "COMPLETED", out[-5000:]
+    assert state == "COMPLETED", out[-5000:]
     assert out.count(f"requeued SLURM job {job}") == 1  # rank 0 only
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 4
     assert torch.load(last, weights_only=True)["global_step"] == 4 * 4  # 500 images / 64 / 2 ranks: 4 steps an epoch
@@ -195,7 +204,7 @@ def test_a_two_task_ddp_job_stops_at_one_step_on_every_rank_and_requeues_once(sl
 
 
 def sweep_in_background(slurm, tmp_path, mnist_dir, *overrides):
-    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    env = job_env(slurm)
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm",
                              "hydra.launcher.timeout_min=10", *TINY, f"paths.data_dir={mnist_dir}",
                              f"paths.log_dir={tmp_path}", "+callbacks.slow._target_=tests.helpers.SlowSteps",
@@ -260,8 +269,7 @@ def test_a_cancelled_trial_fails_alone_and_an_interrupted_sweep_cancels_its_jobs
 def test_a_sweep_worker_signalled_before_its_limit_requeues_itself_and_resumes_its_trial(slurm, tmp_path, mnist_dir):
     """scripts/slurm/sweep_worker.sbatch gets USR2 itself (--signal=B:USR2@120; here scancel --batch): it stops its
     trial (which checkpoints), releases it and requeues; the restarted worker resumes that trial and ends the study."""
-    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline",
-           "STUDY_STORAGE": str(tmp_path / "study.journal"), "NNLAB_DATA_DIR": str(mnist_dir)}
+    env = job_env(slurm, STUDY_STORAGE=str(tmp_path / "study.journal"), NNLAB_DATA_DIR=str(mnist_dir))
     job = subprocess.run(["sbatch", "--parsable", "--array=0", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=3G",
                           "--time=10", f"--output={tmp_path}/slurm-%A_%a.out",
                           str(ROOT / "scripts" / "slurm" / "sweep_worker.sbatch"), "model.lr=1e-3,2e-3",
@@ -273,9 +281,9 @@ def test_a_sweep_worker_signalled_before_its_limit_requeues_itself_and_resumes_i
     wait_for("trial 0's first checkpoint", (first / "checkpoints" / "last.ckpt").is_file)
     slurm_run(slurm, "scancel", "--batch", "--signal=USR2", job)
     restart_now(slurm, job)
-    wait_for("the worker to end", lambda: job_state(slurm, job) in ("COMPLETED", "FAILED", "CANCELLED"), 300)
+    state = final_state(slurm, job)
     (out,) = [p.read_text() for p in tmp_path.glob("slurm-*_0.out")]
-    assert job_state(slurm, job) == "COMPLETED", out[-5000:]
+    assert state == "COMPLETED", out[-5000:]
     assert f"requeued SLURM job {job}" in out and "Trial 0 (resumed" in out
     from nnlab.sweep import load_study
 
