@@ -194,9 +194,9 @@ def main(cfg: DictConfig) -> float | None:
     start = time.perf_counter()
     out = Path(HydraConfig.get().runtime.output_dir)
     last_ckpt = Path(cfg.callbacks.last_checkpoint.dirpath) / "last.ckpt"
-    slurm_job = in_slurm_batch_job()
+    slurm_job, requeue_on = in_slurm_batch_job(), requeue_signal(cfg.slurm.signal)  # a bad name fails anywhere
     # Installed first: SIGTERM or the requeue signal while data loads must not kill the run before its checkpoint.
-    stop = SignalStop(last_ckpt, requeue_signal(cfg.slurm.signal) if slurm_job else None).install()
+    stop = SignalStop(last_ckpt, requeue_on if slurm_job else None).install()
     try:
         return run(cfg, out, last_ckpt, stop, slurm_job, start)
     finally:

@@ -82,3 +82,9 @@ def test_run_ids_differ_within_a_second_and_stay_fixed_within_a_run(tmp_path):
     first, second = compose_train([], tmp_path), compose_train([], tmp_path)
     assert first.run_id != second.run_id and len(first.run_id) == 8
     assert first.run_id == first.run_id and first.run_name.endswith(first.run_id)
+
+
+def test_a_bad_requeue_signal_name_fails_before_training(tmp_path):
+    proc = train("model=mlp", "slurm.signal=USR9", f"hydra.run.dir={tmp_path}", "logger=csv", check=False)
+    assert proc.returncode != 0 and "slurm.signal='USR9' is not a signal name" in proc.stderr
+    assert not (tmp_path / "checkpoints").exists()
