@@ -183,7 +183,7 @@ def test_datamodule_reads_tiny_tree(tmp_path):
     from nnlab.data.imdb import IMDBDataModule
 
     make_aclimdb(tmp_path)
-    dm = IMDBDataModule(kind="text", num_classes=2, data_dir=str(tmp_path), download=False, vocab_size=100,
+    dm = IMDBDataModule(kind="text", num_classes=2, data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), download=False, vocab_size=100,
                         min_frequency=1, max_length=16, val_size=2, split_seed=0, batch_size=4, eval_batch_size=8)
     dm.prepare_data()
     dm.setup()
@@ -199,7 +199,7 @@ def test_evaluation_reads_longer_reviews_than_training(tmp_path):
     from nnlab.data.imdb import IMDBDataModule
 
     make_aclimdb(tmp_path)
-    settings = dict(kind="text", num_classes=2, data_dir=str(tmp_path), download=False, vocab_size=100,
+    settings = dict(kind="text", num_classes=2, data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), download=False, vocab_size=100,
                     min_frequency=1, val_size=2, split_seed=0, batch_size=4, eval_batch_size=8)
     dm = IMDBDataModule(max_length=3, eval_max_length=1000, **settings)
     dm.prepare_data()

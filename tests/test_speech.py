@@ -18,7 +18,7 @@ SETTINGS = dict(kind="audio", num_classes=None, download=False, labels="folder",
 
 
 def datamodule(data_dir, **overrides):
-    dm = SpeechCommandsDataModule(data_dir=str(data_dir), **{**SETTINGS, **overrides})
+    dm = SpeechCommandsDataModule(data_dir=str(data_dir), cache_dir=str(data_dir / "cache"), **{**SETTINGS, **overrides})
     dm.prepare_data()
     dm.setup()
     return dm

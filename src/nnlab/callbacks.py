@@ -7,6 +7,8 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import TQDMProgressBar
+import lightning.pytorch.loggers
 from lightning.pytorch.loggers import WandbLogger
 
 from nnlab.atomic import atomic_open
@@ -200,3 +202,30 @@ class TestReport(L.Callback):
 
 TEXT_COLUMNS = ["text", "label", "prediction", "confidence", "correct"]
 AUDIO_CLIPS = 8  # misclassified and as many correct test clips kept as WAV files and in the W&B table
+
+
+class WandbLogger(lightning.pytorch.loggers.WandbLogger):
+    """Lightning's W&B logger, less the `anonymous=None` it always passes to wandb.init (W&B then warns, on every
+    run, that the setting has no effect)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
+
+class ProgressBar(TQDMProgressBar):
+    """TQDM's bar showing the epoch's running training loss from the first step on (read from the module's sum on
+    the device only when the bar redraws, every `refresh_rate` steps), without W&B's run id."""
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        if trainer.training and (loss := pl_module.epoch_train_loss()) is not None:
+            items = {"loss": f"{loss:.4g}", **items}
+        return items
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if batch_idx == 0 and self.is_enabled and not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))

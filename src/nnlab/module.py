@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from nnlab.errors import ConfigError, UserError
 from nnlab.nets import NETS
 
 
@@ -14,8 +15,8 @@ from nnlab.nets import NETS
 NONFINITE_CHECK_EVERY = 50
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(UserError, RuntimeError):
+    """The loss became NaN or infinite: a setting (usually the learning rate) or the data, not a bug."""
 
 
 # Test samples kept for the report (TestReport): misclassified ones and, to fill a table, correct ones.
@@ -50,10 +51,10 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         if net not in NETS:
-            raise ValueError(f"model.net={net!r} is not a network; choose one of {sorted(NETS)}")
+            raise ConfigError(f"model.net={net!r} is not a network; choose one of {sorted(NETS)}")
         self.net = NETS[net](**arch)
         if adversarial and "return_embedding" not in inspect.signature(self.net.forward).parameters:
-            raise ValueError(f"model.adversarial={adversarial} perturbs word embeddings, which model.net={net!r} "
+            raise ConfigError(f"model.adversarial={adversarial} perturbs word embeddings, which model.net={net!r} "
                              "has none of; set model.adversarial=0 (it works with lstm)")
         # One output is a binary classifier; metrics and reports see it as two classes.
         self.binary = arch["num_classes"] == 1
@@ -100,8 +101,9 @@ class Classifier(L.LightningModule):
         self.train_steps += 1
         # self.log costs about 1 ms a call on a CPU, 10% of a small network's step, so the step loss
         # is logged only on the steps the logger writes (trainer.log_every_n_steps).
+        # (The progress bar shows the epoch's running loss from train_loss_sum: nnlab.callbacks.ProgressBar.)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss_step", loss.detach(), prog_bar=True)
+            self.log("train/loss_step", loss.detach())
         return loss
 
     def adversarial_step(self, x, y):
@@ -123,6 +125,7 @@ class Classifier(L.LightningModule):
     def on_train_epoch_start(self):
         self.train_loss_sum.zero_()
         self.train_steps = 0
+        self.train_acc.reset()  # already reset after logging, unless restored from an epoch-end checkpoint
 
     def on_train_epoch_end(self):
         # Also catches the last steps of the epoch, before the epoch's checkpoint is written.
@@ -135,7 +138,8 @@ class Classifier(L.LightningModule):
         if step >= 0:
             raise NonFiniteLossError(
                 f"training loss became non-finite at step {step} (epoch {self.current_epoch}); stopped without "
-                "saving, so the last checkpoint is the last good one. Lower model.optimizer.lr or check the data."
+                "saving, so the last checkpoint is the last good one. Lower model.lr (now "
+                f"{self.hparams.lr:g}), clip gradients (trainer.gradient_clip_val=1.0) or check the data."
             )
 
     def validation_step(self, batch, batch_idx):
@@ -182,8 +186,16 @@ class Classifier(L.LightningModule):
     def on_test_epoch_start(self):
         self.test_samples = {True: [], False: []}
 
+    def epoch_train_loss(self) -> float | None:
+        """The mean training loss of the epoch so far (this process's batches)."""
+        return (self.train_loss_sum / self.train_steps).item() if self.train_steps else None
+
     def on_save_checkpoint(self, checkpoint):
         checkpoint["val_acc_best"] = self.val_acc_best
+        # The running epoch's sums, so an epoch resumed from a checkpoint written inside it reports the whole epoch.
+        checkpoint["epoch_sums"] = {"loss": self.train_loss_sum.detach().cpu(), "steps": self.train_steps,
+                                    "train_acc": {k: v.detach().cpu() for k, v in self.train_acc.metric_state.items()},
+                                    "train_acc_updates": self.train_acc._update_count}
         # The datamodule's preprocessing (a text model's tokenizer, say) travels with the weights, so
         # `nnlab.predict` needs the checkpoint alone.
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -192,6 +204,13 @@ class Classifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint):
         self.val_acc_best = checkpoint.get("val_acc_best", 0.0)
+        # Lightning calls on_train_epoch_start (which zeroes these) only for epochs that start afresh.
+        if sums := checkpoint.get("epoch_sums"):
+            self.train_loss_sum = sums["loss"].to(self.train_loss_sum.device)
+            self.train_steps = sums["steps"]
+            for name, value in sums["train_acc"].items():
+                setattr(self.train_acc, name, value.to(self.device))
+            self.train_acc._update_count = sums["train_acc_updates"]
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -206,7 +225,7 @@ class Classifier(L.LightningModule):
         elif hp.optimizer == "adamw":
             optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         else:
-            raise ValueError(f"model.optimizer={hp.optimizer!r} is not one of sgd, adam, adamw")
+            raise ConfigError(f"model.optimizer={hp.optimizer!r} is not one of sgd, adam, adamw")
 
         if hp.scheduler == "none":
             return optimizer
@@ -214,9 +233,15 @@ class Classifier(L.LightningModule):
         if hp.scheduler == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         elif hp.scheduler == "onecycle":
+            if hp.warmup_pct * total <= 1:  # torch divides by (warm-up steps - 1), and needs a step to anneal over
+                raise ConfigError(
+                    f"model.scheduler=onecycle warms up over model.warmup_pct={hp.warmup_pct} of the training steps, "
+                    f"but this run has only {total} (it needs more than {int(1 / hp.warmup_pct)}): train longer "
+                    "(trainer.max_epochs, trainer.limit_train_batches), raise model.warmup_pct, or use "
+                    "model.scheduler=cosine or none")
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer, max_lr=hp.lr, total_steps=total, pct_start=hp.warmup_pct
             )
         else:
-            raise ValueError(f"model.scheduler={hp.scheduler!r} is not one of none, cosine, onecycle")
+            raise ConfigError(f"model.scheduler={hp.scheduler!r} is not one of none, cosine, onecycle")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

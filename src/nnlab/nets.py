@@ -4,6 +4,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nnlab.errors import ConfigError
+
 
 class MLP(nn.Module):
     """Fully connected classifier over flattened images."""
@@ -68,7 +70,7 @@ class CNN(nn.Module):
             layers.append(nn.ReLU(inplace=True))
             channels, size = int(spec), size + 2 * padding - kernel_size + 1
         if size < 1:
-            raise ValueError(f"CNN conv={conv} shrinks a {image_size}px image to nothing; use padding or fewer pools")
+            raise ConfigError(f"CNN conv={conv} shrinks a {image_size}px image to nothing; use padding or fewer pools")
         self.features = nn.Sequential(*layers)
         head: list[nn.Module] = [nn.Flatten()]
         width = channels * size * size
@@ -116,7 +118,7 @@ class LSTM(nn.Module):
     ):
         super().__init__()
         if pooling not in ("last", "max_mean"):
-            raise ValueError(f"model.arch.pooling={pooling!r} is not one of last, max_mean")
+            raise ConfigError(f"model.arch.pooling={pooling!r} is not one of last, max_mean")
         self.pooling, self.packed, self.word_dropout = pooling, packed, word_dropout
         directions = 2 if bidirectional else 1
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
@@ -210,9 +212,9 @@ class SpeechRNN(nn.Module):
         import torchaudio.transforms as T
 
         if pooling not in ("attention", "last"):
-            raise ValueError(f"model.arch.pooling={pooling!r} is not one of attention, last")
+            raise ConfigError(f"model.arch.pooling={pooling!r} is not one of attention, last")
         if cell not in ("gru", "lstm"):
-            raise ValueError(f"model.arch.cell={cell!r} is not one of gru, lstm")
+            raise ConfigError(f"model.arch.cell={cell!r} is not one of gru, lstm")
         win, hop = round(sample_rate * win_ms / 1000), round(sample_rate * hop_ms / 1000)
         self.mel = T.MelSpectrogram(sample_rate, n_fft=1 << (win - 1).bit_length(), win_length=win, hop_length=hop,
                                     f_min=20.0, n_mels=n_mels)

@@ -1,6 +1,7 @@
 """Stopping a run cleanly on a signal, and requeueing it under SLURM.
 
-SIGTERM (scancel, preemption, a sweep stopping its trials, the end of a time limit) and, in a SLURM batch job, the
+SIGTERM (scancel, preemption, a sweep stopping its trials, the end of a time limit), Ctrl-C (SIGINT; a second one
+stops at once, without a checkpoint) and, in a SLURM batch job, the
 requeue signal (`sbatch --signal=USR2@120`: USR2 120 s before the time limit) stop training at the end of the current
 batch: every rank stops at the same batch, `checkpoints/last.ckpt` is written (atomically, by the run's checkpoint
 writer), and fit ends with `Stopped`. For the requeue signal train.py then requeues the job; SLURM starts it again with
@@ -19,6 +20,8 @@ from pathlib import Path
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from nnlab.errors import ConfigError
 
 log = logging.getLogger("nnlab")
 
@@ -45,7 +48,7 @@ def requeue_signal(configured: str) -> signal.Signals:
     try:
         return signal.Signals[f"SIG{name.upper().removeprefix('SIG')}"]
     except KeyError:
-        raise ValueError(f"slurm.signal={name!r} is not a signal name: use USR1, USR2, ... as in sbatch "
+        raise ConfigError(f"slurm.signal={name!r} is not a signal name: use USR1, USR2, ... as in sbatch "
                          "--signal=USR2@120") from None
 
 
@@ -64,11 +67,12 @@ class SignalStop(L.Callback):
         self.sync_every = sync_every
         self.received: signal.Signals | None = None
         self.saved = False
+        self.training = False  # before training there is nothing to save: Ctrl-C then stops at once
         self._previous = {}
         self._batches = 0  # the same count on every rank: all ranks run the same number of batches
 
     def install(self):
-        for sig in {signal.SIGTERM, self.requeue} - {None}:
+        for sig in {signal.SIGTERM, signal.SIGINT, self.requeue} - {None}:
             self._previous[sig] = signal.signal(sig, self._note)
         return self
 
@@ -78,6 +82,13 @@ class SignalStop(L.Callback):
         self._previous = {}
 
     def _note(self, signum, frame):  # a signal handler: no logging (it may interrupt a write to the same stream)
+        if signum == signal.SIGINT:  # Ctrl-C: like SIGTERM; a second one stops at once
+            if self.received == signal.SIGINT:
+                os.write(2, b"\nSecond Ctrl-C: stopping now, without a checkpoint; the last one written stays\n")
+                os._exit(130)
+            if not self.training:
+                self.received = signal.SIGINT
+                raise KeyboardInterrupt
         if self.received is None or signum == self.requeue:
             self.received = signal.Signals(signum)
 
@@ -100,7 +111,15 @@ class SignalStop(L.Callback):
         trainer.save_checkpoint(self.checkpoint)
         self.saved = True
 
+    def on_train_start(self, trainer, pl_module):
+        self.training = True
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # Not at an epoch's last batch: Lightning resumes a checkpoint written there by skipping that epoch's
+        # validation and end (its learning-rate step too), so the run would not repeat. The epoch ends as usual
+        # (last.ckpt is written) and the stop comes at the next batch. Every rank skips the same batch.
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return
         if self._stop_requested(trainer):
             self._save(trainer)
             raise Stopped(self.received, self.checkpoint)

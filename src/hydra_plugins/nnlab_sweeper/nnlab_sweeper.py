@@ -33,7 +33,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnlab import sweep as S
-from nnlab.preemption import in_slurm_batch_job, requeue_job, requeue_signal
 
 log = logging.getLogger("nnlab.sweep")
 _hydra_config_lock = threading.Lock()  # HydraConfig is one per process; trial configs are resolved one at a time
@@ -408,6 +407,8 @@ class StudySweeper(Sweeper):
         slots = self.launcher.n_jobs if streaming else 1
         # SIGTERM stops the sweep; in a SLURM job so does the requeue signal (scripts/slurm/sweep_worker.sbatch), and
         # the worker then requeues itself: its restart resumes the released trials.
+        from nnlab.preemption import in_slurm_batch_job, requeue_job, requeue_signal  # Lightning: only when sweeping
+
         received = []
         stop_signals = {signal.SIGTERM}
         if in_slurm_batch_job():

@@ -1,2 +1,50 @@
-class DatasetError(RuntimeError):
-    """Data missing, damaged or in the wrong layout; the message names the path and the fix."""
+"""Data modules, and the caches they keep of prepared data."""
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from nnlab.errors import DatasetError  # noqa: F401  (data modules raise it; nnlab.data.DatasetError is its old name)
+
+log = logging.getLogger(__name__)
+
+
+def read_cache(path: Path, keys: tuple[str, ...]):
+    """A cache file written by this project, or None when it is missing or damaged (then it is rebuilt).
+
+    Caches are written atomically, so a damaged one was hurt afterwards: a disk error, a copy cut short, a file
+    replaced by hand. It is named in a warning and read no further."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    import torch
+
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  truncated, random bytes, another format: any failure means rebuild
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        log.warning(f"cache {path} is damaged ({reason}): rebuilding it")
+        return None
+    if not isinstance(content, dict) or not set(keys) <= content.keys():
+        log.warning(f"cache {path} does not hold what this version writes (keys {sorted(keys)}): rebuilding it")
+        return None
+    return content
+
+
+def writable_cache_dir(wanted: Path) -> Path:
+    """`wanted` if files can be written there (created if missing); else a folder under the user's cache
+    (XDG_CACHE_HOME, ~/.cache), said in a warning: a dataset on a read-only mount keeps its cache elsewhere."""
+    wanted = Path(wanted)
+    try:
+        wanted.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=wanted):
+            pass
+        return wanted
+    except OSError as e:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nnlab"
+        fallback = base / str(wanted.resolve()).strip("/").replace("/", "_")
+        fallback.mkdir(parents=True, exist_ok=True)
+        log.warning(f"cache folder {wanted} is not writable ({e.strerror}): keeping the cache in {fallback} instead "
+                    "(set paths.cache_dir to choose)")
+        return fallback

@@ -16,7 +16,8 @@ import lightning as L
 import torch
 
 from nnlab.atomic import atomic_open
-from nnlab.data import DatasetError
+from nnlab.errors import ConfigError, DatasetError
+from nnlab.data import read_cache, writable_cache_dir
 from nnlab.data.batches import BucketBatches, placement
 
 log = logging.getLogger(__name__)
@@ -188,9 +189,9 @@ def load_or_build_cache(root: Path, cache_dir: Path, vocab_size: int, min_freque
 
     settings = f"whole:{vocab_size}:{min_frequency}:{tokenizers_version}:{fingerprint(root)}"
     path = Path(cache_dir) / f"imdb-{hashlib.sha1(settings.encode()).hexdigest()[:16]}.pt"
-    if path.is_file():
+    if (cached := read_cache(path, ("tokenizer", "settings", "train", "test"))) is not None:
         log.info(f"reading the tokenised reviews from {path}")
-        return torch.load(path, weights_only=True)
+        return cached
     log.info(f"tokenising {root} (vocab_size={vocab_size}, min_frequency={min_frequency})")
     train_texts, train_labels = read_split(root, "train")
     test_texts, test_labels = read_split(root, "test")
@@ -214,6 +215,7 @@ class IMDBDataModule(L.LightningDataModule):
         kind: str,
         num_classes: int,
         data_dir: str,
+        cache_dir: str,
         download: bool,
         vocab_size: int,
         min_frequency: int,
@@ -231,7 +233,7 @@ class IMDBDataModule(L.LightningDataModule):
         # One process per node downloads, extracts and tokenises; the others wait, then read the cache.
         hp = self.hparams
         root = prepare_aclimdb(Path(hp.data_dir), hp.download)
-        load_or_build_cache(root, Path(hp.data_dir) / "cache", hp.vocab_size, hp.min_frequency)
+        load_or_build_cache(root, writable_cache_dir(hp.cache_dir), hp.vocab_size, hp.min_frequency)
 
     def setup(self, stage=None):
         if hasattr(self, "cache"):
@@ -240,11 +242,11 @@ class IMDBDataModule(L.LightningDataModule):
         root = prepare_aclimdb(Path(hp.data_dir), download=False)
         for key in ("max_length", "eval_max_length"):
             if hp[key] is not None and hp[key] < 1:
-                raise ValueError(f"data.{key}={hp[key]} must be a positive number of tokens")
-        self.cache = load_or_build_cache(root, Path(hp.data_dir) / "cache", hp.vocab_size, hp.min_frequency)
+                raise ConfigError(f"data.{key}={hp[key]} must be a positive number of tokens")
+        self.cache = load_or_build_cache(root, writable_cache_dir(hp.cache_dir), hp.vocab_size, hp.min_frequency)
         n = len(self.cache["train"]["labels"])
         if not 0 < hp.val_size < n:
-            raise ValueError(f"data.val_size={hp.val_size} must be between 1 and {n - 1} (the training reviews)")
+            raise ConfigError(f"data.val_size={hp.val_size} must be between 1 and {n - 1} (the training reviews)")
         # Training reads reviews cut to max_length; validation and test read them cut to eval_max_length.
         train, test = self.cache["train"], self.cache["test"]
         self.tokens = {

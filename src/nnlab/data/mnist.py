@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import MNIST
 
-from nnlab.data import DatasetError
+from nnlab.errors import ConfigError, DatasetError
 from nnlab.data.batches import TensorBatches, placement
 
 MEAN, STD = 0.1307, 0.3081
@@ -107,7 +107,7 @@ class MNISTDataModule(L.LightningDataModule):
         train, test = MNIST(self.root, train=True), MNIST(self.root, train=False)
         n, val_size = len(train.targets), self.hparams.val_size
         if not 0 < val_size < n:
-            raise ValueError(f"data.val_size={val_size} must be between 1 and {n - 1} (the training images)")
+            raise ConfigError(f"data.val_size={val_size} must be between 1 and {n - 1} (the training images)")
         for ds in (train, test):
             if int(ds.targets.max()) >= self.hparams.num_classes:
                 raise DatasetError(f"{self.raw} holds label {int(ds.targets.max())} >= data.num_classes")

@@ -20,7 +20,8 @@ import lightning as L
 import torch
 
 from nnlab.atomic import atomic_open
-from nnlab.data import DatasetError
+from nnlab.errors import ConfigError, DatasetError
+from nnlab.data import read_cache, writable_cache_dir
 from nnlab.data.batches import TensorBatches, placement
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def prepare_speech_commands(data_dir: Path, download: bool) -> Path:
 def classes_for(root: Path, labels: str) -> list[str]:
     """The class names of a label set: the word folders found (sorted), the 35 words, or the 12-class task."""
     if labels not in LABEL_SETS:
-        raise ValueError(f"data.labels={labels!r} is not one of {', '.join(LABEL_SETS)}")
+        raise ConfigError(f"data.labels={labels!r} is not one of {', '.join(LABEL_SETS)}")
     if labels == "v12":
         return [*V12_WORDS, UNKNOWN, SILENCE]
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
@@ -284,13 +285,14 @@ def load_or_build_cache(data_dir: Path, root: Path, cache_dir: Path, workers: in
     One int16 tensor file per split (and one for the background noise), named by a hash of the
     settings and the files' names, sizes and times. Each is written under a temporary name and
     renamed when complete, and all four must be there to be read: a cache left by a killed run is
-    rebuilt, never read."""
+    rebuilt, never read, and a damaged one is named and rebuilt."""
     key = ":".join(f"{k}={settings[k]}" for k in sorted(settings)) + f":{fingerprint(root)}"
     stem = f"speech-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
     paths = {part: Path(cache_dir) / f"{stem}-{part}.pt" for part in CACHE_PARTS}
-    if all(p.is_file() for p in paths.values()):
+    parts = {part: read_cache(p, ("audio",) if part == "noise" else ("audio", "labels", "paths", "classes"))
+             for part, p in paths.items()}
+    if all(part is not None for part in parts.values()):
         log.info(f"reading the decoded clips from {Path(cache_dir) / stem}-*.pt")
-        parts = {part: torch.load(p, weights_only=True) for part, p in paths.items()}
         return {**{s: parts[s] for s in SUBSETS}, "noise": parts["noise"]["audio"], "classes": parts["train"]["classes"]}
     log.info(f"decoding the clips of {root} ({', '.join(f'{k}={v}' for k, v in sorted(settings.items()))})")
     built = build_splits(data_dir, root, workers=workers, **settings)
@@ -316,6 +318,7 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         kind: str,
         num_classes: int | None,
         data_dir: str,
+        cache_dir: str,
         download: bool,
         labels: str,
         sample_rate: int,
@@ -334,7 +337,7 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         if labels not in LABEL_SETS:
-            raise ValueError(f"data.labels={labels!r} is not one of {', '.join(LABEL_SETS)}")
+            raise ConfigError(f"data.labels={labels!r} is not one of {', '.join(LABEL_SETS)}")
 
     @property
     def samples(self) -> int:
@@ -346,7 +349,7 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         settings = dict(labels=hp.labels, sample_rate=hp.sample_rate, samples=self.samples,
                         unknown_share=hp.unknown_share, silence_share=hp.silence_share, seed=hp.split_seed,
                         max_bad_share=hp.max_bad_share)
-        return load_or_build_cache(Path(hp.data_dir), root, Path(hp.data_dir) / "cache",
+        return load_or_build_cache(Path(hp.data_dir), root, writable_cache_dir(hp.cache_dir),
                                    workers=hp.workers or os.cpu_count() or 1, **settings)
 
     def class_names_found(self) -> list[str]:
@@ -365,7 +368,7 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         self.class_names = tuple(self.cache["classes"])
         n = self.hparams.num_classes
         if n is not None and n != len(self.class_names):
-            raise ValueError(
+            raise ConfigError(
                 f"data.num_classes={n} but data.labels={self.hparams.labels} gives {len(self.class_names)} classes "
                 f"{list(self.class_names)}; set data.num_classes=null to take them from the data"
             )

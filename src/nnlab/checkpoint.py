@@ -1,0 +1,98 @@
+"""Reading checkpoints safely, and the random state that makes a resumed run repeat an uninterrupted one."""
+
+import random
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from nnlab.errors import CheckpointError
+
+# What train.py's checkpoints hold: enough to test or predict with, and (RESUME) to continue training.
+MODEL_KEYS = ("state_dict", "hyper_parameters")
+RESUME_KEYS = (*MODEL_KEYS, "epoch", "global_step", "loops", "optimizer_states")
+
+
+def read_checkpoint(path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
+    """torch.load(path, weights_only=True) onto the CPU, or a CheckpointError that names the file and what is wrong
+    with it: missing, empty, cut short, not a torch file, holding objects other than tensors and primitives (this
+    project never writes those; loading them would run code), or lacking `keys`."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; runs keep theirs in <run dir>/checkpoints/")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give a .ckpt file in it")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it is damaged")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  torch raises many kinds here; the message below is what matters
+        text = str(e)
+        if "Weights only load failed" in text:  # a pickle of arbitrary objects: never retried without weights_only
+            raise CheckpointError(f"{path} is not a checkpoint of this project: it holds Python objects other than "
+                                  "tensors and primitives, which nnlab never writes (loading it would run its code)"
+                                  ) from None
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+        raise CheckpointError(f"checkpoint {path} is damaged or not a torch file ({type(e).__name__}: "
+                              f"{first[:100]})") from None
+    if not isinstance(checkpoint, dict) or (missing := [k for k in keys if k not in checkpoint]):
+        held = sorted(map(str, checkpoint))[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path} is not a checkpoint of this project's train.py: it lacks "
+                              f"{missing if isinstance(checkpoint, dict) else list(keys)} (it holds {held})")
+    return checkpoint
+
+
+def rng_state() -> dict:
+    """This process's generators as tensors and primitives (loadable with weights_only=True)."""
+    bit_generator, key, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": {"bit_generator": bit_generator, "key": torch.from_numpy(key.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "gauss": gauss},
+    }
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["bit_generator"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+
+
+class RandomState(L.Callback):
+    """Saves every rank's generators (torch CPU and CUDA, Python's, NumPy's) in each checkpoint and restores them on
+    resume, so dropout masks, augmentation, SpecAugment, noise mixing and word dropout draw what an uninterrupted
+    run draws. (Batch order needs no state: each epoch's permutation comes from the seed and the epoch.)
+
+    Under DDP every rank's state is gathered into the one checkpoint rank 0 writes; a run resumed with another
+    number of processes cannot repeat the draws and says so."""
+
+    def state_dict(self):
+        return {}  # the states travel in on_save_checkpoint, which sees the trainer (rank, world size)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        state = rng_state()
+        if trainer.world_size > 1:
+            states = [None] * trainer.world_size
+            torch.distributed.all_gather_object(states, state)
+        else:
+            states = [state]
+        checkpoint["rng_states"] = states
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        states = checkpoint.get("rng_states")
+        if states is None:
+            rank_zero_warn("the checkpoint holds no random state (written by an older version): the resumed run "
+                           "continues with other random draws than an uninterrupted one")
+        elif len(states) != trainer.world_size:
+            rank_zero_warn(f"the checkpoint's random state comes from {len(states)} process(es), this run has "
+                           f"{trainer.world_size}: the resumed run draws other random numbers than the original")
+        else:
+            set_rng_state(states[trainer.global_rank])

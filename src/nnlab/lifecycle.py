@@ -1,0 +1,551 @@
+"""A run's life around train.py's recipe: its directory, its checks, its signals, its end.
+
+`Run(cfg).execute(recipe)` owns everything that is not training itself:
+- the run directory: a lock that only this run holds (DDP ranks, a resumed run and a requeued SLURM job are this
+  run; a second process is refused), a resumed command checked against the run's recorded config before anything
+  is written, `train.log` opened only then, the record (`config.yaml`, `run.json`, `.hydra/`) written once the run
+  is known to start;
+- settings that cannot work, refused before anything is built, naming the key and the fix;
+- signals: SIGTERM, Ctrl-C and SLURM's requeue signal stop training at a batch end with a checkpoint
+  (nnlab.preemption), and the run says how it continues;
+- errors: a mistake (nnlab.errors.UserError) is one line on the screen and a traceback in train.log; anything else
+  keeps its traceback (HYDRA_FULL_ERROR=1 shows every traceback);
+- the end: W&B closed as finished, failed or preempted, the process group destroyed.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+# Noise that says nothing to this project's users, silenced before Lightning is imported.
+warnings.filterwarnings("ignore", message=".*srun. command is available on your system but is not used")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging interval")
+os.environ.setdefault("WANDB_QUIET", "true")  # W&B's banner and history table; its warnings and errors remain
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from lightning.fabric.plugins.environments import SLURMEnvironment  # noqa: E402
+from lightning.pytorch.loggers import WandbLogger  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
+from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+
+from nnlab.atomic import atomic_open  # noqa: E402
+from nnlab.checkpoint import RESUME_KEYS, read_checkpoint  # noqa: E402
+from nnlab.errors import CheckpointError, ConfigError, UserError  # noqa: E402
+from nnlab.preemption import SignalStop, Stopped, in_slurm_batch_job, job_id, requeue_job, requeue_signal  # noqa: E402
+
+log = logging.getLogger("nnlab")
+# Lightning's lines that are advertisements or internals, not information about this run.
+QUIET_LIGHTNING = ("💡 Tip:", "Loading `train_dataloader` to estimate", "TPU available:", "HPU available:",
+                   "\nDetected KeyboardInterrupt")
+
+
+def quiet_lightning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(QUIET_LIGHTNING)
+
+
+def env_rank() -> int:
+    """This process's global rank as the launcher set it, before Lightning exists: torchrun's RANK, srun's
+    SLURM_PROCID, or LOCAL_RANK/NODE_RANK for the processes Lightning starts itself; 0 for a plain process."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0))
+
+
+def restart_count(slurm_job: bool) -> int:
+    """How often SLURM requeued this job or torchrun restarted its workers: a restart continues the run."""
+    if slurm_job and int(os.environ.get("SLURM_RESTART_COUNT", "0")):
+        return int(os.environ["SLURM_RESTART_COUNT"])
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def shell_command(extra: list[str] = (), drop: tuple[str, ...] = ()) -> str:
+    """This command as the user would type it again, without the overrides that start with `drop`, plus `extra`."""
+    args = [a for a in sys.argv[1:] if not a.lstrip("+~").startswith(drop)]
+    return shlex.join(["python", Path(sys.argv[0]).name if sys.argv[0].endswith("train.py") else sys.argv[0],
+                       *args, *extra])
+
+
+# --------------------------------------------------------------------------------------------------- the directory
+class RunLock:
+    """An exclusive lock on a run directory (flock on `<dir>/.lock`, which the kernel releases when the process
+    ends however it ends, so a killed run never leaves it stuck). The file names the holder; a holder that ended
+    without removing it (SIGKILL, a lost node) is reported when the next run takes the directory over."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / ".lock"
+        self.fd: int | None = None
+
+    def acquire(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            who = (f"process {holder.get('pid')} on {holder.get('host')} (started {holder.get('started')}: "
+                   f"{holder.get('command')})") if holder else "another process"
+            raise ConfigError(f"run directory {self.path.parent} is in use by {who}. Wait for that run to end, or "
+                              "give this one its own directory (leave out hydra.run.dir for a new one)") from None
+        if holder := self._holder(fd):
+            log.warning(f"run directory {self.path.parent} was held by process {holder.get('pid')} on "
+                        f"{holder.get('host')}, which ended without releasing it (killed?): taking it over")
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "command": shell_command()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self.fd = fd
+
+    @staticmethod
+    def _holder(fd) -> dict:
+        try:
+            return json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except ValueError:
+            return {"pid": "?", "host": "?"}
+
+    def release(self):
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # still holding the lock: no one else can have it now
+            os.close(self.fd)
+            self.fd = None
+
+
+# Keys that may differ when a run is resumed: where things are, not what is trained.
+RESUMABLE_DIFFERENCES = ("data.data_dir", "data.cache_dir", "data.download", "data.workers", "data.eval_batch_size")
+
+
+def differences(recorded, now, prefix="") -> list[str]:
+    """`key: recorded -> now` for every leaf that differs; a value still unknown now (None) is not a difference."""
+    if isinstance(recorded, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(recorded) | set(now), key=str)
+                for d in differences(recorded.get(k), now.get(k), f"{prefix}{k}.")]
+    key = prefix.rstrip(".")
+    if now is None or recorded == now or key in RESUMABLE_DIFFERENCES:
+        return []
+    return [f"{key}: {recorded!r} in the run, {now!r} now"]
+
+
+def check_same_run(out: Path, cfg: DictConfig):
+    """A resumed command must train what the run in `out` trained: its model, its data, its seed."""
+    record = out / "config.yaml"
+    if not record.is_file():
+        return
+    recorded = OmegaConf.to_container(OmegaConf.load(record), resolve=False)
+    now = OmegaConf.to_container(cfg, resolve=True)
+    diff = [d for key in ("model", "data", "seed") for d in differences({key: recorded.get(key)}, {key: now.get(key)})]
+    if diff:
+        original = out / ".hydra" / "overrides.yaml"
+        overrides = " ".join(OmegaConf.load(original)) if original.is_file() else "(not recorded)"
+        raise ConfigError(f"resume=true: this command does not train what the run in {out} trained ("
+                          f"{'; '.join(diff[:6])}{'; ...' if len(diff) > 6 else ''}). Resume it with its own "
+                          f"overrides ({overrides}), or leave out resume=true and hydra.run.dir for a new run")
+
+
+def check_own_directory(out: Path, cfg: DictConfig):
+    """A new run never writes over another run's checkpoints and metrics."""
+    held = [p.name for p in (out / "metrics.json", out / "checkpoints") if p.exists() and (p.is_file() or any(p.iterdir()))]
+    if held:
+        raise ConfigError(f"{out} already holds a run ({', '.join(held)}): continue it with resume=true, or give this "
+                          "run its own directory (leave out hydra.run.dir for a new one)")
+
+
+def latest_run(log_dir: Path) -> Path | None:
+    runs = sorted(log_dir.glob("*/*/run.json"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].parent if runs else None
+
+
+def git_state() -> dict:
+    here = Path(__file__).resolve().parent
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, check=True).stdout  # noqa: E731
+        return {"commit": run("rev-parse", "HEAD").strip(), "dirty": bool(run("status", "--porcelain").strip())}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+SLURM_FACTS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_NTASKS", "SLURM_NNODES",
+               "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT")
+
+
+def write_atomic(path: Path, text: str):
+    with atomic_open(path) as f:
+        f.write(text.encode())
+
+
+# ----------------------------------------------------------------------------------------------- settings checks
+def positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
+    """Settings that would fail deep inside torch or Lightning, or silently do nothing, refused with the key."""
+    for key, value in cfg.data.items():
+        if str(key).endswith("batch_size") and not positive_int(value):
+            raise ConfigError(f"data.{key}={value}: a batch size is a whole number of samples, at least 1")
+    if cfg.resume and not explicit_run_dir and not restarted and cfg.sweep.trial is None:
+        latest = latest_run(Path(cfg.paths.log_dir))
+        hint = f" (the latest run here is {latest})" if latest else ""
+        raise ConfigError(f"resume=true continues a run in its own directory: add hydra.run.dir=<run directory>{hint}")
+    if not cfg.train:
+        if not cfg.ckpt_path:
+            raise ConfigError("train=false tests a checkpoint: add ckpt_path=<path to a .ckpt file>")
+        return
+    t = cfg.trainer
+    if t.get("max_epochs") is not None and (t.max_epochs == 0 or t.max_epochs < -1):
+        raise ConfigError(f"trainer.max_epochs={t.max_epochs} trains nothing: give at least 1 (to test a checkpoint "
+                          "without training: train=false ckpt_path=<checkpoint>)")
+    if t.get("max_steps") == 0 or t.get("limit_train_batches") in (0, 0.0):
+        key = "max_steps" if t.get("max_steps") == 0 else "limit_train_batches"
+        raise ConfigError(f"trainer.{key}=0 trains nothing: give at least 1 (or leave it out)")
+    accelerator = str(t.get("accelerator"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} (trainer=gpu or trainer=ddp) but this machine has no "
+                          "CUDA GPU that torch can use: leave out trainer= (the default uses a GPU when there is one, "
+                          "else the CPU), or trainer=cpu / trainer=ddp_cpu")
+    devices = t.get("devices")
+    if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise ConfigError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPU(s): "
+                          "give trainer.devices=-1 for all of them")
+    m = cfg.model
+    if not (isinstance(m.lr, (int, float)) and m.lr > 0):
+        raise ConfigError(f"model.lr={m.lr}: the learning rate must be a positive number")
+    if not (isinstance(m.weight_decay, (int, float)) and m.weight_decay >= 0):
+        raise ConfigError(f"model.weight_decay={m.weight_decay}: weight decay must be 0 or more")
+    if m.optimizer not in ("sgd", "adam", "adamw"):
+        raise ConfigError(f"model.optimizer={m.optimizer!r} is not one of sgd, adam, adamw")
+    if m.scheduler not in ("none", "cosine", "onecycle"):
+        raise ConfigError(f"model.scheduler={m.scheduler!r} is not one of none, cosine, onecycle")
+    if m.scheduler == "onecycle" and not 0 < m.warmup_pct < 1:
+        raise ConfigError(f"model.warmup_pct={m.warmup_pct}: the warm-up share of one-cycle must be between 0 and 1")
+    for key in ("dropout", "word_dropout"):
+        if key in m.arch and not 0 <= m.arch[key] < 1:
+            raise ConfigError(f"model.arch.{key}={m.arch[key]}: a dropout rate is at least 0 and below 1")
+
+
+def check_launch(cfg: DictConfig):
+    """DDP that Lightning starts itself re-runs this process's command line: inside an in-process multirun that is
+    the whole sweep again (Lightning issue 11300). The default trial launcher gives each trial its own command."""
+    devices = cfg.trainer.get("devices", 1)
+    many = devices in (-1, "auto") or (isinstance(devices, int) and devices > 1) or isinstance(devices, (list, str))
+    started_outside = any(k in os.environ for k in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
+    if HydraConfig.get().mode == RunMode.MULTIRUN and "ddp" in str(cfg.trainer.get("strategy")) and many \
+            and not started_outside:
+        launcher = HydraConfig.get().runtime.choices.get("hydra/launcher")
+        raise ConfigError(f"trainer.strategy={cfg.trainer.strategy} with devices={devices} inside a multirun that "
+                          f"runs trials in this process (hydra/launcher={launcher}): DDP would re-run the whole sweep "
+                          "in every rank. Use the default hydra/launcher=trials (each trial its own process) or "
+                          "hydra/launcher=parallel.")
+
+
+def check_slurm(cfg: DictConfig):
+    """Under SLURM, srun starts one process per task and Lightning takes rank and world size from SLURM's environment.
+    A job whose tasks do not match the trainer would hang in the rendezvous or spawn processes of its own: say so
+    before anything is built."""
+    env = os.environ
+    interactive = env.get("SLURM_JOB_NAME") in ("bash", "interactive")  # Lightning starts its own processes there
+    if "SLURM_NTASKS" not in env or interactive or int(env["SLURM_NTASKS"]) == 1:
+        return
+    ntasks, nodes = int(env["SLURM_NTASKS"]), int(env.get("SLURM_NNODES", "1"))
+    if "SLURM_STEP_ID" not in env:
+        raise ConfigError(f"this SLURM job has {ntasks} tasks, but train.py runs in the batch script itself: start "
+                          "it with `srun python train.py ...`, which starts one process per task (scripts/slurm/)")
+    devices, num_nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1) or 1
+    if isinstance(devices, int) and devices > 0 and (devices * num_nodes != ntasks or num_nodes != nodes):
+        raise ConfigError(f"the SLURM job has {nodes} node(s) x {ntasks // nodes} task(s) per node, but the trainer "
+                          f"asks for trainer.num_nodes={num_nodes} x trainer.devices={devices}: Lightning runs one "
+                          f"process per device, each a SLURM task. Submit with --nodes={num_nodes} "
+                          f"--ntasks-per-node={devices} (and as many GPUs per node), or set trainer.num_nodes={nodes} "
+                          f"trainer.devices={ntasks // nodes}.")
+
+
+def check_pairing(cfg: DictConfig, model_input: str):
+    if model_input != cfg.data.kind:
+        choices = HydraConfig.get().runtime.choices
+        raise ConfigError(
+            f"model={choices.get('model')} reads {model_input!r} data but data={choices.get('data')} provides "
+            f"{cfg.data.kind!r} data. Drop the data=... override (each model picks its own dataset) or pick a "
+            "dataset of the kind the model reads."
+        )
+
+
+# ------------------------------------------------------------------------------------------------------ callbacks
+class RunRecord(L.Callback):
+    """What the run is, in every checkpoint (the config groups it was composed from, so evaluating a checkpoint
+    needs no model=...), and in the loggers: the resolved config goes to them when the first training (or test)
+    step is about to run, so a run that fails while its data loads leaves no W&B run behind."""
+
+    def __init__(self, choices: dict, resolved: dict):
+        self.choices, self.resolved, self.logged = choices, resolved, False
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint["nnlab"] = {"choices": self.choices, "run_id": self.resolved.get("run_id")}
+
+    def _log_config(self, trainer):
+        if not self.logged:
+            for lg in trainer.loggers:
+                lg.log_hyperparams(self.resolved)
+            self.logged = True
+
+    def on_train_start(self, trainer, pl_module):
+        self._log_config(trainer)
+
+    def on_test_start(self, trainer, pl_module):
+        self._log_config(trainer)
+
+
+class EpochLog(L.Callback):
+    """One line per epoch in the log (and train.log): epoch, training loss, validation loss and accuracy, time."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.start = time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module):
+        self.start = time.perf_counter()  # an epoch resumed mid-way starts here
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        if (loss := pl_module.epoch_train_loss()) is not None:
+            parts.append(f"train/loss {loss:.4f}")
+        parts += [f"{k} {float(metrics[k]):.4f}" for k in ("val/loss", "val/acc") if k in metrics]
+        log.info("  ".join(parts) + f"  {time.perf_counter() - self.start:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------------------- the run
+class Run:
+    """One run of train.py: see the module's docstring. `execute(recipe)` calls `recipe(cfg, run)`."""
+
+    def __init__(self, cfg: DictConfig):
+        hc = HydraConfig.get()
+        self.cfg, self.out = cfg, Path(hc.runtime.output_dir)
+        self.multirun = hc.mode == RunMode.MULTIRUN
+        self.rank_zero = env_rank() == 0
+        self.slurm_job = in_slurm_batch_job()
+        self.restarts = restart_count(self.slurm_job)
+        self.resuming = bool(cfg.resume or self.restarts)
+        self.last_ckpt = Path(cfg.callbacks.last_checkpoint.dirpath) / "last.ckpt"
+        self.explicit_run_dir = any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
+        self.lock, self.stop, self.log_file, self.loggers, self.wandb_started = RunLock(self.out), None, None, [], False
+        self.start = time.perf_counter()
+        self.offline_why = offline_reason()  # now: opening an offline run sets WANDB_MODE itself
+
+    # ----------------------------------------------------------------------------------------------- execute
+    def execute(self, recipe):
+        try:
+            # Installed first: a signal while data loads must not kill the run before its checkpoint.
+            requeue_on = requeue_signal(self.cfg.slurm.signal)  # a bad name fails anywhere
+            self.stop = SignalStop(self.last_ckpt, requeue_on if self.slurm_job else None).install()
+            self.open()
+            return recipe(self.cfg, self)
+        except (KeyboardInterrupt, SystemExit) as e:
+            if self.stop is not None and self.stop.received == signal.SIGINT:  # Ctrl-C before training started
+                self.finish_wandb(1)
+                print("Interrupted before training started: nothing to resume; run the command again to start",
+                      file=sys.stderr)
+                raise SystemExit(130) from None
+            if isinstance(e, KeyboardInterrupt):
+                raise SystemExit(130) from None
+            raise
+        except UserError as e:
+            self.fail(e, one_line=not os.environ.get("HYDRA_FULL_ERROR"))
+        except BaseException as e:
+            self.fail(e, one_line=False)
+        finally:
+            if self.stop is not None:
+                self.stop.uninstall()
+            self.lock.release()
+            if self.log_file is not None:
+                logging.getLogger().removeHandler(self.log_file)
+                self.log_file.close()
+
+    def open(self):
+        """Own the directory, check the command, open train.log: in this order, so a refused command writes nothing."""
+        cfg = self.cfg
+        if self.rank_zero:
+            self.lock.acquire()
+        if self.restarts:  # a requeued job (ours, or SLURM's after a preemption or node failure) continues
+            log.info(f"{'SLURM job ' + job_id() if self.slurm_job else 'torchrun'} restarted "
+                     f"(restart {self.restarts}): resuming")
+        check_settings(cfg, self.explicit_run_dir, self.restarts > 0)
+        if self.rank_zero and self.resuming:
+            check_same_run(self.out, cfg)
+        elif self.rank_zero:
+            check_own_directory(self.out, cfg)
+        self.attach_log_file()
+        logging.getLogger("lightning").handlers.clear()  # its own console handler: every line twice otherwise
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(quiet_lightning)
+        check_launch(cfg)
+        check_slurm(cfg)
+
+    def attach_log_file(self):
+        """train.log (rank 0; other ranks train.rank<N>.log), appended to across resumes."""
+        name = "train.log" if self.rank_zero else f"train.rank{env_rank()}.log"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log_file = logging.FileHandler(self.out / name)
+        self.log_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logging.getLogger().addHandler(self.log_file)
+
+    # ------------------------------------------------------------------------------------------------ resume
+    def resume_from(self) -> str | None:
+        """The checkpoint fit starts from: last.ckpt when resuming (or ckpt_path, when given with resume=true),
+        checked to be readable first; else ckpt_path (fine-tuning from its weights and state)."""
+        cfg = self.cfg
+        if not self.resuming:
+            return cfg.ckpt_path
+        if self.rank_zero and (self.out / "run.json").is_file():
+            # keep the run's id, so W&B continues the same run instead of starting a second one
+            with open_dict(cfg):
+                cfg.run_id = json.loads((self.out / "run.json").read_text())["run_id"]
+        chosen = Path(cfg.ckpt_path) if cfg.ckpt_path else self.last_ckpt
+        if not chosen.is_file():
+            log.warning(f"{'resume=true' if cfg.resume else 'restarted'} but {chosen} does not exist: starting from "
+                        f"scratch in {self.out}")
+            return None
+        try:
+            read_checkpoint(chosen, RESUME_KEYS)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}. {self.alternative(chosen)}") from None
+        return str(chosen)
+
+    def alternative(self, damaged: Path) -> str:
+        """What to resume from instead of a damaged checkpoint."""
+        best = self.last_ckpt.parent / "best.ckpt"
+        if best != damaged and best.is_file():
+            try:
+                state = read_checkpoint(best, RESUME_KEYS)
+                return (f"best.ckpt (after epoch {state['epoch'] + 1}, step {state['global_step']}) is intact: "
+                        f"continue from it with {shell_command([f'ckpt_path={best}'], ('ckpt_path=',))}")
+            except CheckpointError:
+                pass
+        return (f"No intact checkpoint is left in {damaged.parent}: start again in a new directory (leave out "
+                "resume=true and hydra.run.dir)")
+
+    # ------------------------------------------------------------------------------------------------ record
+    @rank_zero_only
+    def describe(self, cfg: DictConfig, resumed_from: str | None):
+        """The directory holds what reproduces the run: resolved config, commit, versions, command; the composed,
+        unresolved config and the overrides in .hydra/ (Hydra's own copy is off: it would be written before the
+        directory's lock and checks)."""
+        out, hc = self.out, HydraConfig.get()
+        write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        start = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": [sys.executable, *sys.argv],
+                 "host": socket.gethostname(), "cpus": sorted(os.sched_getaffinity(0)),
+                 "slurm": {k[6:].lower(): os.environ[k] for k in SLURM_FACTS if k in os.environ}}
+        previous = json.loads((out / "run.json").read_text()) if resumed_from and (out / "run.json").is_file() else {}
+        info = {
+            "run_id": cfg.run_id,
+            **{k: previous.get(k, v) for k, v in start.items()},
+            "resumes": previous.get("resumes", []) + ([{**start, "from": resumed_from}] if previous else []),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "git": git_state(),
+            "packages": {d.metadata["Name"]: d.version
+                         for d in sorted(metadata.distributions(), key=lambda d: d.metadata["Name"].lower())},
+        }
+        write_atomic(out / "run.json", json.dumps(info, indent=2))
+        write_atomic(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+        write_atomic(out / ".hydra" / "hydra.yaml", OmegaConf.to_yaml({"hydra": hc}))
+        write_atomic(out / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(list(hc.overrides.task)))
+
+    # --------------------------------------------------------------------------------------------------- end
+    def fail(self, e: BaseException, one_line: bool):
+        """Log the traceback into train.log, close W&B as failed, and either print one line and exit 1, or re-raise
+        (a bug, or an in-process multirun, whose sweeper records the failure)."""
+        where = f" (details: {self.log_file.baseFilename})" if self.log_file else ""
+        if self.log_file is not None:
+            record = logging.LogRecord("nnlab", logging.ERROR, __file__, 0, f"run failed: {e}", None, sys.exc_info())
+            self.log_file.handle(record)  # the traceback into train.log only
+        try:
+            self.finish_wandb(1)
+        except Exception as w:  # noqa: BLE001
+            log.warning(f"could not close the W&B run ({w})")
+        if one_line and not self.multirun:
+            print(f"Error: {e}{where}", file=sys.stderr)
+            raise SystemExit(1) from None
+        if not one_line and self.log_file is not None:
+            log.error(f"run failed; its directory: {self.out}")
+        raise e
+
+    @rank_zero_only
+    def finish_wandb(self, exit_code: int, preempted: bool = False):
+        """Close the W&B run (marked failed on a non-zero exit code, preempted when it will be resumed) so the next
+        run in this process is a new one. A run that never started one (it failed before training) has none."""
+        for lg in self.loggers:
+            if isinstance(lg, WandbLogger) and lg._experiment is not None:
+                run_dir = Path(lg.experiment.dir).parent
+                offline = lg._offline
+                if preempted:
+                    lg.experiment.mark_preempting()
+                lg.experiment.finish(exit_code=exit_code)
+                if offline:
+                    print(f"W&B is offline ({self.offline_why}); upload this run with: wandb sync {run_dir}")
+
+    def end_stopped(self, trainer: L.Trainer):
+        """Training stopped on a signal with its checkpoint written: close the W&B run as preempted, requeue the
+        SLURM job if the signal asked for it, say how the run continues, and exit (0 when requeued, else 128 + the
+        signal: 130 for Ctrl-C, 143 for SIGTERM)."""
+        stop, cfg = self.stop, self.cfg
+        requeue = stop.requeue_requested and cfg.slurm.requeue
+        how = ("" if requeue else "; continue with: " + shell_command(
+            ["resume=true", f"hydra.run.dir={self.out}"], ("resume=", "hydra.run.dir=")))
+        name = "Ctrl-C" if stop.received == signal.SIGINT else stop.received.name
+        log.warning(f"{name} received: training stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+                    f"checkpoint {stop.checkpoint if stop.saved else 'not needed (fit was over)'}{how}")
+        try:
+            self.finish_wandb(0 if requeue else 1, preempted=True)
+        except Exception as e:  # noqa: BLE001  SLURM signals every process of the job: W&B's service may be gone
+            log.warning(f"could not close the W&B run ({e}); the resumed run continues it")
+        requeued = requeue and (not trainer.is_global_zero or requeue_job())
+        leave_process_group()
+        raise SystemExit(0 if requeued else 128 + stop.received)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def stopped(self, e: BaseException) -> bool:
+        """Whether an exception out of fit or test is this run's signal stop."""
+        return isinstance(e, (Stopped, SIGTERMException)) and self.stop.received is not None
+
+    def plugins(self) -> list:
+        from nnlab.callbacks import AtomicCheckpointIO
+
+        plugins = [AtomicCheckpointIO()]
+        if SLURMEnvironment.detect():  # ranks from SLURM; requeueing is SignalStop's alone (nnlab/preemption.py)
+            plugins.append(SLURMEnvironment(auto_requeue=False))
+        return plugins
+
+
+def offline_reason() -> str:
+    mode = os.environ.get("WANDB_MODE")
+    if mode in ("offline", "dryrun"):
+        return f"WANDB_MODE={mode}"
+    return "no credentials found: wandb login, or WANDB_API_KEY"
+
+
+def leave_process_group():
+    """Under DDP, destroy the process group while the interpreter is still whole: left to interpreter shutdown, gloo's
+    threads can abort the process ("terminate called without an active exception", PyTorch issue 190489; seen on a
+    2-task SLURM job). Only on orderly ends, where every rank gets here."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
