@@ -58,6 +58,12 @@ def train(cfg: DictConfig, run) -> float | None:
         model.on_load_checkpoint(checkpoint)
         with open_dict(cfg):
             cfg.model = {"_target_": "nnlab.module.Classifier", **checkpoint["hyper_parameters"]}
+            given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+            recorded = checkpoint.get("nnlab", {}).get("data") or {}
+            if "data" not in given:  # the data settings it was trained with (a tokenizer's vocabulary, say)
+                for key, value in recorded.items():
+                    if key in cfg.data and key not in WHERE_DATA_IS and f"data.{key}" not in given:
+                        cfg.data[key] = value
         check_pairing(cfg, model.hparams.input)
     import torch
 
@@ -114,6 +120,10 @@ def train(cfg: DictConfig, run) -> float | None:
         tests = {k: v for k, v in metrics.items() if k.startswith("test/")}
         log.info(f"metrics: {json.dumps(tests)}  run directory: {run.out}")
     return None if pruned else metrics.get(cfg.optimized_metric)
+
+
+# Data settings that say where the data is on this machine, not what it is: never taken from a checkpoint.
+WHERE_DATA_IS = ("data_dir", "cache_dir", "download", "workers")
 
 
 def sweep_trial(cfg: DictConfig):

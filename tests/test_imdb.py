@@ -211,3 +211,51 @@ def test_evaluation_reads_longer_reviews_than_training(tmp_path):
     with pytest.raises(ValueError, match="data.eval_max_length=0"):
         bad = IMDBDataModule(max_length=3, eval_max_length=0, **settings)
         bad.setup()
+
+
+@pytest.mark.parametrize("how", ["truncate", "random", "other"])
+def test_damaged_cache_is_named_and_rebuilt(tmp_path, caplog, how):
+    from nnlab.data.imdb import load_or_build_cache
+
+    root = make_aclimdb(tmp_path)
+    cache_dir = tmp_path / "cache"
+    first = load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1)
+    (cache_file,) = cache_dir.glob("imdb-*.pt")
+    if how == "other":
+        torch.save({"something": torch.zeros(3)}, cache_file)  # a torch file, but not this cache
+    else:
+        data = cache_file.read_bytes()
+        cache_file.write_bytes(data[: len(data) // 2] if how == "truncate" else bytes(range(256)) * 8)
+    with caplog.at_level(logging.WARNING, logger="nnlab.data"):
+        rebuilt = load_or_build_cache(root, cache_dir, vocab_size=50, min_frequency=1)
+    assert f"cache {cache_file}" in caplog.text and "rebuilding it" in caplog.text
+    assert torch.equal(rebuilt["train"]["ids"], first["train"]["ids"])
+    assert torch.load(cache_file, weights_only=True)["settings"] == first["settings"]  # written again, whole
+
+
+def test_a_read_only_data_folder_keeps_its_cache_elsewhere(tmp_path, monkeypatch, caplog):
+    """A real read-only bind mount (root can write through permissions, not through a read-only mount)."""
+    import os
+    import subprocess
+
+    from nnlab.data.imdb import IMDBDataModule
+
+    make_aclimdb(tmp_path / "src")
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", "-o", "ro", str(tmp_path / "src"), str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a read-only bind mount needs root")
+    try:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+        dm = IMDBDataModule(kind="text", num_classes=2, data_dir=str(mount), cache_dir=str(mount / "cache"),
+                            download=False, vocab_size=100, min_frequency=1, max_length=16, val_size=2, split_seed=0,
+                            batch_size=4, eval_batch_size=8)
+        with caplog.at_level(logging.WARNING, logger="nnlab.data"):
+            dm.prepare_data()
+            dm.setup()
+        assert f"cache folder {mount / 'cache'} is not writable" in caplog.text
+        assert list((tmp_path / "home-cache" / "nnlab").glob("*/imdb-*.pt")) and not (tmp_path / "src" / "cache").exists()
+        assert sum(len(y) for _, y in dm.train_dataloader()) == 10
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

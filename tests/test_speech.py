@@ -159,3 +159,18 @@ def test_a_clean_tree_without_noise_trains_without_mixing(tmp_path):
     plain = dm.cache["train"]["audio"][:4].float() / 32768
     dm.hparams.time_shift_ms = 0.0
     assert torch.equal(dm.augment(plain), plain) and len(dm.noise) == 0
+
+
+def test_a_damaged_cache_part_is_named_and_the_set_rebuilt(tree, caplog):
+    settings = dict(labels="folder", sample_rate=16000, samples=16000, unknown_share=0.1, silence_share=0.1, seed=0,
+                    max_bad_share=0.05)
+    cache_dir, root = tree / "cache", tree / FOLDER
+    first = load_or_build_cache(tree, root, cache_dir, **settings)
+    (part,) = cache_dir.glob("speech-*-val.pt")
+    part.write_bytes(part.read_bytes()[:200])
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        again = load_or_build_cache(tree, root, cache_dir, **settings)
+    assert f"cache {part} is damaged" in caplog.text and "decoding the clips" in caplog.text
+    assert torch.equal(again["val"]["audio"], first["val"]["audio"])
+    assert torch.equal(torch.load(part, weights_only=True)["audio"], first["val"]["audio"])

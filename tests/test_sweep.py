@@ -140,14 +140,19 @@ def test_interrupted_sweep_resumes_its_running_trial_from_the_checkpoint(tmp_pat
     args = [*TINY, f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}", "hydra/sweeper=optuna",
             "model.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.n_trials=2", "trainer.max_epochs=3",
             "+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.25"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    output = tmp_path / "sweep.out"
+    with open(output, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("sweeps/*/0/checkpoints/last.ckpt")):
         assert proc.poll() is None and time.monotonic() < deadline, "the first trial never wrote a checkpoint"
         time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)  # what a scheduler or `kill` sends
-    assert proc.wait(timeout=120) != 0
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    assert proc.wait(timeout=120) == 130
+    printed = output.read_text()
+    assert "| trial |" in printed and "Interrupted; resume with the same command: python" in printed
+    assert "Traceback" not in printed
     sweep_dir = only_sweep(tmp_path)
     study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
     assert [t.state.name for t in study.trials] == ["RUNNING"]  # left running, released for a rerun

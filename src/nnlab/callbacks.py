@@ -104,17 +104,7 @@ class TestReport(L.Callback):
         names = list(self.class_names or getattr(datamodule, "class_names", None) or range(len(confusion)))
         names = [str(n) for n in names]
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        size = min(6, 2 + 0.5 * len(names))
-        fig, ax = plt.subplots(figsize=(size, size * 0.9))
-        shade = confusion.float().log1p()
-        ax.imshow(shade, cmap="Blues")
-        for i in range(len(names)):
-            for j in range(len(names)):
-                dark = shade[i, j] > shade.max() / 2
-                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black")
-        ax.set(xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names,
-               xlabel="predicted", ylabel="true", title="test confusion matrix")
+        fig = confusion_figure(plt, confusion, names)
         fig.tight_layout()
         fig.savefig(self.out_dir / "confusion_matrix.png", dpi=120)
         plt.close(fig)
@@ -200,18 +190,55 @@ class TestReport(L.Callback):
         plt.close(fig)
 
 
+def confusion_figure(plt, confusion: torch.Tensor, names: list[str]):
+    """The (true, predicted) counts as a figure whose every number is readable: shaded by log count, white text on
+    the darker half of the colour scale as drawn (it spans min..max), black on the lighter."""
+    n = len(names)  # 2 classes: a 4-inch figure with large numbers; 35: a 12-inch one with small ones
+    size = min(12.0, max(4.0, 1.5 + 0.3 * n))
+    fontsize = max(5.0, min(14.0, 60 / n))
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    shade = confusion.float().log1p()
+    low, high = float(shade.min()), float(shade.max())
+    ax.imshow(shade, cmap="Blues", vmin=low, vmax=max(high, low + 1e-9))
+    for i in range(n):
+        for j in range(n):
+            dark = (float(shade[i, j]) - low) > (high - low) / 2
+            ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=fontsize,
+                    color="white" if dark else "black")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title="test confusion matrix")
+    ax.set_xticklabels(names, rotation=90 if n > 12 else 0, fontsize=max(6.0, min(11.0, 80 / n)))
+    ax.set_yticklabels(names, fontsize=max(6.0, min(11.0, 80 / n)))
+    return fig
+
+
 TEXT_COLUMNS = ["text", "label", "prediction", "confidence", "correct"]
 AUDIO_CLIPS = 8  # misclassified and as many correct test clips kept as WAV files and in the W&B table
 
 
 class WandbLogger(lightning.pytorch.loggers.WandbLogger):
-    """Lightning's W&B logger, less the `anonymous=None` it always passes to wandb.init (W&B then warns, on every
-    run, that the setting has no effect)."""
+    """Lightning's W&B logger, with two changes.
+
+    The W&B run starts with the first training (or test) step, not while the data loads: Lightning opens every
+    logger's experiment before the setup hooks, so a run that failed on missing data or a bad setting left a failed
+    W&B run (and an "upload this run" line) behind. Until `start()` (nnlab.lifecycle.RunRecord calls it) the
+    experiment is not there, which Lightning's setup skips.
+    And less the `anonymous=None` it always passes to wandb.init (W&B then warns, on every run, that the setting has
+    no effect)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
+        self._held = True
+
+    def start(self):
+        self._held = False
+
+    @property
+    def experiment(self):
+        if self._held and self._experiment is None:
+            raise AttributeError("the W&B run starts with the first training step")
+        return super().experiment
 
 
 class ProgressBar(TQDMProgressBar):

@@ -30,11 +30,13 @@ def read_checkpoint(path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  torch raises many kinds here; the message below is what matters
         text = str(e)
-        if "Weights only load failed" in text:  # a pickle of arbitrary objects: never retried without weights_only
+        if "Unsupported global" in text:  # a pickle of arbitrary objects: never retried without weights_only
             raise CheckpointError(f"{path} is not a checkpoint of this project: it holds Python objects other than "
                                   "tensors and primitives, which nnlab never writes (loading it would run its code)"
                                   ) from None
-        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+        # torch's own first line, unless it is its advice to load without weights_only (never safe here)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+        first = lines[0] if lines else type(e).__name__
         raise CheckpointError(f"checkpoint {path} is damaged or not a torch file ({type(e).__name__}: "
                               f"{first[:100]})") from None
     if not isinstance(checkpoint, dict) or (missing := [k for k in keys if k not in checkpoint]):

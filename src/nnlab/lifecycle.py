@@ -131,6 +131,10 @@ class RunLock:
 RESUMABLE_DIFFERENCES = ("data.data_dir", "data.cache_dir", "data.download", "data.workers", "data.eval_batch_size")
 
 
+# What sets the number of training steps, over which a learning-rate schedule runs.
+SCHEDULE_LENGTH = ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches")
+
+
 def differences(recorded, now, prefix="") -> list[str]:
     """`key: recorded -> now` for every leaf that differs; a value still unknown now (None) is not a difference."""
     if isinstance(recorded, dict) and isinstance(now, dict):
@@ -150,6 +154,10 @@ def check_same_run(out: Path, cfg: DictConfig):
     recorded = OmegaConf.to_container(OmegaConf.load(record), resolve=False)
     now = OmegaConf.to_container(cfg, resolve=True)
     diff = [d for key in ("model", "data", "seed") for d in differences({key: recorded.get(key)}, {key: now.get(key)})]
+    if now["model"].get("scheduler", "none") != "none":  # the schedule spans the steps the run was started with
+        trainer = {k: recorded.get("trainer", {}).get(k) for k in SCHEDULE_LENGTH}
+        diff += differences({"trainer": trainer}, {"trainer": {k: now["trainer"].get(k) for k in SCHEDULE_LENGTH}})
+    diff.sort(key=lambda d: d.split(":")[0].count("."))  # model.net before model.arch.conv
     if diff:
         original = out / ".hydra" / "overrides.yaml"
         overrides = " ".join(OmegaConf.load(original)) if original.is_file() else "(not recorded)"
@@ -295,11 +303,14 @@ class RunRecord(L.Callback):
         self.choices, self.resolved, self.logged = choices, resolved, False
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        checkpoint["nnlab"] = {"choices": self.choices, "run_id": self.resolved.get("run_id")}
+        checkpoint["nnlab"] = {"choices": self.choices, "run_id": self.resolved.get("run_id"),
+                               "data": self.resolved.get("data")}
 
     def _log_config(self, trainer):
         if not self.logged:
             for lg in trainer.loggers:
+                if hasattr(type(lg), "start"):
+                    lg.start()
                 lg.log_hyperparams(self.resolved)
             self.logged = True
 

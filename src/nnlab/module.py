@@ -4,6 +4,7 @@ import inspect
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
@@ -233,14 +234,18 @@ class Classifier(L.LightningModule):
         if hp.scheduler == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         elif hp.scheduler == "onecycle":
-            if hp.warmup_pct * total <= 1:  # torch divides by (warm-up steps - 1), and needs a step to anneal over
-                raise ConfigError(
-                    f"model.scheduler=onecycle warms up over model.warmup_pct={hp.warmup_pct} of the training steps, "
-                    f"but this run has only {total} (it needs more than {int(1 / hp.warmup_pct)}): train longer "
-                    "(trainer.max_epochs, trainer.limit_train_batches), raise model.warmup_pct, or use "
-                    "model.scheduler=cosine or none")
+            warmup = hp.warmup_pct
+            if warmup * total <= 1:  # torch divides by (warm-up steps - 1): a warm-up under one step fails there
+                if total < 2:  # fast_dev_run, say: nothing to schedule
+                    rank_zero_warn(f"model.scheduler=onecycle: this run has {total} training step; it runs at "
+                                   f"model.lr={hp.lr:g} without a schedule")
+                    return optimizer
+                warmup = 1.5 / total
+                rank_zero_warn(f"model.scheduler=onecycle: model.warmup_pct={hp.warmup_pct} of this run's {total} "
+                               "training steps is under one step; it warms up over one step instead (train longer "
+                               "for the configured warm-up, or set model.scheduler=cosine or none)")
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=hp.lr, total_steps=total, pct_start=hp.warmup_pct
+                optimizer, max_lr=hp.lr, total_steps=total, pct_start=warmup
             )
         else:
             raise ConfigError(f"model.scheduler={hp.scheduler!r} is not one of none, cosine, onecycle")

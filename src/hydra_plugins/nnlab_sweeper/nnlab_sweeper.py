@@ -436,7 +436,10 @@ class StudySweeper(Sweeper):
             self.report()
             if received and received[0] != signal.SIGTERM and self.config.slurm.requeue and requeue_job():
                 raise SystemExit(0) from None
-            raise
+            import shlex
+
+            print(f"Interrupted; resume with the same command: {shlex.join(['python', *sys.argv])}", flush=True)
+            raise SystemExit(128 + (received[0] if received else signal.SIGINT)) from None  # 130 Ctrl-C, 143 TERM
         finally:
             stop.set()
             for sig, handler in previous.items():
