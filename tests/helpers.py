@@ -170,3 +170,45 @@ class SignalAt(L.Callback):
 
         if trainer.global_step == self.step:
             os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+class SignalTwice(SignalAt):
+    """Two Ctrl-Cs at the end of training step `step`, as an impatient user presses them."""
+
+    def on_train_batch_end(self, trainer, *args):
+        import os
+        import signal
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+class SignalAtFitStart(L.Callback):
+    """Ctrl-C while the run is still being set up (before the first training step)."""
+
+    def on_fit_start(self, trainer, pl_module):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+class CrashOnce(L.Callback):
+    """Ends the process at once (as a lost node or a segfault would) at training step `step`, once: on the first
+    attempt under torchrun (TORCHELASTIC_RESTART_COUNT 0), or while the file `once` does not exist (it is created)."""
+
+    def __init__(self, step: int, once: str | None = None):
+        self.step, self.once = step, once
+
+    def on_train_batch_end(self, trainer, *args):
+        import os
+
+        if trainer.global_step != self.step or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+            return
+        if self.once is not None:
+            if os.path.exists(f"{self.once}.{trainer.global_rank}"):
+                return
+            open(f"{self.once}.{trainer.global_rank}", "w").close()
+        os._exit(3)

@@ -205,7 +205,7 @@ def test_a_run_prints_no_noise_and_logs_one_line_per_epoch(tmp_path, mnist_dir):
     assert "W&B is offline (WANDB_MODE=offline)" in printed
     epochs = [line for line in (tmp_path / "train.log").read_text().splitlines() if "] - epoch " in line]
     assert len(epochs) == 2 and all("train/loss" in e and "val/loss" in e and "val/acc" in e for e in epochs)
-    assert "loss=" in proc.stderr  # the progress bar shows the running training loss
+    assert "loss=" in printed  # the progress bar shows the running training loss
 
 
 def test_help_and_cfg_answer_without_loading_torch():

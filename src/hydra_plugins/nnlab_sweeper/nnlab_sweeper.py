@@ -215,9 +215,13 @@ def _config_arguments(argv: list[str]) -> list[str]:
 
 
 def _last_error(lines) -> str:
-    """The exception line of a Python traceback at the end of a trial's output ('ValueError: ...'), if any."""
+    """The error a trial ended with: train.py's one line for bad input ('Error: ...', without its pointer to
+    train.log), else the exception line of a Python traceback ('ValueError: ...'), if any."""
     import re
 
+    said = [ln.strip()[len("Error: "):].split(" (details: ")[0] for ln in lines if ln.startswith("Error: ")]
+    if said:
+        return said[-1]
     found = [ln.strip() for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*", ln)]
     return found[-1] if found else ""
 
