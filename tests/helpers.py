@@ -161,14 +161,14 @@ class SignalAt(L.Callback):
     """Sends this process `signal` at the end of training step `step`, so a test stops a run at a known batch (a
     resumed run starts after that step and is not signalled again)."""
 
-    def __init__(self, step: int, signal: str = "SIGTERM"):
-        self.step, self.signal = step, signal
+    def __init__(self, step: int, signal: str = "SIGTERM", rank: int | None = None):
+        self.step, self.signal, self.rank = step, signal, rank
 
     def on_train_batch_end(self, trainer, *args):
         import os
         import signal
 
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), getattr(signal, self.signal))
 
 

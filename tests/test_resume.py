@@ -127,3 +127,19 @@ def test_ddp_ranks_each_resume_their_own_random_state(tmp_path, mnist_dir):
     train(*crashed, "resume=true", timeout=400)
     resumed, expected = metrics(tmp_path / "crashed"), metrics(tmp_path / "straight")
     assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+
+
+def test_sigterm_to_one_ddp_rank_stops_both_at_one_step_and_resumes_exactly(tmp_path, mnist_dir):
+    """SIGTERM to rank 0 of a DDP run whose ranks Lightning started: both ranks stop at the same step (they agree
+    every 10th batch) with a checkpoint, and the resumed run ends where an uninterrupted one ends."""
+    args = ["model=mlp", "trainer=ddp_cpu", "trainer.max_epochs=6", *TINY, "logger=csv", f"paths.data_dir={mnist_dir}"]
+    train(*args, f"hydra.run.dir={tmp_path / 'straight'}", timeout=400)
+    stopped = [*args, f"hydra.run.dir={tmp_path / 'stopped'}", "+callbacks.signal._target_=tests.helpers.SignalAt",
+               "+callbacks.signal.step=2", "+callbacks.signal.rank=0"]
+    proc = train(*stopped, check=False, timeout=400)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stdout[-2000:] + proc.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 13 and len(checkpoint["rng_states"]) == 2  # the 10th batch not last in its epoch
+    train(*stopped, "resume=true", timeout=400)
+    resumed, expected = metrics(tmp_path / "stopped"), metrics(tmp_path / "straight")
+    assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}

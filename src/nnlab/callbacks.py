@@ -220,8 +220,8 @@ class WandbLogger(lightning.pytorch.loggers.WandbLogger):
 
     The W&B run starts with the first training (or test) step, not while the data loads: Lightning opens every
     logger's experiment before the setup hooks, so a run that failed on missing data or a bad setting left a failed
-    W&B run (and an "upload this run" line) behind. Until `start()` (nnlab.lifecycle.RunRecord calls it) the
-    experiment is not there, which Lightning's setup skips.
+    W&B run (and an "upload this run" line) behind. Until something is logged (train.py logs the config when the
+    first training or test step is about to run) the experiment is not there, which Lightning's setup skips.
     And less the `anonymous=None` it always passes to wandb.init (W&B then warns, on every run, that the setting has
     no effect)."""
 
@@ -231,8 +231,13 @@ class WandbLogger(lightning.pytorch.loggers.WandbLogger):
             self._wandb_init.pop("anonymous", None)
         self._held = True
 
-    def start(self):
+    def log_hyperparams(self, params, *args, **kwargs):
         self._held = False
+        return super().log_hyperparams(params, *args, **kwargs)
+
+    def log_metrics(self, metrics, step=None):
+        self._held = False
+        return super().log_metrics(metrics, step)
 
     @property
     def experiment(self):

@@ -309,9 +309,7 @@ class RunRecord(L.Callback):
     def _log_config(self, trainer):
         if not self.logged:
             for lg in trainer.loggers:
-                if hasattr(type(lg), "start"):
-                    lg.start()
-                lg.log_hyperparams(self.resolved)
+                lg.log_hyperparams(self.resolved)  # opens the W&B run (nnlab.callbacks.WandbLogger)
             self.logged = True
 
     def on_train_start(self, trainer, pl_module):

@@ -113,6 +113,17 @@ class SignalStop(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self.training = True
+        self._take_back_sigterm()
+
+    def on_test_start(self, trainer, pl_module):
+        self._take_back_sigterm()
+
+    def _take_back_sigterm(self):
+        """Lightning wraps SIGTERM at the start of fit and test in a handler of its own, which forwards it to the DDP
+        ranks it started and makes each stop at its own next step: ranks that stop at different steps wait for each
+        other forever (seen with 2 CPU processes). Only this handler notes it; the ranks agree where to stop."""
+        if signal.SIGTERM in self._previous:
+            signal.signal(signal.SIGTERM, self._note)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         # Not at an epoch's last batch: Lightning resumes a checkpoint written there by skipping that epoch's
