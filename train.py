@@ -36,10 +36,9 @@ def train(cfg: DictConfig, run) -> float | None:
     from omegaconf import OmegaConf
 
     from nnlab.callbacks import Throughput, steady_rate
-    from nnlab.checkpoint import RandomState, read_checkpoint
+    from nnlab.checkpoint import RandomState, check_fits, model_from_checkpoint, read_checkpoint
     from nnlab.lifecycle import EpochLog, RunRecord, check_pairing, leave_process_group, write_atomic
     from nnlab.memory import keep_freed_memory
-    from nnlab.module import Classifier
 
     keep_freed_memory()  # before the first training step: see nnlab/memory.py
     ckpt_path = run.resume_from() if cfg.train else None
@@ -51,11 +50,11 @@ def train(cfg: DictConfig, run) -> float | None:
             with open_dict(cfg):
                 cfg.data.num_classes = len(instantiate(cfg.data, _convert_="all").class_names_found())
         model = instantiate(cfg.model, _convert_="all")
+        if ckpt_path:
+            check_fits(model, ckpt_path)
     else:  # evaluate what the checkpoint holds; the config records it
         checkpoint = read_checkpoint(cfg.ckpt_path)
-        model = Classifier(**checkpoint["hyper_parameters"])
-        model.load_state_dict(checkpoint["state_dict"])
-        model.on_load_checkpoint(checkpoint)
+        model = model_from_checkpoint(checkpoint, cfg.ckpt_path)
         with open_dict(cfg):
             cfg.model = {"_target_": "nnlab.module.Classifier", **checkpoint["hyper_parameters"]}
             given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}

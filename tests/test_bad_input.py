@@ -215,3 +215,18 @@ def test_help_and_cfg_answer_without_loading_torch():
         assert proc.returncode == 0, proc.stderr[-2000:]
         imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
         assert not imported & {"torch", "lightning", "wandb"}, flag
+
+
+def test_another_projects_checkpoint_and_a_missing_one_are_named(mlp_run, mnist_dir, tmp_path):
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"layer.weight": torch.zeros(2, 2)}, "hyper_parameters": {"hidden_dim": 64},
+                "epoch": 0, "global_step": 0, "loops": {}, "optimizer_states": []}, foreign)
+    proc = train("model=mlp", "train=false", f"ckpt_path={foreign}", "logger=csv", f"paths.data_dir={mnist_dir}",
+                 f"hydra.run.dir={tmp_path / 'eval'}", check=False)
+    one_line_error(proc, f"{foreign} is not a checkpoint of this project's models")
+    proc = train("model=mlp", f"ckpt_path={foreign}", "logger=csv", *run_args(tmp_path / "tune", mnist_dir),
+                 check=False)  # fine-tuning from it: refused before training, not inside Lightning
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    proc = train("model=mlp", "resume=true", f"ckpt_path={tmp_path / 'nope.ckpt'}", "logger=csv",
+                 *run_args(tmp_path / "run", mnist_dir), check=False)
+    one_line_error(proc, "nope.ckpt: that checkpoint does not exist")

@@ -108,7 +108,7 @@ def test_torchrun_restarts_a_lost_worker_which_resumes_exactly(tmp_path, mnist_d
     torchrun(tmp_path / "straight")
     proc = torchrun(tmp_path / "restarted", "+callbacks.crash._target_=tests.helpers.CrashOnce",
                     "+callbacks.crash.step=10")
-    assert "torchrun restarted (restart 1): resuming" in proc.stdout + proc.stderr
+    assert "torchrun restarted the workers (restart 1): resuming" in proc.stdout + proc.stderr
     resumed, expected = metrics(tmp_path / "restarted"), metrics(tmp_path / "straight")
     assert resumed["resumed_from"].endswith("last.ckpt")
     assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}

@@ -46,6 +46,33 @@ def read_checkpoint(path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
     return checkpoint
 
 
+def model_from_checkpoint(checkpoint: dict, path):
+    """The Classifier a checkpoint of read_checkpoint holds (eval mode), or a CheckpointError naming the file when
+    its hyperparameters or weights are not this project's Classifier's (another project's Lightning checkpoint)."""
+    from nnlab.module import Classifier
+
+    try:
+        model = Classifier(**checkpoint["hyper_parameters"])
+        model.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, KeyError, RuntimeError, ValueError) as e:
+        reason = str(e).splitlines()[0][:160]
+        raise CheckpointError(f"{path} is not a checkpoint of this project's models ({type(e).__name__}: {reason})"
+                              ) from None
+    model.on_load_checkpoint(checkpoint)
+    return model.eval()
+
+
+def check_fits(model, path):
+    """A checkpoint to continue or fine-tune from must hold weights of the configured network: say so before fit
+    (Lightning would fail inside with a key dump)."""
+    try:
+        model.load_state_dict(read_checkpoint(path, RESUME_KEYS)["state_dict"])
+    except RuntimeError as e:
+        reason = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"{path} does not hold weights of this model (model.net={model.hparams.net}): "
+                              f"{reason}") from None
+
+
 def rng_state() -> dict:
     """This process's generators as tensors and primitives (loadable with weights_only=True)."""
     bit_generator, key, pos, has_gauss, gauss = np.random.get_state()

@@ -151,7 +151,12 @@ def check_same_run(out: Path, cfg: DictConfig):
     record = out / "config.yaml"
     if not record.is_file():
         return
-    recorded = OmegaConf.to_container(OmegaConf.load(record), resolve=False)
+    try:
+        recorded = OmegaConf.to_container(OmegaConf.load(record), resolve=False)
+        assert isinstance(recorded, dict)
+    except Exception as e:  # noqa: BLE001  hand-edited, cut short: the check cannot be made, the run can still go on
+        log.warning(f"cannot read {record} ({type(e).__name__}): this command is not checked against the run's")
+        return
     now = OmegaConf.to_container(cfg, resolve=True)
     diff = [d for key in ("model", "data", "seed") for d in differences({key: recorded.get(key)}, {key: now.get(key)})]
     if now["model"].get("scheduler", "none") != "none":  # the schedule spans the steps the run was started with
@@ -391,15 +396,16 @@ class Run:
         cfg = self.cfg
         if self.rank_zero:
             self.lock.acquire()
-        if self.restarts:  # a requeued job (ours, or SLURM's after a preemption or node failure) continues
-            log.info(f"{'SLURM job ' + job_id() if self.slurm_job else 'torchrun'} restarted "
-                     f"(restart {self.restarts}): resuming")
         check_settings(cfg, self.explicit_run_dir, self.restarts > 0)
         if self.rank_zero and self.resuming:
             check_same_run(self.out, cfg)
         elif self.rank_zero:
             check_own_directory(self.out, cfg)
         self.attach_log_file()
+        if self.restarts:  # a requeued job (ours, or SLURM's after a preemption or node failure) continues
+            who = f"SLURM restarted job {job_id()}" if self.slurm_job and os.environ.get("SLURM_RESTART_COUNT") \
+                else "torchrun restarted the workers"
+            log.info(f"{who} (restart {self.restarts}): resuming")
         logging.getLogger("lightning").handlers.clear()  # its own console handler: every line twice otherwise
         for handler in logging.getLogger().handlers:
             handler.addFilter(quiet_lightning)
@@ -420,11 +426,20 @@ class Run:
         checked to be readable first; else ckpt_path (fine-tuning from its weights and state)."""
         cfg = self.cfg
         if not self.resuming:
+            if cfg.ckpt_path:
+                read_checkpoint(cfg.ckpt_path, RESUME_KEYS)
             return cfg.ckpt_path
         if self.rank_zero and (self.out / "run.json").is_file():
             # keep the run's id, so W&B continues the same run instead of starting a second one
-            with open_dict(cfg):
-                cfg.run_id = json.loads((self.out / "run.json").read_text())["run_id"]
+            try:
+                run_id = json.loads((self.out / "run.json").read_text())["run_id"]
+                with open_dict(cfg):
+                    cfg.run_id = run_id
+            except (ValueError, KeyError) as e:
+                log.warning(f"cannot read the run id from {self.out / 'run.json'} ({type(e).__name__}): W&B records "
+                            "the resumed run under a new id")
+        if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():  # asked for by name: it must be there
+            raise CheckpointError(f"resume=true ckpt_path={cfg.ckpt_path}: that checkpoint does not exist")
         chosen = Path(cfg.ckpt_path) if cfg.ckpt_path else self.last_ckpt
         if not chosen.is_file():
             log.warning(f"{'resume=true' if cfg.resume else 'restarted'} but {chosen} does not exist: starting from "
@@ -460,11 +475,16 @@ class Run:
         start = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": [sys.executable, *sys.argv],
                  "host": socket.gethostname(), "cpus": sorted(os.sched_getaffinity(0)),
                  "slurm": {k[6:].lower(): os.environ[k] for k in SLURM_FACTS if k in os.environ}}
-        previous = json.loads((out / "run.json").read_text()) if resumed_from and (out / "run.json").is_file() else {}
+        try:
+            previous = json.loads((out / "run.json").read_text()) if resumed_from else {}
+        except (OSError, ValueError):
+            previous = {}
+        earlier = [{k: previous[k] for k in start if k in previous}] if previous else []
         info = {
             "run_id": cfg.run_id,
-            **{k: previous.get(k, v) for k, v in start.items()},
-            "resumes": previous.get("resumes", []) + ([{**start, "from": resumed_from}] if previous else []),
+            **start,  # this start; a resumed run lists the starts before it
+            "resumed_from": resumed_from,
+            "earlier_starts": previous.get("earlier_starts", []) + earlier,
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

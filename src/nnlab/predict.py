@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nnlab.checkpoint import read_checkpoint
+from nnlab.checkpoint import model_from_checkpoint, read_checkpoint
 from nnlab.data.imdb import PAD, clean, encode
 from nnlab.errors import UserError
 from nnlab.module import Classifier
@@ -37,9 +37,7 @@ def load(path) -> tuple[Classifier, dict]:
     if preprocessing is None:
         raise PredictError(f"{path} records no preprocessing (its data module stores none), so it cannot "
                            "classify raw inputs; predict supports text (model=lstm) and speech (model=speech_rnn) models.")
-    model = Classifier(**checkpoint["hyper_parameters"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), preprocessing
+    return model_from_checkpoint(checkpoint, path), preprocessing
 
 
 class TextEncoder:
