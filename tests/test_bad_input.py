@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, train
-from tests.test_train import TINY, TINY_TEXT, run_args
+from tests.test_train import TINY_TEXT, run_args
 
 pytestmark = pytest.mark.slow
 

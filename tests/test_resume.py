@@ -139,7 +139,8 @@ def test_sigterm_to_one_ddp_rank_stops_both_at_one_step_and_resumes_exactly(tmp_
     proc = train(*stopped, check=False, timeout=400)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stdout[-2000:] + proc.stderr[-3000:]
     checkpoint = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] == 13 and len(checkpoint["rng_states"]) == 2  # the 10th batch not last in its epoch
+    assert checkpoint["global_step"] == 13  # the 10th batch that is not the last of its epoch
+    assert len(checkpoint["rng_states"]) == 2
     train(*stopped, "resume=true", timeout=400)
     resumed, expected = metrics(tmp_path / "stopped"), metrics(tmp_path / "straight")
     assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}

@@ -5,11 +5,10 @@ import time
 from pathlib import Path
 
 import lightning as L
+import lightning.pytorch.loggers
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
-import lightning.pytorch.loggers
-from lightning.pytorch.loggers import WandbLogger
 
 from nnlab.atomic import atomic_open
 
@@ -132,7 +131,7 @@ class TestReport(L.Callback):
         clips = self._audio_clips(samples, names, rate) if rate and samples and samples[0][0].ndim == 1 else []
 
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
+            if isinstance(logger, lightning.pytorch.loggers.WandbLogger):
                 import wandb
 
                 # W&B's interactive matrix wants one (true, predicted) pair per test sample.

@@ -173,7 +173,8 @@ def check_same_run(out: Path, cfg: DictConfig):
 
 def check_own_directory(out: Path, cfg: DictConfig):
     """A new run never writes over another run's checkpoints and metrics."""
-    held = [p.name for p in (out / "metrics.json", out / "checkpoints") if p.exists() and (p.is_file() or any(p.iterdir()))]
+    held = [p.name for p in (out / "metrics.json", out / "checkpoints")
+            if p.is_file() or (p.is_dir() and any(p.iterdir()))]
     if held:
         raise ConfigError(f"{out} already holds a run ({', '.join(held)}): continue it with resume=true, or give this "
                           "run its own directory (leave out hydra.run.dir for a new one)")
