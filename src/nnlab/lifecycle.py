@@ -372,7 +372,8 @@ class Run:
             self.open()
             return recipe(self.cfg, self)
         except (KeyboardInterrupt, SystemExit) as e:
-            if self.stop is not None and self.stop.received == signal.SIGINT:  # Ctrl-C before training started
+            if self.stop is not None and self.stop.received == signal.SIGINT and not self.stop.training:
+                # Ctrl-C before training started (Lightning turns the KeyboardInterrupt into SystemExit(1))
                 self.finish_wandb(1)
                 print("Interrupted before training started: nothing to resume; run the command again to start",
                       file=sys.stderr)
