@@ -262,7 +262,8 @@ def test_a_cancelled_trial_fails_alone_and_an_interrupted_sweep_cancels_its_jobs
     jobs = [trial_job(sweep, interrupted, 0), trial_job(sweep, interrupted, 1)]
     sweep.send_signal(signal.SIGTERM)
     out = sweep.communicate(timeout=120)[0]
-    assert sweep.returncode != 0 and "cancelling SLURM job" in out, out[-3000:]
+    assert sweep.returncode == 128 + signal.SIGTERM and "cancelling SLURM job" in out, out[-3000:]
+    assert "Interrupted; resume with the same command" in out
     wait_for("the cancelled jobs to end", lambda: all(job_state(slurm, j) == "CANCELLED" for j in jobs), 120)
 
 
