@@ -41,7 +41,7 @@ def train(cfg: DictConfig, run) -> float | None:
     from nnlab.memory import keep_freed_memory
 
     keep_freed_memory()  # before the first training step: see nnlab/memory.py
-    ckpt_path = run.resume_from() if cfg.train else None
+    ckpt_path, start = run.resume_from() if cfg.train else (None, None)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.train:
         check_pairing(cfg, cfg.model.input)
@@ -50,8 +50,9 @@ def train(cfg: DictConfig, run) -> float | None:
             with open_dict(cfg):
                 cfg.data.num_classes = len(instantiate(cfg.data, _convert_="all").class_names_found())
         model = instantiate(cfg.model, _convert_="all")
-        if ckpt_path:
-            check_fits(model, ckpt_path)
+        if start is not None:
+            check_fits(model, start, ckpt_path)
+            del start  # fit reads the file again itself
     else:  # evaluate what the checkpoint holds; the config records it
         checkpoint = read_checkpoint(cfg.ckpt_path)
         model = model_from_checkpoint(checkpoint, cfg.ckpt_path)

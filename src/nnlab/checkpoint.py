@@ -62,11 +62,11 @@ def model_from_checkpoint(checkpoint: dict, path):
     return model.eval()
 
 
-def check_fits(model, path):
-    """A checkpoint to continue or fine-tune from must hold weights of the configured network: say so before fit
-    (Lightning would fail inside with a key dump)."""
+def check_fits(model, checkpoint: dict, path):
+    """A checkpoint to continue or fine-tune from (as read_checkpoint gave it) must hold weights of the configured
+    network: say so before fit (Lightning would fail inside with a key dump)."""
     try:
-        model.load_state_dict(read_checkpoint(path, RESUME_KEYS)["state_dict"])
+        model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as e:
         reason = " ".join(str(e).split())[:200]
         raise CheckpointError(f"{path} does not hold weights of this model (model.net={model.hparams.net}): "

@@ -47,6 +47,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from nnlab.atomic import atomic_open  # noqa: E402
 from nnlab.checkpoint import RESUME_KEYS, read_checkpoint  # noqa: E402
 from nnlab.errors import CheckpointError, ConfigError, UserError  # noqa: E402
+from nnlab.module import check_model_settings  # noqa: E402
 from nnlab.preemption import SignalStop, Stopped, in_slurm_batch_job, job_id, requeue_job, requeue_signal  # noqa: E402
 
 log = logging.getLogger("nnlab")
@@ -171,7 +172,7 @@ def check_same_run(out: Path, cfg: DictConfig):
                           f"overrides ({overrides}), or leave out resume=true and hydra.run.dir for a new run")
 
 
-def check_own_directory(out: Path, cfg: DictConfig):
+def check_own_directory(out: Path):
     """A new run never writes over another run's checkpoints and metrics."""
     held = [p.name for p in (out / "metrics.json", out / "checkpoints")
             if p.is_file() or (p.is_dir() and any(p.iterdir()))]
@@ -237,20 +238,8 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
     if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
         raise ConfigError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPU(s): "
                           "give trainer.devices=-1 for all of them")
-    m = cfg.model
-    if not (isinstance(m.lr, (int, float)) and m.lr > 0):
-        raise ConfigError(f"model.lr={m.lr}: the learning rate must be a positive number")
-    if not (isinstance(m.weight_decay, (int, float)) and m.weight_decay >= 0):
-        raise ConfigError(f"model.weight_decay={m.weight_decay}: weight decay must be 0 or more")
-    if m.optimizer not in ("sgd", "adam", "adamw"):
-        raise ConfigError(f"model.optimizer={m.optimizer!r} is not one of sgd, adam, adamw")
-    if m.scheduler not in ("none", "cosine", "onecycle"):
-        raise ConfigError(f"model.scheduler={m.scheduler!r} is not one of none, cosine, onecycle")
-    if m.scheduler == "onecycle" and not 0 < m.warmup_pct < 1:
-        raise ConfigError(f"model.warmup_pct={m.warmup_pct}: the warm-up share of one-cycle must be between 0 and 1")
-    for key in ("dropout", "word_dropout"):
-        if key in m.arch and not 0 <= m.arch[key] < 1:
-            raise ConfigError(f"model.arch.{key}={m.arch[key]}: a dropout rate is at least 0 and below 1")
+    m = cfg.model  # the model checks them itself when it is built; here before any data is read or downloaded
+    check_model_settings(m.optimizer, m.lr, m.weight_decay, m.scheduler, m.warmup_pct, m.arch)
 
 
 def check_launch(cfg: DictConfig):
@@ -359,7 +348,7 @@ class Run:
         self.resuming = bool(cfg.resume or self.restarts)
         self.last_ckpt = Path(cfg.callbacks.last_checkpoint.dirpath) / "last.ckpt"
         self.explicit_run_dir = any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
-        self.lock, self.stop, self.log_file, self.loggers, self.wandb_started = RunLock(self.out), None, None, [], False
+        self.lock, self.stop, self.log_file, self.loggers = RunLock(self.out), None, None, []
         self.start = time.perf_counter()
         self.offline_why = offline_reason()  # now: opening an offline run sets WANDB_MODE itself
 
@@ -402,7 +391,7 @@ class Run:
         if self.rank_zero and self.resuming:
             check_same_run(self.out, cfg)
         elif self.rank_zero:
-            check_own_directory(self.out, cfg)
+            check_own_directory(self.out)
         self.attach_log_file()
         if self.restarts:  # a requeued job (ours, or SLURM's after a preemption or node failure) continues
             who = f"SLURM restarted job {job_id()}" if self.slurm_job and os.environ.get("SLURM_RESTART_COUNT") \
@@ -423,14 +412,12 @@ class Run:
         logging.getLogger().addHandler(self.log_file)
 
     # ------------------------------------------------------------------------------------------------ resume
-    def resume_from(self) -> str | None:
-        """The checkpoint fit starts from: last.ckpt when resuming (or ckpt_path, when given with resume=true),
-        checked to be readable first; else ckpt_path (fine-tuning from its weights and state)."""
+    def resume_from(self) -> tuple[str | None, dict | None]:
+        """The checkpoint fit starts from, and its content (read once, checked): last.ckpt when resuming (or
+        ckpt_path, when given with resume=true); else ckpt_path (fine-tuning from its weights and state)."""
         cfg = self.cfg
         if not self.resuming:
-            if cfg.ckpt_path:
-                read_checkpoint(cfg.ckpt_path, RESUME_KEYS)
-            return cfg.ckpt_path
+            return (cfg.ckpt_path, read_checkpoint(cfg.ckpt_path, RESUME_KEYS)) if cfg.ckpt_path else (None, None)
         if self.rank_zero and (self.out / "run.json").is_file():
             # keep the run's id, so W&B continues the same run instead of starting a second one
             try:
@@ -446,12 +433,11 @@ class Run:
         if not chosen.is_file():
             log.warning(f"{'resume=true' if cfg.resume else 'restarted'} but {chosen} does not exist: starting from "
                         f"scratch in {self.out}")
-            return None
+            return None, None
         try:
-            read_checkpoint(chosen, RESUME_KEYS)
+            return str(chosen), read_checkpoint(chosen, RESUME_KEYS)
         except CheckpointError as e:
             raise CheckpointError(f"{e}. {self.alternative(chosen)}") from None
-        return str(chosen)
 
     def alternative(self, damaged: Path) -> str:
         """What to resume from instead of a damaged checkpoint."""

@@ -4,8 +4,8 @@ import inspect
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from nnlab.errors import ConfigError, UserError
@@ -18,6 +18,27 @@ NONFINITE_CHECK_EVERY = 50
 
 class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite: a setting (usually the learning rate) or the data, not a bug."""
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "cosine", "onecycle")
+
+
+def check_model_settings(optimizer: str, lr: float, weight_decay: float, scheduler: str, warmup_pct: float, arch: dict):
+    """The optimisation settings and dropout rates, checked when the model is built (before any data is read),
+    naming the key: an unknown name or a rate out of range would fail deep inside torch, or silently train badly."""
+    for key, value, allowed in (("optimizer", optimizer, OPTIMIZERS), ("scheduler", scheduler, SCHEDULERS)):
+        if value not in allowed:
+            raise ConfigError(f"model.{key}={value!r} is not one of {', '.join(allowed)}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ConfigError(f"model.lr={lr}: the learning rate must be a positive number")
+    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+        raise ConfigError(f"model.weight_decay={weight_decay}: weight decay must be 0 or more")
+    if scheduler == "onecycle" and not 0 < warmup_pct < 1:
+        raise ConfigError(f"model.warmup_pct={warmup_pct}: the warm-up share of one-cycle must be between 0 and 1")
+    for key in ("dropout", "word_dropout"):
+        if key in arch and not 0 <= arch[key] < 1:
+            raise ConfigError(f"model.arch.{key}={arch[key]}: a dropout rate is at least 0 and below 1")
 
 
 # Test samples kept for the report (TestReport): misclassified ones and, to fill a table, correct ones.
@@ -53,6 +74,7 @@ class Classifier(L.LightningModule):
         self.save_hyperparameters(logger=False)
         if net not in NETS:
             raise ConfigError(f"model.net={net!r} is not a network; choose one of {sorted(NETS)}")
+        check_model_settings(optimizer, lr, weight_decay, scheduler, warmup_pct, arch)
         self.net = NETS[net](**arch)
         if adversarial and "return_embedding" not in inspect.signature(self.net.forward).parameters:
             raise ConfigError(f"model.adversarial={adversarial} perturbs word embeddings, which model.net={net!r} "
@@ -223,17 +245,15 @@ class Classifier(L.LightningModule):
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
         elif hp.optimizer == "adam":
             optimizer = torch.optim.Adam(groups, lr=hp.lr)
-        elif hp.optimizer == "adamw":
+        else:  # adamw (the names were checked when the model was built)
             optimizer = torch.optim.AdamW(groups, lr=hp.lr)
-        else:
-            raise ConfigError(f"model.optimizer={hp.optimizer!r} is not one of sgd, adam, adamw")
 
         if hp.scheduler == "none":
             return optimizer
         total = self.trainer.estimated_stepping_batches
         if hp.scheduler == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-        elif hp.scheduler == "onecycle":
+        else:  # onecycle
             warmup = hp.warmup_pct
             if warmup * total <= 1:  # torch divides by (warm-up steps - 1): a warm-up under one step fails there
                 if total < 2:  # fast_dev_run, say: nothing to schedule
@@ -247,6 +267,4 @@ class Classifier(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer, max_lr=hp.lr, total_steps=total, pct_start=warmup
             )
-        else:
-            raise ConfigError(f"model.scheduler={hp.scheduler!r} is not one of none, cosine, onecycle")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

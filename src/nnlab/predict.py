@@ -68,7 +68,7 @@ class AudioEncoder:
 
     def windows(self, path: str) -> tuple[torch.Tensor, list[float]]:
         """The file's windows (N, samples) in [-1, 1) and each window's start in seconds."""
-        from nnlab.data.speech import decode
+        from nnlab.data.speech import decode, fit_length
 
         if not Path(path).is_file():
             raise PredictError(f"{path} is not a file; give the paths of audio files (WAV, FLAC, ...)")
@@ -77,8 +77,7 @@ class AudioEncoder:
             raise PredictError(f"{path} is {problem}: it cannot be classified")
         n = self.samples
         if len(whole) <= n * 1.25:  # up to a little longer than a clip: one clip, as training read it
-            clip, _, _, _ = decode(path, self.sample_rate, n)
-            return clip[None].float() / 32768, [max(0.0, (len(whole) - n) / 2 / self.sample_rate)]
+            return fit_length(whole, n)[None].float() / 32768, [max(0.0, (len(whole) - n) / 2 / self.sample_rate)]
         starts = list(range(0, len(whole) - n + 1, n // 2))
         if starts[-1] + n < len(whole):
             starts.append(len(whole) - n)
@@ -192,7 +191,7 @@ def main(argv=None):
             results = predict_audio(model, preprocessing, inputs)
     except UserError as e:
         sys.exit(f"error: {e}")
-    names = preprocessing.get("class_names") or [str(i) for i in range(model.net.head.out_features)]
+    names = preprocessing.get("class_names")
     k = args.top or (3 if kind == "audio" else 1)
     failed = 0
     for text, result in zip(inputs, results):
@@ -206,7 +205,8 @@ def main(argv=None):
             text = printable(text[:70] + "..." if len(text) > 70 else text)
         for i, p in enumerate(probs):
             top = p.topk(min(k, len(p)))
-            guesses = "  ".join(f"{names[c]} {v:.3f}" for v, c in zip(top.values.tolist(), top.indices.tolist()))
+            guesses = "  ".join(f"{names[c] if names else c} {v:.3f}"
+                                for v, c in zip(top.values.tolist(), top.indices.tolist()))
             where = "" if starts is None or len(starts) == 1 else \
                 f" [{starts[i]:.1f}-{starts[i] + preprocessing['samples'] / preprocessing['sample_rate']:.1f} s]"
             print(f"{guesses}\t{printable(text)}{where}")  # an audio file's path is shown whole

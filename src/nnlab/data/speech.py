@@ -152,14 +152,19 @@ def decode(path: str, sample_rate: int, samples: int | None):
         import torchaudio.functional as AF
 
         wave = AF.resample(wave, rate, sample_rate)
-    if samples is not None and len(wave) >= samples:
-        start = (len(wave) - samples) // 2
-        wave = wave[start : start + samples]
-    elif samples is not None:
-        left = (samples - len(wave)) // 2
-        wave = torch.nn.functional.pad(wave, (left, samples - len(wave) - left))
+    if samples is not None:
+        wave = fit_length(wave, samples)
     clip = (wave.clamp(-1, 1) * 32767).round().to(torch.int16)
     return clip, None, stereo, resampled
+
+
+def fit_length(wave: torch.Tensor, samples: int) -> torch.Tensor:
+    """A clip of exactly `samples` samples: a shorter one padded with silence on both sides, a longer one's middle."""
+    if len(wave) >= samples:
+        start = (len(wave) - samples) // 2
+        return wave[start : start + samples]
+    left = (samples - len(wave)) // 2
+    return torch.nn.functional.pad(wave, (left, samples - len(wave) - left))
 
 
 def decode_all(paths: list[str], sample_rate: int, samples: int, workers: int) -> list:
