@@ -37,7 +37,7 @@ def train(cfg: DictConfig, run) -> float | None:
 
     from nnlab.callbacks import Throughput, steady_rate
     from nnlab.checkpoint import RandomState, check_fits, model_from_checkpoint, read_checkpoint
-    from nnlab.lifecycle import EpochLog, RunRecord, check_pairing, leave_process_group, write_atomic
+    from nnlab.lifecycle import EpochLog, RunRecord, WeightsDigest, check_pairing, leave_process_group, write_atomic
     from nnlab.memory import keep_freed_memory
 
     keep_freed_memory()  # before the first training step: see nnlab/memory.py
@@ -76,10 +76,11 @@ def train(cfg: DictConfig, run) -> float | None:
     run.loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     record = RunRecord(dict(HydraConfig.get().runtime.choices), resolved)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] + ([pruning] if pruning else []) + [
-        RandomState(), record, EpochLog(), run.stop]
+        RandomState(), record, EpochLog(), WeightsDigest(), run.stop]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=run.loggers or False, callbacks=callbacks,
                                      plugins=run.plugins())
     run.describe(cfg, ckpt_path if run.resuming else None)
+    run.join_restarted_group(trainer)
 
     try:
         metrics = {}

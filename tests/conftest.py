@@ -1,6 +1,12 @@
+import os
+
 import pytest
 
 from tests.helpers import make_aclimdb, make_mnist, make_speech_commands
+
+# A SLURM client without a configuration asks DNS for its controller: every process of the test session has one.
+# Outside the tests' cluster (the `slurm` fixture) it names a file that does not exist, so a client fails at once.
+os.environ["SLURM_CONF"] = "/nonexistent/nnlab-tests/slurm.conf"
 
 
 @pytest.fixture(scope="session")
@@ -25,12 +31,11 @@ def speech_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
-    """A real single-node SLURM cluster (tests/slurm_cluster.py) for the session; the environment that reaches it.
+    """A real SLURM cluster of two nodes, n1 and n2 (tests/slurm_cluster.py), for the session; the environment that
+    reaches it.
 
     Skipped, with the reason, where SLURM cannot be started; .ci/run sets NNLAB_REQUIRE_SLURM=1, which turns
     that skip into a failure."""
-    import os
-
     from tests import slurm_cluster
 
     why = None
@@ -43,6 +48,6 @@ def slurm(tmp_path_factory):
             pytest.fail(f"NNLAB_REQUIRE_SLURM is set but {why}")
         pytest.skip(why)
     root = tmp_path_factory.mktemp("slurm")
-    conf = slurm_cluster.start(root)
+    conf = slurm_cluster.start(root, nodes=2)
     yield {"SLURM_CONF": str(conf)}
     slurm_cluster.stop(root)

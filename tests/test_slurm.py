@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +51,16 @@ def wait_for(what: str, ready, timeout: float = 300, proc: subprocess.Popen | No
                                  f"{proc.stdout.read()[-5000:]}")
         time.sleep(0.3)
     return value
+
+
+def wait_for_job(slurm, job: str, out, what: str, ready, timeout: float = 300):
+    """wait_for, failing at once with the job's output if the job ends first."""
+    def ready_or_ended():
+        if value := ready():
+            return value
+        if job_state(slurm, job) in ENDED:
+            raise AssertionError(f"job {job} ended before {what}:\n{out.read_text()[-5000:] if out.exists() else ''}")
+    return wait_for(what, ready_or_ended, timeout)
 
 
 def slurm_run(slurm, *cmd) -> str:
@@ -103,17 +114,63 @@ def test_tasks_that_do_not_match_the_trainer_fail_before_training(slurm, tmp_pat
     rc, out = submit(slurm, tmp_path, f"srun {train} trainer.devices=1 hydra.run.dir={tmp_path}/a",
                      "--ntasks-per-node=2")
     assert rc != 0 and "--ntasks-per-node=1" in out and "trainer.devices=2" in out
+    # A real two-node allocation (one task on each node) for a trainer that wants 2 devices on 1 node
+    rc, out = submit(slurm, tmp_path, f"srun {train} hydra.run.dir={tmp_path}/c", "--nodes=2", "--ntasks-per-node=1")
+    assert rc != 0 and "2 node(s) x 1 task(s) per node" in out and "trainer.num_nodes=1 x trainer.devices=2" in out
+    assert "--nodes=1 --ntasks-per-node=2" in out and "trainer.num_nodes=2 trainer.devices=1" in out
     rc, out = submit(slurm, tmp_path, f"{train} hydra.run.dir={tmp_path}/b", "--ntasks=2")
     assert rc != 0 and "start it with `srun python train.py ...`" in out
     assert not (tmp_path / "a" / "checkpoints").exists()
 
 
+# scripts/slurm/multi_node.sbatch's GPU request taken off for this CPU-only cluster: 2 nodes x 1 task, 1 CPU each.
+ON_CPU_NODES = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1", "--mem=2G", "--time=10"]
+
+
+def test_a_multi_node_job_trains_one_model_on_both_nodes_and_resumes_on_both_after_a_requeue(slurm, tmp_path,
+                                                                                          mnist_dir):
+    """scripts/slurm/multi_node.sbatch as written (trainer=ddp_cpu, one device per node): one rank on n1, one on n2,
+    one run directory and W&B run, the same weights on both ranks; its requeue signal requeues the job, which resumes
+    on both nodes from last.ckpt and ends at the step an uninterrupted run ends at."""
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    env = job_env(slurm, NNLAB_DATA_DIR=str(mnist_dir), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    job = subprocess.run(["sbatch", "--parsable", *ON_CPU_NODES, f"--output={tmp_path}/slurm-%j.out",
+                          str(ROOT / "scripts" / "slurm" / "multi_node.sbatch"), *TINY, "trainer=ddp_cpu",
+                          "trainer.max_epochs=4", "+callbacks.slow._target_=tests.helpers.SlowSteps",
+                          "+callbacks.slow.seconds=0.25", f"hydra.run.dir={run}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    wait_for_job(slurm, job, tmp_path / f"slurm-{job}.out", "the first checkpoint", last.is_file)
+    slurm_run(slurm, "scancel", "--signal=USR2", job)
+    restart_now(slurm, job)
+    state = final_state(slurm, job)
+
+    out = (tmp_path / f"slurm-{job}.out").read_text()
+    assert state == "COMPLETED", out[-5000:]
+    for rank, node in ((0, "n1"), (1, "n2")):
+        assert out.count(f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2") == 2  # both starts
+        assert f"rank {rank}/2 on {node}: weights " in out
+    digests = re.findall(r"rank \d/2 on n\d: weights (\w+)", out)
+    assert len(digests) == 2 and len(set(digests)) == 1  # fit ended once, with one model on both ranks
+    assert out.count(f"requeued SLURM job {job}") == 1 and out.count(f"SLURM restarted job {job}") == 2
+    info = json.loads((run / "run.json").read_text())
+    assert info["slurm"]["nnodes"] == "2" and info["slurm"]["restart_count"] == "1"
+    assert info["torch_threads"]["threads"] == 1  # --cpus-per-task=1
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 4
+    assert torch.load(last, weights_only=True)["global_step"] == 4 * 4  # 500 images / 64 / 2 ranks: 4 steps an epoch
+    assert len({d.name.rsplit("-", 1)[1] for d in (run / "wandb").glob("offline-run-*")}) == 1
+    assert sorted(p.name for p in run.glob("train*.log")) == ["train.log", "train.rank1.log"]
+
+
 def test_a_sweep_through_the_slurm_launcher_runs_its_trials_as_one_job_array(slurm, tmp_path, mnist_dir):
+    """Each trial a two-node DDP job (hydra.launcher.nodes=2, one task per node), the trials one job array."""
     env = job_env(slurm)
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm",
-                           "hydra.launcher.timeout_min=10", *TINY, "trainer.max_epochs=1", "model.lr=1e-3,3e-3",
-                           f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                           "hydra.launcher.timeout_min=10", "hydra.launcher.nodes=2", "hydra.launcher.cpus_per_task=1",
+                           "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2", *TINY,
+                           "trainer.max_epochs=1", "model.lr=1e-3,3e-3", f"paths.data_dir={mnist_dir}",
+                           f"paths.log_dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     (sweep_dir,) = (tmp_path / "sweeps").iterdir()
     assert [line.split(",")[2] for line in (sweep_dir / "summary.csv").read_text().splitlines()[1:]] == \
@@ -122,8 +179,11 @@ def test_a_sweep_through_the_slurm_launcher_runs_its_trials_as_one_job_array(slu
     assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1  # one array: <job>_0, <job>_1
     for trial in ("0", "1"):
         info = json.loads((sweep_dir / trial / "run.json").read_text())
-        assert info["slurm"]["job_id"] and (sweep_dir / trial / "metrics.json").is_file()
+        assert info["slurm"]["job_id"] and info["slurm"]["nnodes"] == "2"
+        assert (sweep_dir / trial / "metrics.json").is_file() and (sweep_dir / trial / "train.rank1.log").is_file()
         assert len(list((sweep_dir / trial / "wandb").glob("offline-run-*"))) == 1
+    logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob("*/*_log.out"))
+    assert {"n1", "n2"} <= set(re.findall(r"rank \d/2 on (n\d): weights", logs))
 
 
 def test_sweep_workers_of_a_job_array_share_one_study(slurm, tmp_path, mnist_dir):
@@ -143,6 +203,8 @@ def test_sweep_workers_of_a_job_array_share_one_study(slurm, tmp_path, mnist_dir
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     ran = [set(re.findall(r"Trial (\d+) complete:", out)) for out in outputs]
     assert all(ran) and not ran[0] & ran[1] and len(ran[0] | ran[1]) == 4  # both workers, never the same trial
+    hosts = {json.loads(info.read_text())["host"] for info in tmp_path.glob("sweeps/array/*/run.json")}
+    assert hosts == {"n1", "n2"}  # the array's two workers ran on both nodes
 
 
 def test_a_job_signalled_before_its_limit_or_requeued_resumes_into_the_same_run(slurm, tmp_path, mnist_dir):

@@ -14,6 +14,7 @@
 """
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -69,11 +70,36 @@ def env_rank() -> int:
     return int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0))
 
 
-def restart_count(slurm_job: bool) -> int:
+def restart_count(slurm_job: bool, out: Path) -> int:
     """How often SLURM requeued this job or torchrun restarted its workers: a restart continues the run."""
     if slurm_job and int(os.environ.get("SLURM_RESTART_COUNT", "0")):
         return int(os.environ["SLURM_RESTART_COUNT"])
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return max(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")), agent_starts(out))
+    return 0
+
+
+def agent_marker(out: Path) -> Path:
+    """`<run dir>/.torchrun/<rendezvous id>-<host>-<agent pid>`: how often this torchrun agent (the worker's parent
+    process) started a worker of this run."""
+    return out / ".torchrun" / f"{os.environ['TORCHELASTIC_RUN_ID']}-{socket.gethostname()}-{os.getppid()}"
+
+
+def agent_starts(out: Path) -> int:
+    """torchrun counts a restart (TORCHELASTIC_RESTART_COUNT) only on the agent whose worker failed; the other agents
+    restart their workers too, with the count unchanged, when the failed one rejoins the rendezvous. A worker whose
+    own agent started a worker of this run before is such a restart."""
+    try:
+        return int(agent_marker(out).read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def count_agent_start(out: Path, restarts: int):
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        marker = agent_marker(out)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(marker, str(restarts + 1))
 
 
 def shell_command(extra: list[str] = (), drop: tuple[str, ...] = ()) -> str:
@@ -81,6 +107,65 @@ def shell_command(extra: list[str] = (), drop: tuple[str, ...] = ()) -> str:
     args = [a for a in sys.argv[1:] if not a.lstrip("+~").startswith(drop)]
     return shlex.join(["python", Path(sys.argv[0]).name if sys.argv[0].endswith("train.py") else sys.argv[0],
                        *args, *extra])
+
+
+def tasks_on_this_node() -> int:
+    """How many tasks of this SLURM job step run on this node (SLURM_TASKS_PER_NODE reads like "2(x3),1")."""
+    if "SLURM_NTASKS_PER_NODE" in os.environ:
+        return int(os.environ["SLURM_NTASKS_PER_NODE"])
+    counts = [int(c.split("(")[0]) for c in os.environ.get("SLURM_TASKS_PER_NODE", "1").split(",")]
+    return max(counts)
+
+
+def local_processes(cfg: DictConfig) -> int:
+    """How many training processes of this run share this machine: torchrun's LOCAL_WORLD_SIZE, an srun step's
+    tasks on this node, or the processes Lightning starts itself for DDP on this node's devices."""
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    if "SLURM_STEP_ID" in os.environ and "SLURM_NTASKS" in os.environ:
+        return tasks_on_this_node()
+    devices, strategy = cfg.trainer.get("devices", 1), str(cfg.trainer.get("strategy"))
+    if "ddp" not in strategy:
+        return 1
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, (list, str)) and devices not in ("auto", "-1"):
+        return len(devices) if isinstance(devices, list) else len(devices.strip(",").split(","))
+    if cfg.trainer.get("accelerator") == "gpu" or torch.cuda.is_available():
+        return max(1, torch.cuda.device_count())
+    return 1
+
+
+def set_cpu_threads(cfg: DictConfig) -> dict:
+    """Give this process its share of the CPUs, so that several training processes on one machine do not run more
+    OpenMP threads than there are cores (spinning threads slow each other down many times over): the CPUs this
+    process may use (its affinity; under SLURM, what the job was given per task: --cpus-per-task, else the node's
+    CPUs over its tasks) divided by the processes of this run on the machine; a single process outside SLURM keeps
+    torch's default. OMP_NUM_THREADS, when set (by the user,
+    or by torchrun: 1 per worker), is kept. Exported, so the processes Lightning starts inherit it. Returns what
+    run.json records."""
+    if "OMP_NUM_THREADS" in os.environ:
+        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
+        torch.set_num_threads(threads)
+        return {"threads": threads, "from": "OMP_NUM_THREADS"}
+    cpus, processes, why = len(os.sched_getaffinity(0)), local_processes(cfg), "CPUs available"
+    slurm = "SLURM_JOB_ID" in os.environ and SLURMEnvironment.job_name() not in ("bash", "interactive")
+    if processes == 1 and not slurm:  # alone on the machine: torch's default (one thread per physical core)
+        return {"threads": torch.get_num_threads(), "from": "torch's default"}
+    if slurm:
+        if os.environ.get("SLURM_CPUS_PER_TASK"):
+            per_task = int(os.environ["SLURM_CPUS_PER_TASK"])
+        else:
+            per_task = int(os.environ.get("SLURM_CPUS_ON_NODE", cpus)) // max(1, tasks_on_this_node())
+        if "SLURM_STEP_ID" in os.environ:  # the tasks are the processes: each gets its own CPUs
+            cpus, processes = min(cpus, max(1, per_task)), 1
+        else:
+            cpus = min(cpus, max(1, int(os.environ.get("SLURM_CPUS_ON_NODE", cpus))))
+        why = "CPUs SLURM allocated"
+    threads = max(1, cpus // processes)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    return {"threads": threads, "from": f"{cpus} {why} / {processes} process(es) on this machine"}
 
 
 # --------------------------------------------------------------------------------------------------- the directory
@@ -334,6 +419,21 @@ class EpochLog(L.Callback):
         log.info("  ".join(parts) + f"  {time.perf_counter() - self.start:.1f} s")
 
 
+class WeightsDigest(L.Callback):
+    """Under DDP, every rank logs a digest of its weights when fit ends (`rank 1/2 on n2: weights 3f2a...`): equal
+    digests show that the ranks ended with the same model."""
+
+    def on_fit_end(self, trainer, pl_module):
+        if trainer.world_size < 2:
+            return
+        digest = hashlib.sha256()
+        for name, tensor in sorted(pl_module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        log.info(f"rank {trainer.global_rank}/{trainer.world_size} on {socket.gethostname()}: "
+                 f"weights {digest.hexdigest()[:16]}")
+
+
 # ------------------------------------------------------------------------------------------------------- the run
 class Run:
     """One run of train.py: see the module's docstring. `execute(recipe)` calls `recipe(cfg, run)`."""
@@ -344,11 +444,17 @@ class Run:
         self.multirun = hc.mode == RunMode.MULTIRUN
         self.rank_zero = env_rank() == 0
         self.slurm_job = in_slurm_batch_job()
-        self.restarts = restart_count(self.slurm_job)
+        self.restarts = restart_count(self.slurm_job, self.out)
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            # The workers of one round find each other in the agents' store under /worker/attempt_<this count>: an
+            # agent that restarted its worker without counting a failure would send it to the round before's keys
+            # (its peers' old addresses: "Connection refused"). Every agent starts one worker a round: count those.
+            os.environ["TORCHELASTIC_RESTART_COUNT"] = str(self.restarts)
         self.resuming = bool(cfg.resume or self.restarts)
         self.last_ckpt = Path(cfg.callbacks.last_checkpoint.dirpath) / "last.ckpt"
         self.explicit_run_dir = any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
         self.lock, self.stop, self.log_file, self.loggers = RunLock(self.out), None, None, []
+        self.threads = None
         self.start = time.perf_counter()
         self.offline_why = offline_reason()  # now: opening an offline run sets WANDB_MODE itself
 
@@ -388,11 +494,13 @@ class Run:
         if self.rank_zero:
             self.lock.acquire()
         check_settings(cfg, self.explicit_run_dir, self.restarts > 0)
+        self.threads = set_cpu_threads(cfg)
         if self.rank_zero and self.resuming:
             check_same_run(self.out, cfg)
         elif self.rank_zero:
             check_own_directory(self.out)
         self.attach_log_file()
+        count_agent_start(self.out, self.restarts)
         if self.restarts:  # a requeued job (ours, or SLURM's after a preemption or node failure) continues
             who = f"SLURM restarted job {job_id()}" if self.slurm_job and os.environ.get("SLURM_RESTART_COUNT") \
                 else "torchrun restarted the workers"
@@ -410,6 +518,26 @@ class Run:
         self.log_file = logging.FileHandler(self.out / name)
         self.log_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         logging.getLogger().addHandler(self.log_file)
+
+    def join_restarted_group(self, trainer: L.Trainer):
+        """After a torchrun restart, join the new round's process group under keys of its own. The agents keep one
+        store for every round (TORCHELASTIC_USE_AGENT_STORE) and the workers' keys carry no round: a restarted worker
+        would read the addresses its peers had in the round before and be refused there. Lightning then finds the
+        group initialized and uses it. The first start is Lightning's own."""
+        env = os.environ
+        if not self.restarts or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(env.get("WORLD_SIZE", 1)) < 2 \
+                or torch.distributed.is_initialized() or not hasattr(trainer.strategy, "_get_process_group_backend"):
+            return
+        from datetime import timedelta
+
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        timeout = getattr(trainer.strategy, "_timeout", None) or timedelta(minutes=30)
+        store = torch.distributed.PrefixStore(f"/nnlab/round_{self.restarts}", torch.distributed.TCPStore(
+            env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout))
+        log.info(f"Initializing distributed: GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/{world} (torchrun round "
+                 f"{self.restarts + 1})")
+        torch.distributed.init_process_group(trainer.strategy._get_process_group_backend(), store=store, rank=rank,
+                                             world_size=world, timeout=timeout)
 
     # ------------------------------------------------------------------------------------------------ resume
     def resume_from(self) -> tuple[str | None, dict | None]:
@@ -462,6 +590,7 @@ class Run:
         write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         start = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": [sys.executable, *sys.argv],
                  "host": socket.gethostname(), "cpus": sorted(os.sched_getaffinity(0)),
+                 "torch_threads": self.threads,
                  "slurm": {k[6:].lower(): os.environ[k] for k in SLURM_FACTS if k in os.environ}}
         try:
             previous = json.loads((out / "run.json").read_text()) if resumed_from else {}
