@@ -5,6 +5,7 @@
     python scripts/benchmark.py --models cnn data.batch_size=256      # any Hydra override, both sides
     python scripts/benchmark.py --models lstm --rounds 3 --data-dir /path/holding/aclImdb
     python scripts/benchmark.py --models speech_rnn --rounds 3 --data-dir /path/holding/SpeechCommands
+    python scripts/benchmark.py --ddp-cpu --rounds 3   # train.py trainer=ddp_cpu against trainer=cpu instead
 
 Both sides train the same network (the default model config) with the same optimizer and batch
 size on the same data in memory, augmentation and schedule off. MNIST: the plain loop shuffles
@@ -18,12 +19,20 @@ text), the first epoch of each side (warm-up) and validation excluded. An LSTM e
 minutes on a CPU, so its epochs are cut to --text-batches batches (both sides) unless 0. Small
 machines are noisy (two plain-loop runs in a row can differ by 10%), so the sides alternate for
 several rounds and the median of the per-round ratios is reported.
+
+--ddp-cpu compares two train.py runs instead, as a user starts them: `trainer=ddp_cpu` (two processes over gloo,
+each with the same data.batch_size, so the global batch is twice as large, and each with its share of the cores)
+against `trainer=cpu` (one process, all cores), with the same overrides (augmentation and schedule off, one
+validation batch); samples per second over both processes, from each run's metrics.json.
 """
 
 import argparse
 import itertools
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +47,8 @@ import nnlab.config  # noqa: F401  (registers the resolvers conf/ uses)
 from nnlab.callbacks import AtomicCheckpointIO, Throughput, steady_rate
 from nnlab.memory import keep_freed_memory
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+ROOT = Path(__file__).resolve().parent.parent
+CONF = str(ROOT / "conf")
 os.environ.setdefault("WANDB_SILENT", "true")  # keep the report readable; the offline run is written all the same
 NO_AUGMENT = ["data.augment.rotate=0", "data.augment.scale=0", "data.augment.translate=0"]
 NO_AUDIO_AUGMENT = ["data.time_shift_ms=0", "data.noise_prob=0"]  # SpecAugment is in the network: both sides run it
@@ -165,6 +175,36 @@ def time_to_accuracy(cfg, dm, target: float):
     return stop.reached
 
 
+def train_py_rate(model: str, trainer: str, overrides: list[str], out: str) -> float:
+    """Samples per second of one `python train.py model=<model> trainer=<trainer> ...` (its metrics.json)."""
+    run_dir = tempfile.mkdtemp(prefix=f"{model}-{trainer}-", dir=out)
+    cmd = [sys.executable, str(ROOT / "train.py"), f"model={model}", f"trainer={trainer}", *overrides,
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads((Path(run_dir) / "metrics.json").read_text())["train/samples_per_s"]
+
+
+def ddp_cpu_against_cpu(args, extra: list[str], out: str):
+    rows = []
+    for name in args.models:
+        overrides = [*NO_AUGMENT, "model.scheduler=none", f"trainer.max_epochs={args.epochs}",
+                     "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", *extra]
+        one, two = [], []
+        for r in range(args.rounds):
+            one.append(train_py_rate(name, "cpu", overrides, out))
+            two.append(train_py_rate(name, "ddp_cpu", overrides, out))
+            print(f"{name} round {r + 1}: trainer=cpu {one[-1]:,.0f} samples/s, trainer=ddp_cpu {two[-1]:,.0f} "
+                  f"samples/s, ratio {two[-1] / one[-1]:.2f}")
+        rows.append((name, statistics.median(one), statistics.median(two),
+                     statistics.median(t / o for t, o in zip(two, one))))
+    print(f"\n{args.rounds} rounds of {args.epochs} epochs a side on {os.cpu_count()} CPUs; medians:")
+    print("| model | trainer=cpu (samples/s) | trainer=ddp_cpu (samples/s) | ratio |\n|---|---|---|---|")
+    for name, one, two, ratio in rows:
+        print(f"| {name} | {one:,.0f} | {two:,.0f} | {ratio:.2f} |")
+
+
 def main():
     keep_freed_memory()  # as train.py does
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,12 +216,15 @@ def main():
     p.add_argument("--text-batches", type=int, default=60, help="batches per LSTM epoch (0: the whole epoch)")
     p.add_argument("--no-time-to-acc", action="store_true")
     p.add_argument("--target", type=float, default=0.99)
+    p.add_argument("--ddp-cpu", action="store_true", help="train.py trainer=ddp_cpu against trainer=cpu instead")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for both sides, e.g. data.batch_size=256")
     args = p.parse_args()
     extra = ([f"paths.data_dir={args.data_dir}"] if args.data_dir else []) + args.overrides
     out = tempfile.mkdtemp(prefix="nnlab-bench-")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device {device}, torch threads {torch.get_num_threads()}, run files in {out}")
+    if args.ddp_cpu:
+        return ddp_cpu_against_cpu(args, extra, out)
 
     rows = []
     for name in args.models:
