@@ -19,8 +19,11 @@ and its share of the memory. The partition places a job on its least loaded node
 spread over the nodes as a busy cluster spreads them.
 
 Loopback only: every address this cluster uses is in 127.0.0.0/8, and no name needs a DNS server.
-- The daemons listen on their own 127.x address only (CommunicationParameters=NoInAddrAny,NoCtldInAddrAny) and find
-  each other by the addresses in slurm.conf (NodeAddr, SlurmctldHost, AccountingStorageHost, DbdAddr).
+- The daemons find each other by the addresses in slurm.conf (NodeAddr, SlurmctldHost, AccountingStorageHost,
+  DbdAddr), all loopback. slurmctld listens on 127.0.0.1 only (NoCtldInAddrAny); slurmd and srun listen on every
+  address, each on a port of its own: a connection from inside n2's namespace leaves from 127.0.0.1 (the kernel's
+  source address for loopback) and is answered there, so with NoInAddrAny an srun on n2 listened on 127.0.0.2 alone
+  and its tasks' I/O connection was refused ("Slurmd could not connect IO").
 - Inside each node's namespace a bind mount puts DIR/hosts over /etc/hosts: localhost, this machine's name and the
   node names map to their loopback addresses, also in the ::ffff:127.x form that torch's TCPStore looks up in reverse;
   and DIR/resolv.conf over /etc/resolv.conf names a nameserver on 127.0.0.1, so a stray lookup stays on loopback.
@@ -90,7 +93,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=socket={root}/munge.sock
-CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
+CommunicationParameters=NoCtldInAddrAny
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool-%n
 SlurmctldPidFile={root}/slurmctld.pid

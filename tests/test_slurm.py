@@ -98,12 +98,12 @@ def test_two_task_ddp_job_started_by_srun(slurm, tmp_path, mnist_dir):
     train = [sys.executable, str(ROOT / "train.py"), *TINY, "trainer=ddp_cpu", "trainer.max_epochs=2",
              f"hydra.run.dir={run_dir}", f"paths.data_dir={mnist_dir}"]
     rc, out = submit(slurm, tmp_path, "srun " + " ".join(train), "--nodes=1", "--ntasks-per-node=2",
-                     "--cpus-per-task=1")
+                     "--cpus-per-task=1", "--nodelist=n2")  # srun from the second node's namespace
     assert rc == 0, out[-5000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["test/acc"] > 0.3
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["slurm"]["ntasks"] == "2"
+    assert info["slurm"]["ntasks"] == "2" and info["host"] == "n2"
     assert out.count("Initializing distributed: GLOBAL_RANK: ") == 2  # the two srun tasks, nothing spawned
     assert "MEMBER: 2/2" in out
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1  # one W&B run, rank zero's
