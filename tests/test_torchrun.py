@@ -19,13 +19,13 @@ from tests.test_train import TINY
 pytestmark = pytest.mark.slow
 
 
-def agent(node: int, port: int, run_dir: Path, data_dir: Path, log: Path, *overrides: str) -> subprocess.Popen:
+def agent(port: int, run_dir: Path, data_dir: Path, log: Path, *overrides: str) -> subprocess.Popen:
     """One torchrun agent of a 2-node job (`--nnodes=2 --nproc-per-node=1`, c10d rendezvous on loopback), as a user
     starts it in a shell on each machine. The two agents share this machine's cores: one thread each."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--max-restarts=1",
            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=nnlab-test", str(ROOT / "train.py"),
-           "model=mlp", *TINY, "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2", f"hydra.run.dir={run_dir}",
-           f"paths.data_dir={data_dir}", *overrides]
+           "model=mlp", *TINY, "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2",
+           f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", *overrides]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -52,7 +52,7 @@ def test_two_torchrun_agents_train_one_run_and_restart_both_workers_after_one_is
     last = run_dir / "checkpoints" / "last.ckpt"
     logs = [tmp_path / "agent0.log", tmp_path / "agent1.log"]
     slow = ["trainer.max_epochs=6", "+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.5"]
-    agents = [agent(n, port, run_dir, mnist_dir, logs[n], *slow) for n in (0, 1)]
+    agents = [agent(port, run_dir, mnist_dir, log, *slow) for log in logs]
     try:
         deadline = time.monotonic() + 300
         while not (last.is_file() and torch.load(last, weights_only=True)["epoch"] >= 1):  # in epoch 2 or later
