@@ -242,26 +242,39 @@ def start(root: Path = DEFAULT_DIR, nodes: int = 2, timeout: float = 60) -> Path
     return conf
 
 
-def stop(root: Path = DEFAULT_DIR):
-    """Stop every process start() recorded, by PID, the last started first; wait for each to end."""
-    pids = root / PIDS
-    if not pids.is_file():
+def stop(root: Path = DEFAULT_DIR, timeout: float = 15):
+    """Stop every process start() recorded, by PID: SIGTERM to all, the last started first; SIGKILL to any still
+    running after `timeout` seconds."""
+    pids_file = root / PIDS
+    if not pids_file.is_file():
         return
-    for line in reversed(pids.read_text().splitlines()):
-        pid = int(line.split()[0])
+    pids = [int(line.split()[0]) for line in reversed(pids_file.read_text().splitlines())]
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
-                os.kill(pid, 0)
-                time.sleep(0.1)
-            os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    deadline = time.monotonic() + timeout
+    for pid in pids:
         try:
-            os.waitpid(pid, os.WNOHANG)  # a child of this process (the slurmd's, MariaDB): reap it
-        except ChildProcessError:
+            while time.monotonic() < deadline:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:  # a child of this process (slurmd, MariaDB): reaped
+                    break
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except ChildProcessError:  # not a child of this process: wait until it is gone
+            try:
+                while time.monotonic() < deadline:
+                    os.kill(pid, 0)
+                    time.sleep(0.1)
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        except ProcessLookupError:
             pass
-    pids.unlink()
+    pids_file.unlink()
 
 
 if __name__ == "__main__":
