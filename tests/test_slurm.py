@@ -24,20 +24,25 @@ def job_env(slurm, **more) -> dict:
     return {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **more}
 
 
-def sbatch(slurm, tmp_path, body: str, *sbatch_options: str, wait=False, timeout=600) -> tuple[str, int]:
+def sbatch(slurm, tmp_path, body: str, *sbatch_options: str, wait=False) -> tuple[str, int]:
     """Submit a batch script (a 10-minute limit, output in tmp_path/slurm-<job>.out, then body); returns the job id
-    and sbatch's exit code, which with wait=True is the job's."""
+    and, with wait=True, the job's exit code once it ended (else 0)."""
     script = tmp_path / "job.sbatch"
     script.write_text(f"#!/bin/bash\n#SBATCH --time=10\n#SBATCH --output={tmp_path}/slurm-%j.out\n{body}\n")
-    proc = subprocess.run(["sbatch", *(["--wait"] if wait else []), "--parsable", *sbatch_options, str(script)],
-                          cwd=ROOT, env=job_env(slurm), capture_output=True, text=True, timeout=timeout)
-    job = proc.stdout.strip().split(";")[0]
-    assert job, proc.stderr
-    return job, proc.returncode
+    job = subprocess.run(["sbatch", "--parsable", *sbatch_options, str(script)], cwd=ROOT, env=job_env(slurm),
+                         capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    return job, ended(slurm, job) if wait else 0
+
+
+def ended(slurm, job: str) -> int:
+    """Wait for the job to end; its exit code. (Polled here: sbatch --wait asks after 2, 10, 42 s..., so a job that
+    ends after 11 s returns after 42.)"""
+    final_state(slurm, job)
+    return int(re.search(r"ExitCode=(\d+)", slurm_run(slurm, "scontrol", "-o", "show", "job", job))[1])
 
 
 def submit(slurm, tmp_path, body: str, *sbatch_options: str) -> tuple[int, str]:
-    """sbatch --wait a batch script; returns its exit code and its output file's text."""
+    """Submit a batch script and wait for it; returns its exit code and its output file's text."""
     job, rc = sbatch(slurm, tmp_path, body, *sbatch_options, wait=True)
     return rc, (tmp_path / f"slurm-{job}.out").read_text()
 
@@ -189,14 +194,16 @@ def test_a_sweep_through_the_slurm_launcher_runs_its_trials_as_one_job_array(slu
 def test_sweep_workers_of_a_job_array_share_one_study(slurm, tmp_path, mnist_dir):
     """scripts/slurm/sweep_worker.sbatch as written, with the GPU request taken off for this CPU-only cluster."""
     env = job_env(slurm, STUDY_STORAGE=str(tmp_path / "study.journal"), NNLAB_DATA_DIR=str(mnist_dir))
-    proc = subprocess.run(["sbatch", "--wait", "--parsable", "--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1",
-                           "--mem=3G", "--time=10", f"--output={tmp_path}/slurm-%A_%a.out",
-                           str(ROOT / "scripts" / "slurm" / "sweep_worker.sbatch"), "hydra/sweeper=optuna",
-                           "model.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.n_trials=4",
-                           "hydra.sweeper.study_name=array", *TINY, "trainer.max_epochs=1", "logger=csv",
-                           f"paths.log_dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    job = subprocess.run(["sbatch", "--parsable", "--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1",
+                          "--mem=3G", "--time=10", f"--output={tmp_path}/slurm-%A_%a.out",
+                          str(ROOT / "scripts" / "slurm" / "sweep_worker.sbatch"), "hydra/sweeper=optuna",
+                          "model.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.n_trials=4",
+                          "hydra.sweeper.study_name=array", *TINY, "trainer.max_epochs=1", "logger=csv",
+                          f"paths.log_dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    codes = [ended(slurm, f"{job}_{task}") for task in (0, 1)]
     outputs = [p.read_text() for p in sorted(tmp_path.glob("slurm-*_*.out"))]
-    assert proc.returncode == 0 and len(outputs) == 2, proc.stderr + "".join(o[-3000:] for o in outputs)
+    assert codes == [0, 0] and len(outputs) == 2, "".join(o[-3000:] for o in outputs)
     from nnlab.sweep import load_study
 
     study = load_study(str(tmp_path / "study.journal"), "array")
