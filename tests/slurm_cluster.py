@@ -113,6 +113,8 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort={dbd_port}
 AccountingStoragePass={root}/munge.sock
 SchedulerType=sched/backfill
+# Pending jobs looked at every 2 s (default 60 s): a requeued job whose start time came waits no longer.
+SchedulerParameters=sched_interval=2,bf_interval=1
 # Finished jobs stay visible to squeue for 5 minutes; SIGKILL follows SIGTERM after 10 s.
 MinJobAge=300
 KillWait=10
