@@ -141,15 +141,14 @@ def set_cpu_threads(cfg: DictConfig) -> dict:
     OpenMP threads than there are cores (spinning threads slow each other down many times over): the CPUs this
     process may use (its affinity; under SLURM, what the job was given per task: --cpus-per-task, else the node's
     CPUs over its tasks) divided by the processes of this run on the machine; a single process outside SLURM keeps
-    torch's default. OMP_NUM_THREADS, when set (by the user,
-    or by torchrun: 1 per worker), is kept. Exported, so the processes Lightning starts inherit it. Returns what
-    run.json records."""
+    torch's default. OMP_NUM_THREADS, when set (by the user, or by torchrun: 1 per worker), is kept. Exported, so the
+    processes Lightning starts inherit it. Returns what run.json records."""
     if "OMP_NUM_THREADS" in os.environ:
         threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
         torch.set_num_threads(threads)
         return {"threads": threads, "from": "OMP_NUM_THREADS"}
     cpus, processes, why = len(os.sched_getaffinity(0)), local_processes(cfg), "CPUs available"
-    slurm = "SLURM_JOB_ID" in os.environ and SLURMEnvironment.job_name() not in ("bash", "interactive")
+    slurm = in_slurm_batch_job()
     if processes == 1 and not slurm:  # alone on the machine: torch's default (one thread per physical core)
         return {"threads": torch.get_num_threads(), "from": "torch's default"}
     if slurm:
@@ -445,11 +444,6 @@ class Run:
         self.rank_zero = env_rank() == 0
         self.slurm_job = in_slurm_batch_job()
         self.restarts = restart_count(self.slurm_job, self.out)
-        if "TORCHELASTIC_RUN_ID" in os.environ:
-            # The workers of one round find each other in the agents' store under /worker/attempt_<this count>: an
-            # agent that restarted its worker without counting a failure would send it to the round before's keys
-            # (its peers' old addresses: "Connection refused"). Every agent starts one worker a round: count those.
-            os.environ["TORCHELASTIC_RESTART_COUNT"] = str(self.restarts)
         self.resuming = bool(cfg.resume or self.restarts)
         self.last_ckpt = Path(cfg.callbacks.last_checkpoint.dirpath) / "last.ckpt"
         self.explicit_run_dir = any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
