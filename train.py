@@ -44,7 +44,7 @@ def train(cfg: DictConfig, run) -> float | None:
     ckpt_path, start = run.resume_from() if cfg.train else (None, None)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.train:
-        check_pairing(cfg, cfg.model.input)
+        check_pairing(cfg, cfg.model.net)
         if cfg.data.get("num_classes", 0) is None:
             # A data set that finds its classes (Speech Commands' word folders) says how many before the model is built.
             with open_dict(cfg):
@@ -64,7 +64,7 @@ def train(cfg: DictConfig, run) -> float | None:
                 for key, value in recorded.items():
                     if key in cfg.data and key not in WHERE_DATA_IS and f"data.{key}" not in given:
                         cfg.data[key] = value
-        check_pairing(cfg, model.hparams.input)
+        check_pairing(cfg, model.hparams.net)
     import torch
 
     if torch.cuda.is_available():

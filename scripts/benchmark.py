@@ -3,20 +3,19 @@
     python scripts/benchmark.py                       # MLP and CNN throughput, then CNN time to 99%
     python scripts/benchmark.py --models mlp --rounds 2 --no-time-to-acc
     python scripts/benchmark.py --models cnn data.batch_size=256      # any Hydra override, both sides
-    python scripts/benchmark.py --models lstm --rounds 3 --data-dir /path/holding/aclImdb
+    python scripts/benchmark.py --models lstm --rounds 3 --batches 60 --data-dir /path/holding/aclImdb
     python scripts/benchmark.py --models speech_rnn --rounds 3 --data-dir /path/holding/SpeechCommands
     python scripts/benchmark.py --ddp-cpu --rounds 3   # train.py trainer=ddp_cpu against trainer=cpu instead
 
-Both sides train the same network (the default model config) with the same optimizer and batch
-size on the same data in memory, augmentation and schedule off. MNIST: the plain loop shuffles
-and slices the image tensors itself. IMDB: the plain loop runs over the very batches our data
-module yields (length-bucketed, padded), built before its clock starts, with the same gradient
-clipping. Speech Commands: the plain loop shuffles and slices the cached int16 clips on the
-device and converts them to float itself; the network computes its log-mel features (and
-SpecAugment) on both sides; time shifts and noise mixing are off. Ours is the full pipeline train.py builds: Trainer, callbacks, metrics, checkpoints
-and the offline W&B logger. Throughput is training samples per second (and tokens per second for
+Both sides train the same network (the default model config) with the same optimizer, batch size and
+gradient clipping on the same data in memory, augmentation (what the data module lists in its
+`augmentation_off`) and schedule off. The plain loop iterates the data module's own training loader, the very
+batches train.py's training sees (image or clip slices of the in-memory tensors, length-bucketed padded token
+batches), and calls its on_after_batch_transfer (int16 clips to float); the network computes its log-mel
+features and SpecAugment on both sides. Ours is the full pipeline train.py builds: Trainer, callbacks, metrics,
+checkpoints and the offline W&B logger. Throughput is training samples per second (and tokens per second for
 text), the first epoch of each side (warm-up) and validation excluded. An LSTM epoch takes
-minutes on a CPU, so its epochs are cut to --text-batches batches (both sides) unless 0. Small
+minutes on a CPU, so --batches N cuts every epoch to N batches (both sides). Small
 machines are noisy (two plain-loop runs in a row can differ by 10%), so the sides alternate for
 several rounds and the median of the per-round ratios is reported.
 
@@ -39,7 +38,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -50,8 +48,6 @@ from nnlab.memory import keep_freed_memory
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
 os.environ.setdefault("WANDB_SILENT", "true")  # keep the report readable; the offline run is written all the same
-NO_AUGMENT = ["data.augment.rotate=0", "data.augment.scale=0", "data.augment.translate=0"]
-NO_AUDIO_AUGMENT = ["data.time_shift_ms=0", "data.noise_prob=0"]  # SpecAugment is in the network: both sides run it
 
 
 def load_cfg(model: str, overrides: list[str], out: str):
@@ -65,59 +61,33 @@ def sync(device):
 
 
 def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
-    """What one writes by hand: shuffle, slice, forward, backward, step. Returns (samples/s, tokens/s)."""
-    if cfg.data.kind == "text":
-        return plain_text_loop(cfg, dm, epochs, device)
+    """What one writes by hand: for each batch of the data module's own training loader, forward, loss, backward,
+    (clip,) step. Returns (samples/s, tokens/s); the kind of data counts a batch."""
     torch.manual_seed(cfg.seed)
-    model = instantiate(cfg.model, _convert_="all").to(device)
+    model = instantiate(cfg.model, _convert_="all").to(device).train()
     optimizer = model.configure_optimizers()
-    audio = cfg.data.kind == "audio"
-    x, y = (dm.cache["train"]["audio"], dm.cache["train"]["labels"]) if audio else (dm.x_train, dm.y_train)
-    net, x, y, bs, clip = model.net.train(), x.to(device), y.to(device), cfg.data.batch_size, cfg.trainer.gradient_clip_val
-    rates = []
-    for _ in range(epochs):
-        sync(device)
-        start = time.perf_counter()
-        perm = torch.randperm(len(y), device=device)
-        for i in range(0, len(y), bs):
-            idx = perm[i : i + bs]
-            inputs = x[idx].float() / 32768 if audio else x[idx]  # clips are stored as int16
-            loss = F.cross_entropy(net(inputs), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-            optimizer.step()
-        sync(device)
-        rates.append(len(y) / (time.perf_counter() - start))
-    return steady_rate(rates), 0.0
-
-
-def plain_text_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
-    """Over the batches our data module yields, taken out of it before the clock starts."""
-    torch.manual_seed(cfg.seed)
-    model = instantiate(cfg.model, _convert_="all").to(device)
-    optimizer = model.configure_optimizers()
-    net, clip, limit = model.net.train(), cfg.trainer.gradient_clip_val, cfg.trainer.limit_train_batches
+    clip, limit = cfg.trainer.gradient_clip_val, cfg.trainer.limit_train_batches
     samples, tokens = [], []
     for epoch in range(epochs):
         loader = dm.train_dataloader()
         loader.epoch = lambda: epoch
-        batches = [((t.to(device), n), y.to(device)) for (t, n), y in itertools.islice(loader, limit)]
         sync(device)
-        start = time.perf_counter()
-        for (t, n), y in batches:
+        start, n, t = time.perf_counter(), 0, 0
+        for batch in itertools.islice(loader, limit):
+            x, y = dm.on_after_batch_transfer(batch, 0)  # int16 clips to float, say (no augmentation: no trainer)
             # The same loss as training: with model.adversarial, plus the loss under the perturbation.
-            loss = model.adversarial_step((t, n), y)[1] if model.hparams.adversarial else model.loss(net(t, n), y)
+            loss = model.adversarial_step(x, y)[1] if model.hparams.adversarial else model.loss(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
+            counted = model.reads.count(x)
+            n, t = n + counted[0], t + counted[1]
         sync(device)
         seconds = time.perf_counter() - start
-        samples.append(sum(len(y) for _, y in batches) / seconds)
-        tokens.append(sum(int(n.sum()) for (_, n), _ in batches) / seconds)
+        samples.append(n / seconds)
+        tokens.append(t / seconds)
     return steady_rate(samples), steady_rate(tokens)
 
 
@@ -152,9 +122,12 @@ class StopAtAccuracy(L.Callback):
         sync(pl_module.device)
         self.spent += time.perf_counter() - self.start
         pl_module.eval()
-        x, y = self.dm.x_test, self.dm.y_test
-        acc = sum((pl_module(x[i : i + 1000]).argmax(-1) == y[i : i + 1000]).sum().item() for i in range(0, len(y), 1000))
-        acc /= len(y)
+        right = total = 0
+        for batch in self.dm.test_dataloader():
+            x, y = self.dm.on_after_batch_transfer(batch, 0)
+            right += (pl_module(x).argmax(-1) == y).sum().item()
+            total += len(y)
+        acc = right / total
         pl_module.train()
         epoch = trainer.current_epoch + 1
         print(f"  epoch {epoch}: test/acc {acc:.4f}, training time so far {self.spent:.1f} s")
@@ -164,7 +137,7 @@ class StopAtAccuracy(L.Callback):
 
 
 def time_to_accuracy(cfg, dm, target: float):
-    """Train the default CNN (its augmentation and schedule) until test accuracy reaches the target.
+    """Train a default config (its augmentation and schedule) until test accuracy reaches the target.
 
     Counts training time only: the per-epoch test pass and validation are excluded."""
     L.seed_everything(cfg.seed, verbose=False)
@@ -173,6 +146,14 @@ def time_to_accuracy(cfg, dm, target: float):
                           enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(instantiate(cfg.model, _convert_="all"), datamodule=dm)
     return stop.reached
+
+
+def augmentation_off(model: str, extra: list[str], out: str) -> list[str]:
+    """The overrides that turn the model's default data set's augmentation off (its data module lists them)."""
+    from hydra.utils import get_class
+
+    cfg = load_cfg(model, extra, out)
+    return [f"data.{o}" for o in getattr(get_class(cfg.data._target_), "augmentation_off", ())]
 
 
 def train_py_rate(model: str, trainer: str, overrides: list[str], out: str) -> float:
@@ -189,7 +170,7 @@ def train_py_rate(model: str, trainer: str, overrides: list[str], out: str) -> f
 def ddp_cpu_against_cpu(args, extra: list[str], out: str):
     rows = []
     for name in args.models:
-        overrides = [*NO_AUGMENT, "model.scheduler=none", f"trainer.max_epochs={args.epochs}",
+        overrides = [*augmentation_off(name, extra, out), "model.scheduler=none", f"trainer.max_epochs={args.epochs}",
                      "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", *extra]
         one, two = [], []
         for r in range(args.rounds):
@@ -213,7 +194,8 @@ def main():
     p.add_argument("--rounds", type=int, default=5, help="rounds of plain loop then nnlab")
     p.add_argument("--data-dir", default=None,
                    help="folder holding MNIST/raw/, aclImdb/ or SpeechCommands/ (default: the config's)")
-    p.add_argument("--text-batches", type=int, default=60, help="batches per LSTM epoch (0: the whole epoch)")
+    p.add_argument("--batches", type=int, default=0, help="batches per epoch, both sides (0: the whole epoch)")
+    p.add_argument("--time-to-acc", default="cnn", help="the model whose time to --target test accuracy is measured")
     p.add_argument("--no-time-to-acc", action="store_true")
     p.add_argument("--target", type=float, default=0.99)
     p.add_argument("--ddp-cpu", action="store_true", help="train.py trainer=ddp_cpu against trainer=cpu instead")
@@ -228,10 +210,9 @@ def main():
 
     rows = []
     for name in args.models:
-        text = name == "lstm"
-        limit = [f"trainer.limit_train_batches={args.text_batches}"] if text and args.text_batches else []
-        no_augment = {"lstm": [], "speech_rnn": NO_AUDIO_AUGMENT}.get(name, NO_AUGMENT)
-        cfg = load_cfg(name, [*no_augment, "model.scheduler=none", *extra, *limit, "trainer.limit_val_batches=1"], out)
+        limit = [f"trainer.limit_train_batches={args.batches}"] if args.batches else []
+        cfg = load_cfg(name, [*augmentation_off(name, extra, out), "model.scheduler=none", *extra, *limit,
+                              "trainer.limit_val_batches=1"], out)
         dm = instantiate(cfg.data, _convert_="all")
         if cfg.data.get("num_classes", 0) is None:  # as train.py: the classes the data set finds
             cfg.data.num_classes = len(dm.class_names_found())
@@ -241,19 +222,19 @@ def main():
         for r in range(args.rounds):
             plain.append(plain_loop(cfg, dm, args.epochs, device))
             our.append(ours(cfg, dm, args.epochs))
-            unit, i = ("tokens/s", 1) if text else ("clips/s" if name == "speech_rnn" else "samples/s", 0)
+            i = 1 if plain[-1][1] else 0  # tokens where the kind of data has them
+            unit = "tokens/s" if i else "samples/s"
             print(f"{name} round {r + 1}: plain loop {plain[-1][i]:,.0f} {unit}, nnlab {our[-1][i]:,.0f} {unit}, "
                   f"ratio {our[-1][i] / plain[-1][i]:.2f}")
-        i = 1 if text else 0
+        i = 1 if plain[-1][1] else 0
         ratio = statistics.median(o[i] / p[i] for o, p in zip(our, plain))
         samples = statistics.median(o[0] for o in our)
-        audio = name == "speech_rnn"
-        train_size = len(dm.train_index) if text else len(dm.cache["train"]["labels"]) if audio else len(dm.y_train)
+        train_size = sum(len(y) for _, y in dm.train_dataloader())  # one whole epoch
         epoch_s = train_size / samples
         rows.append((name, cfg.data.batch_size, statistics.median(p[0] for p in plain), samples,
                      statistics.median(p[1] for p in plain), statistics.median(o[1] for o in our), ratio, epoch_s))
 
-    print(f"\n{args.rounds} rounds of {args.epochs} epochs a side; medians (samples: images, reviews or clips; "
+    print(f"\n{args.rounds} rounds of {args.epochs} epochs a side; medians (samples: images, texts or clips; "
           "ratio: tokens/s for text, else samples/s):")
     print("| model | batch | plain loop (samples/s) | nnlab (samples/s) | plain loop (tokens/s) | nnlab (tokens/s) "
           "| ratio | one training epoch, nnlab |\n|---|---|---|---|---|---|---|---|")
@@ -262,10 +243,10 @@ def main():
         print(f"| {name} | {bs} | {plain:,.0f} | {our:,.0f} | {tok} | {ratio:.2f} | {epoch_s:.0f} s |")
 
     if not args.no_time_to_acc:
-        cfg = load_cfg("cnn", extra, out)
+        cfg = load_cfg(args.time_to_acc, extra, out)
         dm = instantiate(cfg.data, _convert_="all")
         dm.prepare_data()
-        print(f"\nCNN (default config) time to {args.target:.1%} test accuracy:")
+        print(f"\nmodel={args.time_to_acc} (default config) time to {args.target:.1%} test accuracy:")
         reached = time_to_accuracy(cfg, dm, args.target)
         if reached is None:
             print(f"  not reached in {cfg.trainer.max_epochs} epochs")

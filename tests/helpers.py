@@ -212,3 +212,49 @@ class CrashOnce(L.Callback):
                 return
             open(f"{self.once}.{trainer.global_rank}", "w").close()
         os._exit(3)
+
+
+def make_image_folder(root: Path, per_class: int = 30, classes: int = 3, splits: bool = False) -> Path:
+    """A tiny image-folder set in torchvision's ImageFolder layout, <class>/<image> (or train/ and test/ holding
+    them): learnable coloured bars, as PNG and JPEG, RGB and grey, of mixed sizes, with one file that is not an
+    image but is named like one, and a stray text file. Returns the folder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test") if splits else ("",):
+        for c in range(classes):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class if split != "test" else max(2, per_class // 3)):
+                size = (32, 32) if i % 3 else (40, 36)  # some need resizing
+                pixels = rng.integers(0, 60, (size[1], size[0], 3)).astype(np.uint8)
+                r = 4 + 8 * c + int(rng.integers(-1, 2))
+                pixels[r : r + 4, 4:28, c % 3] = 255
+                img = Image.fromarray(pixels)
+                if i % 4 == 1:
+                    img = img.convert("L")  # a grey one among the colour ones
+                img.save(folder / f"img{i}.{'jpg' if i % 2 else 'png'}", quality=95)
+    first = root / ("train" if splits else "") / "class_0"
+    (first / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really an image")
+    (first / "notes.txt").write_text("not an image")
+    return root
+
+
+def make_text_table(path: Path, rows: int = 60, fmt: str = "csv", labels=("good", "bad", "meh")) -> Path:
+    """A table of short learnable texts, one label each, as CSV, TSV or JSON Lines (columns `text`, `label`)."""
+    import csv
+    import json
+
+    phrases = {"good": "a wonderful moving film, great acting", "bad": "a dull boring mess, awful acting",
+               "meh": "an ordinary film, some scenes fine"}
+    records = [{"text": f"Text {i}: {phrases.get(str(labels[i % len(labels)]), 'word ' * (i % len(labels)))}.",
+                "label": labels[i % len(labels)]} for i in range(rows)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        if fmt == "jsonl":
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        else:
+            writer = csv.DictWriter(f, ["text", "label"], delimiter="," if fmt == "csv" else "\t")
+            writer.writeheader()
+            writer.writerows(records)
+    return path

@@ -6,6 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 import nnlab.config  # noqa: F401
 from tests.helpers import ROOT, train
@@ -21,7 +22,11 @@ ON_CPU = {"gpu": ["trainer.accelerator=cpu"], "ddp": ["trainer.accelerator=cpu",
 # in the data (train.py fills in data.num_classes); here a number is given.
 SPEECH = ["data.num_classes=10"]
 EXTRA = {("data", "imdb"): ["model=lstm"], ("data", "speech_commands"): ["model=speech_rnn", *SPEECH],
-         ("model", "speech_rnn"): SPEECH, ("experiment", "seed_speech_rnn"): SPEECH}
+         ("model", "speech_rnn"): SPEECH, ("experiment", "seed_speech_rnn"): SPEECH,
+         ("data", "image_folder"): ["data.path=/nowhere", "data.num_classes=3"],
+         ("data", "text_table"): ["model=lstm", "data.path=/nowhere.csv", "data.num_classes=3"],
+         ("recipe", "lstm_imdb"): ["model=lstm"],
+         ("recipe", "speech_rnn_speech_commands"): ["model=speech_rnn", *SPEECH]}
 
 
 def compose_train(overrides, tmp_path):
@@ -39,9 +44,9 @@ def test_config_composes_and_instantiates(group, name, tmp_path, mnist_dir, monk
     monkeypatch.setenv("WANDB_MODE", "offline")
     extra = ON_CPU.get(name, []) if group == "trainer" else EXTRA.get((group, name), [])
     cfg = compose_train([f"{group}={name}", f"paths.data_dir={mnist_dir}", *extra], tmp_path)
-    instantiate(cfg.data, _convert_="all")
+    datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
-    assert model.hparams.input == cfg.data.kind
+    assert model.reads.name == datamodule.kind  # the network reads what the data module provides
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
@@ -52,6 +57,17 @@ def test_model_config_picks_its_data_and_data_still_overrides(tmp_path):
     cfg = compose_train(["model=mlp"], tmp_path)
     assert cfg.data._target_.endswith("MNISTDataModule")
     assert compose_train(["model=mlp", "data=mnist", "data.batch_size=7"], tmp_path).data.batch_size == 7
+
+
+def test_a_model_on_another_dataset_gets_that_datasets_settings_and_none_of_its_default_recipe(tmp_path):
+    mnist = compose_train(["model=cnn"], tmp_path)
+    assert dict(mnist.data.augment) == {"rotate": 10.0, "scale": 0.1, "translate": 2.0}  # recipe/cnn_mnist.yaml
+    assert mnist.trainer.max_epochs == 15
+    folder = compose_train(["model=cnn", "data=image_folder", "data.path=/x"], tmp_path)
+    own = OmegaConf.load(CONF / "data" / "image_folder.yaml").augment  # its own settings
+    assert folder.data.augment == own
+    assert folder.trainer.max_epochs == OmegaConf.load(CONF / "trainer" / "default.yaml").max_epochs
+    assert "flip" in folder.data.augment and folder.data._target_.endswith("ImageFolderDataModule")
 
 
 def test_experiment_reproduces_the_seed_networks(tmp_path):

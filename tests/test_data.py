@@ -11,7 +11,7 @@ from tests.helpers import make_mnist
 
 
 def datamodule(data_dir, **overrides):
-    args = dict(kind="image", channels=1, image_size=28, num_classes=10, data_dir=str(data_dir), download=False,
+    args = dict(channels=1, image_size=28, num_classes=10, data_dir=str(data_dir), download=False,
                 val_size=100, split_seed=1, batch_size=64, eval_batch_size=500,
                 augment={"rotate": 0.0, "scale": 0.0, "translate": 0.0})
     return MNISTDataModule(**{**args, **overrides})

@@ -109,7 +109,7 @@ def test_flat_truncation_cuts_each_review_on_its_own(max_length):
 
 
 def test_tokenizer_is_trained_on_the_training_split_only(tmp_path):
-    from nnlab.data.imdb import PAD, UNK, train_tokenizer
+    from nnlab.data.text import PAD, UNK, train_tokenizer
 
     tok = train_tokenizer(["Great film!", "great acting, dull plot"], vocab_size=100, min_frequency=1)
     assert tok.token_to_id("[PAD]") == PAD and tok.token_to_id("[UNK]") == UNK
@@ -183,7 +183,7 @@ def test_datamodule_reads_tiny_tree(tmp_path):
     from nnlab.data.imdb import IMDBDataModule
 
     make_aclimdb(tmp_path)
-    dm = IMDBDataModule(kind="text", num_classes=2, data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), download=False, vocab_size=100,
+    dm = IMDBDataModule(num_classes=2, data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), download=False, vocab_size=100,
                         min_frequency=1, max_length=16, val_size=2, split_seed=0, batch_size=4, eval_batch_size=8)
     dm.prepare_data()
     dm.setup()
@@ -199,7 +199,7 @@ def test_evaluation_reads_longer_reviews_than_training(tmp_path):
     from nnlab.data.imdb import IMDBDataModule
 
     make_aclimdb(tmp_path)
-    settings = dict(kind="text", num_classes=2, data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), download=False, vocab_size=100,
+    settings = dict(num_classes=2, data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), download=False, vocab_size=100,
                     min_frequency=1, val_size=2, split_seed=0, batch_size=4, eval_batch_size=8)
     dm = IMDBDataModule(max_length=3, eval_max_length=1000, **settings)
     dm.prepare_data()
@@ -248,7 +248,7 @@ def test_a_read_only_data_folder_keeps_its_cache_elsewhere(tmp_path, monkeypatch
         pytest.skip("a read-only bind mount needs root")
     try:
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
-        dm = IMDBDataModule(kind="text", num_classes=2, data_dir=str(mount), cache_dir=str(mount / "cache"),
+        dm = IMDBDataModule(num_classes=2, data_dir=str(mount), cache_dir=str(mount / "cache"),
                             download=False, vocab_size=100, min_frequency=1, max_length=16, val_size=2, split_seed=0,
                             batch_size=4, eval_batch_size=8)
         with caplog.at_level(logging.WARNING, logger="nnlab.data"):

@@ -17,7 +17,7 @@ ARCH = dict(in_channels=1, image_size=28, num_classes=10, hidden=[32], batch_nor
 
 
 def classifier(optimizer="adamw", scheduler="onecycle"):
-    return Classifier(input="image", net="mlp", arch=ARCH, optimizer=optimizer, lr=1e-3, weight_decay=1e-4,
+    return Classifier(net="mlp", arch=ARCH, optimizer=optimizer, lr=1e-3, weight_decay=1e-4,
                       momentum=0.9, scheduler=scheduler, warmup_pct=0.2)
 
 
@@ -42,7 +42,7 @@ def test_unknown_optimizer_or_schedule_is_named(field, value, mnist_dir, tmp_pat
 def test_adversarial_training_adds_the_loss_under_the_worst_perturbation():
     arch = dict(vocab_size=50, num_classes=2, embed_dim=8, hidden=8, layers=1, bidirectional=True, dropout=0.0,
                 pooling="max_mean")
-    settings = dict(input="text", net="lstm", optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0,
+    settings = dict(net="lstm", optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0,
                     scheduler="none", warmup_pct=0.0)
     torch.manual_seed(0)
     model = Classifier(arch=arch, adversarial=1.0, **settings)
@@ -53,19 +53,19 @@ def test_adversarial_training_adds_the_loss_under_the_worst_perturbation():
     clean = model.loss(logits, y)
     assert loss > 2 * clean  # clean loss plus a larger loss under the perturbation
     with pytest.raises(ValueError, match="model.adversarial=1.0 perturbs word embeddings.*'mlp'"):
-        Classifier(**{**settings, "input": "image", "net": "mlp"}, arch=ARCH, adversarial=1.0)
+        Classifier(**{**settings, "net": "mlp"}, arch=ARCH, adversarial=1.0)
 
 
 def test_unknown_network_is_named():
     with pytest.raises(ValueError, match="model.net='rnn' is not a network"):
-        Classifier(input="image", net="rnn", arch={}, optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0,
+        Classifier(net="rnn", arch={}, optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0,
                    scheduler="none", warmup_pct=0.0)
 
 
 def test_one_output_is_a_binary_classifier():
     arch = dict(vocab_size=50, num_classes=1, embed_dim=8, hidden=8, layers=1, bidirectional=False, dropout=0.0,
                 pooling="last")
-    model = Classifier(input="text", net="lstm", arch=arch, optimizer="adam", lr=1e-3, weight_decay=0.0,
+    model = Classifier(net="lstm", arch=arch, optimizer="adam", lr=1e-3, weight_decay=0.0,
                        momentum=0.0, scheduler="none", warmup_pct=0.0)
     logits = torch.tensor([[0.0], [2.0], [-3.0]])
     y = torch.tensor([1, 1, 0])
@@ -94,7 +94,7 @@ def test_benchmark_script_runs(mnist_dir):
 @pytest.mark.slow
 def test_benchmark_script_runs_the_lstm(imdb_dir):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--data-dir", str(imdb_dir),
-                          "--models", "lstm", "--rounds", "1", "--text-batches", "2", "--no-time-to-acc",
+                          "--models", "lstm", "--rounds", "1", "--batches", "2", "--no-time-to-acc",
                           "data.val_size=8", "data.batch_size=8", "data.vocab_size=200", "data.min_frequency=1"],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"},
                          cwd=ROOT)
@@ -111,4 +111,4 @@ def test_benchmark_script_runs_the_speech_rnn(speech_dir):
                          cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     row = next(line for line in out.stdout.splitlines() if line.startswith("| speech_rnn | 16 |"))
-    assert "clips/s" in out.stdout and row.count("|") == 9
+    assert "samples/s" in out.stdout and row.count("|") == 9

@@ -12,7 +12,7 @@ from nnlab.data.speech import (FOLDER, SILENCE, UNKNOWN, SpeechCommandsDataModul
                                prepare_speech_commands, wav_is_truncated)
 from tests.helpers import SPEECH_WORDS, make_speech_commands
 
-SETTINGS = dict(kind="audio", num_classes=None, download=False, labels="folder", sample_rate=16000, clip_seconds=1.0,
+SETTINGS = dict(num_classes=None, download=False, labels="folder", sample_rate=16000, clip_seconds=1.0,
                 unknown_share=0.5, silence_share=0.25, split_seed=0, max_bad_share=0.05, batch_size=16,
                 eval_batch_size=64, time_shift_ms=100.0, noise_prob=1.0, noise_level=0.1, workers=1)
 
@@ -120,12 +120,39 @@ def test_cache_is_reused_rebuilt_on_change_and_never_read_half_written(tree, cap
     assert caplog.text.count("decoding the clips") == 2 and test_part.is_file()
 
 
-def test_missing_data_and_lists_are_named(tmp_path, tree):
+def test_missing_data_is_named(tmp_path):
     with pytest.raises(DatasetError, match="data.download=false"):
         prepare_speech_commands(tmp_path / "nowhere", download=False)
+
+
+def speakers(dm, split):
+    return {path.split("/")[1].split("_nohash_")[0] for path in dm.cache[split]["paths"]}
+
+
+def test_without_the_lists_the_splits_are_carved_by_speaker(tree, caplog):
     (tree / FOLDER / "testing_list.txt").unlink()
-    with pytest.raises(DatasetError, match="testing_list.txt is missing"):
-        prepare_speech_commands(tree, download=False)
+    with caplog.at_level(logging.INFO, logger="nnlab.data.speech"):
+        dm = datamodule(tree, max_bad_share=0.1)
+    assert speakers(dm, "val") == {"spk1"}  # validation_list.txt still names the validation clips
+    assert len(speakers(dm, "test")) == 1 and not speakers(dm, "test") & (speakers(dm, "train") | {"spk1"})
+    assert "no testing_list.txt: test (10%) carved from the clips by speaker" in caplog.text
+    (tree / FOLDER / "validation_list.txt").unlink()
+    dm = datamodule(tree, max_bad_share=0.1)
+    held = speakers(dm, "val") | speakers(dm, "test")
+    assert len(held) == 2 and not held & speakers(dm, "train")
+    assert sum(len(dm.cache[s]["labels"]) for s in ("train", "val", "test")) == 5 * 6 * 4 + 1
+
+
+def test_without_speakers_in_the_names_the_splits_are_carved_by_file_per_word(tree, caplog):
+    for name in ("testing_list.txt", "validation_list.txt"):
+        (tree / FOLDER / name).unlink()
+    for i, path in enumerate(sorted((tree / FOLDER).glob("[a-z]*/*.wav"))):
+        path.rename(path.with_name(f"take{i}.wav"))
+    with caplog.at_level(logging.INFO, logger="nnlab.data.speech"):
+        dm = datamodule(tree, max_bad_share=0.1)
+    assert "by file (the names carry no <speaker>_nohash_" in caplog.text
+    for split in ("val", "test"):  # every word, a tenth of its 24 or 25 clips
+        assert dm.cache[split]["labels"].bincount(minlength=5).tolist() == [2, 2, 2, 2, 2]
 
 
 def test_augmentation_shifts_and_mixes_noise_in_training_only(tree):

@@ -95,7 +95,7 @@ def test_predict_classifies_text_and_files_from_the_checkpoint_alone(lstm_run, t
 def test_predict_errors_name_the_problem(lstm_run, trained_run, tmp_path):
     assert "does not exist" in predict(tmp_path / "nope.ckpt", "text", check=False).stderr
     mnist_ckpt = trained_run[0] / "checkpoints" / "best.ckpt"
-    assert "records no preprocessing" in predict(mnist_ckpt, "text", check=False).stderr
+    assert "text is not a file; give the paths of image files" in predict(mnist_ckpt, "text", check=False).stderr
     assert "text argument(s) [2] are empty" in predict(lstm_run / "checkpoints" / "last.ckpt", "fine", " ",
                                                         check=False).stderr
     empty = tmp_path / "empty.txt"

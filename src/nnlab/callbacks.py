@@ -1,6 +1,5 @@
 """Lightning callbacks and plugins the configs refer to."""
 
-import math
 import time
 from pathlib import Path
 
@@ -52,9 +51,9 @@ class Throughput(L.Callback):
         self.on_train_epoch_start(trainer, pl_module)  # a run resumed mid-epoch starts measuring here
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.samples += len(batch[1])
-        if isinstance(batch[0], (tuple, list)):  # (tokens, lengths); the lengths stay on the CPU
-            self.tokens += int(batch[0][1].sum())
+        samples, tokens = pl_module.reads.count(batch[0])  # the kind of data counts its batch
+        self.samples += samples
+        self.tokens += tokens
 
     # Validation runs inside the training epoch (before on_train_epoch_end): take its time out.
     def on_validation_start(self, trainer, pl_module):
@@ -76,13 +75,13 @@ class Throughput(L.Callback):
 
 
 class TestReport(L.Callback):
-    """After testing: the confusion matrix, misclassified images as a grid, test texts as a table,
-    test clips as audio.
+    """After testing: the confusion matrix, and the test samples shown as their kind shows them
+    (nnlab.kinds: misclassified images as a grid, texts as a table, clips as playable audio).
 
-    Written to `out_dir` (confusion_matrix.png; misclassified.png for images; test_samples.csv for
-    text, misclassified first, most confident first; test_clips/*.wav for audio, misclassified and
-    correct) and logged as W&B media and W&B tables.
-    class_names: null takes the datamodule's `class_names`, else the class indices.
+    Written to `out_dir` (confusion_matrix.png; misclassified.png for images; test_samples.csv for text,
+    misclassified first, most confident first; test_clips/*.wav for audio, misclassified and correct) and
+    logged as W&B media and W&B tables. class_names: null takes the datamodule's `class_names`, else the
+    class indices.
     """
 
     def __init__(self, out_dir: str, class_names: list | None):
@@ -111,24 +110,8 @@ class TestReport(L.Callback):
         # Misclassified first, then correct; each most confident first.
         samples = [(x, label, probs, wrong) for wrong in (True, False)
                    for x, label, probs in sorted(pl_module.test_samples[wrong], key=lambda s: -float(s[2].max()))]
-        mistakes = [s for s in samples if s[3]]
-        grid = mistakes and isinstance(mistakes[0][0], torch.Tensor) and mistakes[0][0].ndim == 3
-        if grid:
-            self._image_grid(plt, mistakes[:64], names)
-        rows = []
-        if hasattr(datamodule, "decode") and samples:
-            rows = [[datamodule.decode(x), names[label], names[int(p.argmax())], round(float(p.max()), 4), not wrong]
-                    for x, label, p, wrong in samples]
-            import csv
-            import io
-
-            table = io.StringIO()
-            csv.writer(table).writerows([TEXT_COLUMNS] + rows)
-            with atomic_open(self.out_dir / "test_samples.csv") as f:
-                f.write(table.getvalue().encode())
-
-        rate = datamodule.preprocessing().get("sample_rate") if hasattr(datamodule, "preprocessing") else None
-        clips = self._audio_clips(samples, names, rate) if rate and samples and samples[0][0].ndim == 1 else []
+        preprocessing = datamodule.preprocessing() if hasattr(datamodule, "preprocessing") else {}
+        shown = pl_module.reads.show(samples, names, preprocessing, self.out_dir) if preprocessing else {}
 
         for logger in trainer.loggers:
             if isinstance(logger, lightning.pytorch.loggers.WandbLogger):
@@ -142,51 +125,9 @@ class TestReport(L.Callback):
                         y_true=pairs[:, 0].tolist(), preds=pairs[:, 1].tolist(), class_names=names
                     ),
                     "test/confusion_matrix_png": wandb.Image(str(self.out_dir / "confusion_matrix.png")),
+                    **{key: make(wandb) for key, make in shown.items()},
                 }
-                if grid:
-                    media["test/misclassified"] = wandb.Image(str(self.out_dir / "misclassified.png"))
-                if rows:
-                    media["test/samples"] = wandb.Table(columns=TEXT_COLUMNS, data=rows)
-                if clips:
-                    media["test/clips"] = wandb.Table(
-                        columns=["audio", "label", "prediction", "confidence", "correct"],
-                        data=[[wandb.Audio(wave.numpy(), sample_rate=rate, caption=caption), *row]
-                              for wave, caption, row in clips],
-                    )
                 logger.experiment.log(media)
-
-    def _audio_clips(self, samples, names, rate):
-        """Up to AUDIO_CLIPS misclassified and as many correct test clips, written to test_clips/*.wav
-        (true and predicted word in the name) and returned for the W&B table."""
-        import soundfile as sf
-
-        chosen = [s for s in samples if s[3]][:AUDIO_CLIPS] + [s for s in samples if not s[3]][:AUDIO_CLIPS]
-        folder = self.out_dir / "test_clips"
-        folder.mkdir(exist_ok=True)
-        for old in folder.glob("*.wav"):  # a rerun's clips replace the last run's
-            old.unlink()
-        clips = []
-        for i, (wave, label, p, wrong) in enumerate(chosen):
-            true, predicted, confidence = names[label], names[int(p.argmax())], round(float(p.max()), 4)
-            with atomic_open(folder / f"{i:02d}_{'wrong' if wrong else 'right'}_{true}_as_{predicted}.wav") as f:
-                sf.write(f, wave.float().clamp(-1, 1).numpy(), rate, format="WAV", subtype="PCM_16")
-            clips.append((wave.float(), f"true {true}, predicted {predicted} ({confidence})",
-                          [true, predicted, confidence, not wrong]))
-        return clips
-
-    def _image_grid(self, plt, mistakes, names):
-        cols = 8
-        rows = math.ceil(len(mistakes) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.4), squeeze=False)
-        for ax in axes.flat:
-            ax.set_axis_off()
-        for ax, (img, t, p, _) in zip(axes.flat, mistakes):
-            ax.imshow(img.float().permute(1, 2, 0).squeeze(-1), cmap="gray")
-            ax.set_title(f"{names[t]}→{names[p.argmax()]} {p.max():.2f}", fontsize=7)
-        fig.suptitle("misclassified test images: true→predicted, confidence", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(self.out_dir / "misclassified.png", dpi=120)
-        plt.close(fig)
 
 
 def confusion_figure(plt, confusion: torch.Tensor, names: list[str]):
@@ -208,10 +149,6 @@ def confusion_figure(plt, confusion: torch.Tensor, names: list[str]):
     ax.set_xticklabels(names, rotation=90 if n > 12 else 0, fontsize=max(6.0, min(11.0, 80 / n)))
     ax.set_yticklabels(names, fontsize=max(6.0, min(11.0, 80 / n)))
     return fig
-
-
-TEXT_COLUMNS = ["text", "label", "prediction", "confidence", "correct"]
-AUDIO_CLIPS = 8  # misclassified and as many correct test clips kept as WAV files and in the W&B table
 
 
 class WandbLogger(lightning.pytorch.loggers.WandbLogger):

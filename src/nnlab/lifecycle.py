@@ -44,6 +44,7 @@ from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
 from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 
 from nnlab.atomic import atomic_open  # noqa: E402
 from nnlab.checkpoint import RESUME_KEYS, read_checkpoint  # noqa: E402
@@ -362,12 +363,18 @@ def check_slurm(cfg: DictConfig):
                           f"trainer.devices={ntasks // nodes}.")
 
 
-def check_pairing(cfg: DictConfig, model_input: str):
-    if model_input != cfg.data.kind:
+def check_pairing(cfg: DictConfig, net: str):
+    """The network reads the kind of data the data module provides (both declare it: nnlab.kinds)."""
+    from hydra.utils import get_class
+
+    from nnlab.nets import network
+
+    reads, provides = network(net).reads, getattr(get_class(cfg.data._target_), "kind", None)
+    if reads != provides:
         choices = HydraConfig.get().runtime.choices
         raise ConfigError(
-            f"model={choices.get('model')} reads {model_input!r} data but data={choices.get('data')} provides "
-            f"{cfg.data.kind!r} data. Drop the data=... override (each model picks its own dataset) or pick a "
+            f"model={choices.get('model')} reads {reads!r} data but data={choices.get('data')} provides "
+            f"{provides!r} data. Drop the data=... override (each model picks its own dataset) or pick a "
             "dataset of the kind the model reads."
         )
 
@@ -472,6 +479,10 @@ class Run:
             raise
         except UserError as e:
             self.fail(e, one_line=not os.environ.get("HYDRA_FULL_ERROR"))
+        except MissingMandatoryValue as e:  # a `???` in the config (data.path of your own data) left unset
+            key = e.full_key or "a key"
+            self.fail(ConfigError(f"{key} has no value: give it on the command line ({key}=...)"),
+                      one_line=not os.environ.get("HYDRA_FULL_ERROR"))
         except BaseException as e:
             self.fail(e, one_line=False)
         finally:

@@ -9,8 +9,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from nnlab.errors import ConfigError, UserError
-from nnlab.nets import NETS
-
+from nnlab.kinds import kind
+from nnlab.nets import network
 
 # Steps between checks for a non-finite loss: each check waits for the device once.
 NONFINITE_CHECK_EVERY = 50
@@ -48,18 +48,18 @@ KEEP_TEST_SAMPLES = 500
 class Classifier(L.LightningModule):
     """Classification; every argument is a primitive, so checkpoints load anywhere.
 
-    input: the kind of data the network reads (checked against data.kind)
-    net, arch: a name in nnlab.nets.NETS and its constructor arguments. arch.num_classes=1 makes a
-        binary classifier with one sigmoid output and binary cross-entropy; otherwise softmax and
-        cross-entropy over num_classes outputs.
+    net, arch: a name in nnlab.nets.NETS (or the import path of a network of your own) and its constructor
+        arguments; the network says the kind of data it reads (its `reads`), which says how a batch is fed to it
+        (nnlab.kinds). arch.num_classes=1 makes a binary classifier with one sigmoid output and binary
+        cross-entropy; otherwise softmax and cross-entropy over num_classes outputs.
     optimizer: sgd (with momentum) | adam | adamw;  scheduler: none | cosine | onecycle (warmup_pct)
     adversarial: > 0 adds adversarial training on the word embeddings, this the perturbation's norm
         (text networks only; each step costs about twice as much)
+    input: ignored; checkpoints written before networks declared what they read recorded it here
     """
 
     def __init__(
         self,
-        input: str,
         net: str,
         arch: dict,
         optimizer: str,
@@ -69,13 +69,14 @@ class Classifier(L.LightningModule):
         scheduler: str,
         warmup_pct: float,
         adversarial: float = 0.0,
+        input: str | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(logger=False)
-        if net not in NETS:
-            raise ConfigError(f"model.net={net!r} is not a network; choose one of {sorted(NETS)}")
+        self.save_hyperparameters(logger=False, ignore=["input"])
+        net_class = network(net)
+        self.reads = kind(net_class.reads)
         check_model_settings(optimizer, lr, weight_decay, scheduler, warmup_pct, arch)
-        self.net = NETS[net](**arch)
+        self.net = net_class(**arch)
         if adversarial and "return_embedding" not in inspect.signature(self.net.forward).parameters:
             raise ConfigError(f"model.adversarial={adversarial} perturbs word embeddings, which model.net={net!r} "
                              "has none of; set model.adversarial=0 (it works with lstm)")
@@ -96,8 +97,7 @@ class Classifier(L.LightningModule):
         self.test_samples: dict[bool, list] = {True: [], False: []}
 
     def forward(self, x):
-        # Images come as one tensor; token sequences as (tokens, lengths).
-        return self.net(*x) if isinstance(x, (tuple, list)) else self.net(x)
+        return self.reads.feed(self.net, x)  # the kind knows its batch: a tensor, or (tokens, lengths)
 
     def loss(self, logits, y):
         if self.binary:
@@ -191,20 +191,15 @@ class Classifier(L.LightningModule):
 
     def _keep_test_samples(self, x, y, probs):
         """Keep up to KEEP_TEST_SAMPLES misclassified and as many correct samples (inputs, label,
-        probabilities) for the test report; token sequences are kept without their padding."""
+        probabilities) for the test report, each input as its kind keeps it (a text without its padding)."""
         wrong = probs.argmax(-1) != y
-        for kind, mask in ((True, wrong), (False, ~wrong)):
-            kept = self.test_samples[kind]
+        for is_wrong, mask in ((True, wrong), (False, ~wrong)):
+            kept = self.test_samples[is_wrong]
             room = KEEP_TEST_SAMPLES - len(kept)
             if room <= 0:
                 continue
-            rows = mask.nonzero().squeeze(-1)[:room].cpu()
-            if isinstance(x, (tuple, list)):
-                tokens, lengths = x
-                inputs = [tokens[i, : lengths[i]].cpu() for i in rows.tolist()]
-            else:
-                inputs = list(x[rows.to(x.device)].cpu())
-            kept += zip(inputs, y[rows.to(y.device)].tolist(), probs[rows.to(probs.device)].cpu())
+            rows = mask.nonzero().squeeze(-1)[:room].tolist()
+            kept += zip(self.reads.keep(x, rows), y[rows].tolist(), probs[rows].cpu())
 
     def on_test_epoch_start(self):
         self.test_samples = {True: [], False: []}

@@ -10,6 +10,8 @@ from nnlab.errors import ConfigError
 class MLP(nn.Module):
     """Fully connected classifier over flattened images."""
 
+    reads = "image"  # the kind of data (nnlab.kinds)
+
     def __init__(
         self,
         in_channels: int,
@@ -43,6 +45,8 @@ class CNN(nn.Module):
     `conv` lists the convolution widths in order, with "M" for a 2x2 max-pool, so the
     Keras tutorial network is `conv=[32, M, 64, M, 64]` with `padding=0`, `hidden=[64]`.
     """
+
+    reads = "image"  # the kind of data (nnlab.kinds)
 
     def __init__(
         self,
@@ -102,6 +106,8 @@ class LSTM(nn.Module):
     mean over the valid steps, concatenated). word_dropout: in training, the share of tokens whose
     whole embedding is zeroed (the rest scaled up), on top of `dropout` on single features.
     """
+
+    reads = "text"  # the kind of data (nnlab.kinds)
 
     def __init__(
         self,
@@ -189,6 +195,8 @@ class SpeechRNN(nn.Module):
     (the last frame's output; for two directions, the forward direction's last and the backward's first).
     """
 
+    reads = "audio"  # the kind of data (nnlab.kinds)
+
     def __init__(
         self,
         num_classes: int,
@@ -259,3 +267,26 @@ class SpeechRNN(nn.Module):
 
 
 NETS = {"mlp": MLP, "cnn": CNN, "lstm": LSTM, "speech_rnn": SpeechRNN}
+
+
+def network(name: str) -> type[nn.Module]:
+    """The network class a config names: one of NETS, or a class of your own by its import path
+    (`model.net=mypackage.nets.MyNet`), which says what it reads (`reads = "image"`)."""
+    if name in NETS:
+        return NETS[name]
+    module, _, attribute = name.rpartition(".")
+    found = None
+    if module:
+        import importlib
+
+        try:
+            found = getattr(importlib.import_module(module), attribute, None)
+        except ImportError:
+            found = None
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise ConfigError(f"model.net={name!r} is not a network; choose one of {sorted(NETS)}, or give the import "
+                          "path of an nn.Module of your own (mypackage.nets.MyNet)")
+    if not isinstance(getattr(found, "reads", None), str):
+        raise ConfigError(f"model.net={name!r} does not say what it reads: give the class a `reads` attribute, the "
+                          "kind of data it takes (image, text, audio)")
+    return found

@@ -48,3 +48,38 @@ def writable_cache_dir(wanted: Path) -> Path:
         log.warning(f"cache folder {wanted} is not writable ({e.strerror}): keeping the cache in {fallback} instead "
                     "(set paths.cache_dir to choose)")
         return fallback
+
+
+def seeded_split(labels, shares: dict[str, float], seed: int) -> dict[str, list[int]]:
+    """Indices of `labels` for "train" and each split in `shares` ({"val": 0.1, "test": 0.1}, say), drawn per class
+    with a generator seeded by `seed`: every split holds each class in proportion, and each class keeps at least one
+    example in training (a class of one is trained on, never evaluated)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(i)
+    out = {"train": [], **{name: [] for name in shares}}
+    for label in sorted(by_class):
+        members = by_class[label]
+        order = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+        start = 0
+        for name, share in shares.items():
+            take = min(round(share * len(order)), len(order) - start - 1)
+            out[name] += order[start : start + max(take, 0)]
+            start += max(take, 0)
+        out["train"] += order[start:]
+    return {name: sorted(index) for name, index in out.items()}
+
+
+def files_fingerprint(paths, root) -> str:
+    """A digest of the files' names (relative to `root`), sizes and modification times: a changed, added or removed
+    file changes a cache's key."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for path in sorted(paths):
+        st = Path(path).stat()
+        digest.update(f"{Path(path).relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

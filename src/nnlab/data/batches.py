@@ -131,3 +131,17 @@ class BucketBatches(Resumable):
             tokens = self.ids[flat].long()
             tokens[positions >= lengths[:, None]] = self.pad
             yield (tokens.to(device), lengths), self.labels[b].to(device)
+
+
+class SplitLoaders:
+    """The three loaders of a data module whose `_batches(split, batch_size, shuffle)` makes a split's iterator:
+    training shuffled with data.batch_size, validation and test in order with data.eval_batch_size."""
+
+    def train_dataloader(self):
+        return self._batches("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._batches("val", self.hparams.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return self._batches("test", self.hparams.eval_batch_size, shuffle=False)

@@ -6,7 +6,6 @@ Layout after extraction: <data_dir>/aclImdb/{train,test}/{pos,neg}/<id>_<rating>
 import hashlib
 import logging
 import os
-import re
 import shutil
 import tarfile
 import urllib.request
@@ -16,16 +15,16 @@ import lightning as L
 import torch
 
 from nnlab.atomic import atomic_open
-from nnlab.errors import ConfigError, DatasetError
 from nnlab.data import read_cache, writable_cache_dir
 from nnlab.data.batches import BucketBatches, placement
+from nnlab.data.text import PAD, clean, encode, train_tokenizer, truncate_flat
+from nnlab.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
 URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 MD5 = "7c2ac02c03563afcf9b574c7e56c153a"  # of the official archive
 LABELS = ("neg", "pos")  # class 0, class 1
-BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
 def md5sum(path: Path) -> str:
@@ -89,11 +88,6 @@ def prepare_aclimdb(data_dir: Path, download: bool, url: str = URL, md5: str = M
     return root
 
 
-def clean(text: str) -> str:
-    """`<br />` line breaks and runs of white space become single spaces."""
-    return " ".join(BREAK.sub(" ", text).split())
-
-
 def read_split(root: Path, split: str) -> tuple[list[str], list[int]]:
     """Reviews and labels (0 neg, 1 pos) of one split, `<br />` turned into spaces.
 
@@ -123,49 +117,6 @@ def read_split(root: Path, split: str) -> tuple[list[str], list[int]]:
     if not texts:
         raise DatasetError(f"{root / split} holds no reviews (*.txt files under pos/ and neg/)")
     return texts, labels
-
-
-PAD, UNK = 0, 1  # token ids reserved by the tokenizer
-
-
-def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int):
-    """A word-level tokenizer (Hugging Face `tokenizers`): NFKC, lower case, words and punctuation split,
-    the `vocab_size` most frequent tokens seen at least `min_frequency` times; id 0 pads, id 1 is unknown."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=["[PAD]", "[UNK]"], show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer)
-    return tokenizer
-
-
-def truncate_flat(ids, offsets, max_length: int) -> tuple:
-    """Every review of a flat split (review i is ids[offsets[i]:offsets[i+1]]) cut to `max_length` tokens:
-    a longer review keeps its first `max_length // 2` and last `max_length - max_length // 2` tokens.
-
-    The opening and the verdict at the end carry most of a review's sentiment (head+tail truncation
-    scored best on IMDB in Sun et al., 2019, "How to Fine-Tune BERT for Text Classification")."""
-    lengths = offsets[1:] - offsets[:-1]
-    kept = lengths.clamp_max(max_length)
-    new_offsets = torch.cat([offsets.new_zeros(1), kept.cumsum(0)])
-    review = torch.repeat_interleave(torch.arange(len(kept)), kept)  # the review of each kept token
-    position = torch.arange(int(new_offsets[-1])) - new_offsets[:-1][review]  # its place in the kept review
-    # Tokens past the head come from the tail: skip the middle that was cut out.
-    skipped = torch.where(position >= max_length // 2, (lengths - kept)[review], 0)
-    return ids[offsets[:-1][review] + position + skipped], new_offsets
-
-
-def encode(tokenizer, texts: list[str], max_length: int | None) -> tuple:
-    """Token ids of all texts as one flat int32 tensor plus offsets: review i is ids[offsets[i]:offsets[i+1]].
-    Each text is cut to `max_length` tokens (`truncate_flat`); None keeps every token."""
-    encoded = [e.ids or [UNK] for e in tokenizer.encode_batch(texts)]
-    lengths = torch.tensor([len(ids) for ids in encoded])
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    ids = torch.tensor([i for ids in encoded for i in ids], dtype=torch.int32)
-    return truncate_flat(ids, offsets, max_length) if max_length else (ids, offsets)
 
 
 def fingerprint(root: Path) -> str:
@@ -208,11 +159,11 @@ def load_or_build_cache(root: Path, cache_dir: Path, vocab_size: int, min_freque
 class IMDBDataModule(L.LightningDataModule):
     """aclImdb reviews, tokenised once and cached; length-bucketed batches of token ids."""
 
+    kind = "text"
     class_names = ("negative", "positive")
 
     def __init__(
         self,
-        kind: str,
         num_classes: int,
         data_dir: str,
         cache_dir: str,
@@ -270,14 +221,6 @@ class IMDBDataModule(L.LightningDataModule):
         and reads texts as the test did (eval_max_length)."""
         return {"kind": "text", "tokenizer": self.cache["tokenizer"], "max_length": self.eval_max_length,
                 "class_names": list(self.class_names)}
-
-    def decode(self, ids) -> str:
-        """Token ids back to text, as the model read it (lower case, words and punctuation spaced)."""
-        if not hasattr(self, "tokenizer"):
-            from tokenizers import Tokenizer
-
-            self.tokenizer = Tokenizer.from_str(self.cache["tokenizer"])
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def _batches(self, split, index, batch_size, shuffle):
         ids, offsets = self.tokens[split]

@@ -1,16 +1,14 @@
 """MNIST as two in-memory tensors, batched by slicing and augmented on whole batches on the device."""
 
-import math
-import os
 from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchvision.datasets import MNIST
 
-from nnlab.errors import ConfigError, DatasetError
 from nnlab.data.batches import TensorBatches, placement
+from nnlab.data.images import random_affine
+from nnlab.errors import ConfigError, DatasetError
 
 MEAN, STD = 0.1307, 0.3081
 # (file, IDX magic number, bytes per item after the header, header bytes)
@@ -42,26 +40,15 @@ def check_idx(path: Path, magic: int, item_bytes: int, header: int) -> int:
     return count
 
 
-def random_affine(x, rotate: float, scale: float, translate: float, fill: float):
-    """Independent small rotation (degrees), zoom (fraction) and shift (pixels) for every image of a batch."""
-    b, _, h, _ = x.shape
-    u = lambda *s: torch.rand(*s, device=x.device) * 2 - 1  # noqa: E731  uniform in [-1, 1)
-    angle = u(b) * math.radians(rotate)
-    zoom = 1 + u(b) * scale
-    shift = u(b, 2) * translate * 2 / h  # pixels -> affine_grid's [-1, 1] coordinates
-    cos, sin = angle.cos() / zoom, angle.sin() / zoom
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
-    # grid_sample pads with zeros; shift so the padding is the background value instead.
-    return F.grid_sample(x - fill, grid, align_corners=False) + fill
-
-
 class MNISTDataModule(L.LightningDataModule):
     """torchvision's MNIST: 60,000 training images split into train/val with a fixed seed, 10,000 test."""
 
+    kind = "image"
+    class_names = tuple(str(d) for d in range(10))
+    augmentation_off = ("augment.rotate=0", "augment.scale=0", "augment.translate=0")  # scripts/benchmark.py
+
     def __init__(
         self,
-        kind: str,
         channels: int,
         image_size: int,
         num_classes: int,
@@ -118,6 +105,11 @@ class MNISTDataModule(L.LightningDataModule):
         self.x_train, self.y_train = as_input(train.data[train_idx]), train.targets[train_idx].to(device)
         self.x_val, self.y_val = as_input(train.data[val_idx]), train.targets[val_idx].to(device)
         self.x_test, self.y_test = as_input(test.data), test.targets.to(device)
+
+    def preprocessing(self) -> dict:
+        """What turns an image file into the model's input, stored in every checkpoint (nnlab.predict reads it)."""
+        return {"kind": "image", "channels": 1, "image_size": 28, "fit": "stretch", "mean": [MEAN], "std": [STD],
+                "class_names": list(self.class_names)}
 
     def train_dataloader(self):
         # The order follows the run's seed (seed_everything) and the epoch, so a resumed run repeats it.

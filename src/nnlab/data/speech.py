@@ -20,9 +20,9 @@ import lightning as L
 import torch
 
 from nnlab.atomic import atomic_open
+from nnlab.data import read_cache, seeded_split, writable_cache_dir
+from nnlab.data.batches import SplitLoaders, TensorBatches, placement
 from nnlab.errors import ConfigError, DatasetError
-from nnlab.data import read_cache, writable_cache_dir
-from nnlab.data.batches import TensorBatches, placement
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,7 @@ def prepare_speech_commands(data_dir: Path, download: bool) -> Path:
     """
     data_dir = Path(data_dir)
     root = data_dir / FOLDER
-    if root.is_dir():
-        for name in ("validation_list.txt", "testing_list.txt"):
-            if not (root / name).is_file():
-                raise DatasetError(
-                    f"{root / name} is missing: the Speech Commands layout lists the validation and test clips "
-                    "in validation_list.txt and testing_list.txt (one <word>/<file>.wav per line; either may be empty)."
-                )
+    if root.is_dir():  # validation_list.txt and testing_list.txt are optional: list_splits carves what is missing
         return root
     if not download:
         raise DatasetError(
@@ -192,17 +186,64 @@ def list_split(data_dir: Path, subset: str) -> tuple[list[tuple[str, str]], list
     return clips, odd
 
 
+LISTS = {"val": "validation_list.txt", "test": "testing_list.txt"}
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # what libsndfile reads
+
+
+def list_splits(data_dir: Path, root: Path, shares: dict[str, float], seed: int) -> dict:
+    """{split: (clips [(path, word)], names it cannot parse)}. With both lists: torchaudio's SPEECHCOMMANDS reads
+    them. Without one or both: the clips the lists name keep their split, and each missing split is carved from the
+    rest with `seed`, by speaker when every file is named <speaker>_nohash_<n> and there are 3 speakers or more (a
+    speaker's clips all in one split, as in Speech Commands), otherwise by file, per word."""
+    if all((root / name).is_file() for name in LISTS.values()):
+        return {split: list_split(data_dir, subset) for split, subset in SUBSETS.items()}
+    clips = sorted((str(p), p.parent.name) for p in root.glob("*/*") if p.suffix.lower() in AUDIO_SUFFIXES
+                   and not p.parent.name.startswith(("_", ".")) and not p.name.startswith("."))
+    fixed = {}
+    for split, name in LISTS.items():
+        if (root / name).is_file():
+            for line in (root / name).read_text().splitlines():
+                if line.strip():
+                    fixed[os.path.normpath(root / line.strip())] = split
+    out = {split: [c for c in clips if fixed.get(os.path.normpath(c[0])) == split] for split in ("val", "test")}
+    rest = [c for c in clips if os.path.normpath(c[0]) not in fixed]
+    missing = {split: shares[split] for split, name in LISTS.items() if not (root / name).is_file()}
+    speakers = sorted({Path(p).name.split("_nohash_")[0] for p, _ in rest})
+    if all("_nohash_" in Path(p).name for p, _ in rest) and len(speakers) >= 3:
+        order = [speakers[i] for i in torch.randperm(len(speakers), generator=torch.Generator().manual_seed(seed))]
+        held, start = {}, 0
+        for split, share in missing.items():
+            take = max(1, round(share * len(order))) if share > 0 else 0
+            held.update({s: split for s in order[start : start + take]})
+            start += take
+        for split in missing:
+            out[split] = [c for c in rest if held.get(Path(c[0]).name.split("_nohash_")[0]) == split]
+        out["train"] = [c for c in rest if Path(c[0]).name.split("_nohash_")[0] not in held]
+        how = f"by speaker ({len(speakers)} speakers)"
+    else:
+        words = sorted({w for _, w in rest})
+        index = seeded_split([words.index(w) for _, w in rest], missing, seed)
+        out.update({split: [rest[i] for i in rows] for split, rows in index.items()})
+        how = "by file (the names carry no <speaker>_nohash_, or fewer than 3 speakers)"
+    log.info(f"{root}: no {' or '.join(LISTS[s] for s in missing)}: "
+             f"{' and '.join(f'{s} ({share:.0%})' for s, share in missing.items())} carved from the clips {how}, "
+             f"seed {seed}")
+    return {split: (out[split], []) for split in SUBSETS}
+
+
 def fingerprint(root: Path) -> str:
     """Names, sizes and modification times of the clips and lists: a changed file changes the cache key."""
     digest = hashlib.sha1()
-    for path in sorted([*root.glob("*/*.wav"), *root.glob("*_list.txt")]):
+    clips = [p for p in root.glob("*/*") if p.suffix.lower() in AUDIO_SUFFIXES]
+    for path in sorted([*clips, *root.glob("*_list.txt")]):
         st = path.stat()
         digest.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
 def build_splits(data_dir: Path, root: Path, labels: str, sample_rate: int, samples: int, unknown_share: float,
-                 silence_share: float, seed: int, max_bad_share: float, workers: int) -> dict:
+                 silence_share: float, seed: int, max_bad_share: float, workers: int, val_share: float = 0.1,
+                 test_share: float = 0.1) -> dict:
     """Decode every split: {"train"|"val"|"test": {"audio": (N, samples) int16, "labels": (N,), "paths"},
     "noise": (n,) int16, "classes": [...]}. Bad files are skipped and reported; too many stop the run."""
     classes = classes_for(root, labels)
@@ -213,8 +254,9 @@ def build_splits(data_dir: Path, root: Path, labels: str, sample_rate: int, samp
     noise = torch.cat([torch.zeros(0, dtype=torch.int16), *(n for n in noise_clips if n is not None)])
     out = {"classes": classes, "noise": noise}
     bad, total, stereo, resampled, odd_names = [], 0, 0, 0, []
-    for split, subset in SUBSETS.items():
-        clips, odd = list_split(data_dir, subset)
+    listings = list_splits(data_dir, root, {"val": val_share, "test": test_share}, seed)
+    for split in SUBSETS:
+        clips, odd = listings[split]
         odd_names += odd
         if labels == "v12":
             known = [(p, w) for p, w in clips if w in index]
@@ -308,7 +350,7 @@ def load_or_build_cache(data_dir: Path, root: Path, cache_dir: Path, workers: in
     return built
 
 
-class SpeechCommandsDataModule(L.LightningDataModule):
+class SpeechCommandsDataModule(SplitLoaders, L.LightningDataModule):
     """Speech Commands clips as int16 tensors in memory (on the GPU when training there).
 
     labels: folder (the word folders found: a custom keyword set, or all 35 words of the full set) |
@@ -318,9 +360,11 @@ class SpeechCommandsDataModule(L.LightningDataModule):
     background noise at a volume drawn up to `noise_level`. Features are the model's business.
     """
 
+    kind = "audio"
+    augmentation_off = ("time_shift_ms=0", "noise_prob=0")  # scripts/benchmark.py; SpecAugment is the network's
+
     def __init__(
         self,
-        kind: str,
         num_classes: int | None,
         data_dir: str,
         cache_dir: str,
@@ -338,6 +382,8 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         noise_prob: float,
         noise_level: float,
         workers: int | None = None,
+        val_share: float = 0.1,
+        test_share: float = 0.1,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -353,7 +399,7 @@ class SpeechCommandsDataModule(L.LightningDataModule):
         root = prepare_speech_commands(Path(hp.data_dir), hp.download)
         settings = dict(labels=hp.labels, sample_rate=hp.sample_rate, samples=self.samples,
                         unknown_share=hp.unknown_share, silence_share=hp.silence_share, seed=hp.split_seed,
-                        max_bad_share=hp.max_bad_share)
+                        max_bad_share=hp.max_bad_share, val_share=hp.val_share, test_share=hp.test_share)
         return load_or_build_cache(Path(hp.data_dir), root, writable_cache_dir(hp.cache_dir),
                                    workers=hp.workers or os.cpu_count() or 1, **settings)
 
@@ -393,15 +439,6 @@ class SpeechCommandsDataModule(L.LightningDataModule):
     def _batches(self, split, batch_size, shuffle):
         data = self.cache[split]
         return TensorBatches(data["audio"], data["labels"], batch_size, shuffle, **placement(self.trainer))
-
-    def train_dataloader(self):
-        return self._batches("train", self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self):
-        return self._batches("val", self.hparams.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self):
-        return self._batches("test", self.hparams.eval_batch_size, shuffle=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         x, y = batch

@@ -1,0 +1,95 @@
+"""The kinds of data: everything the core does differently for images, texts and audio, one module per kind.
+
+A data module says what it provides (`kind = "image"`), a network what it reads (`reads = "image"`); the
+Classifier, the Throughput and TestReport callbacks, `nnlab.predict` and `scripts/benchmark.py` ask the kind,
+never the tensors' shapes or the model's name. A new kind is a subclass of Kind, registered by being defined:
+
+    class TableKind(Kind):
+        name = "table"
+
+plus a data module with `kind = "table"` and a network with `reads = "table"` (tests/newkind/table.py is one; a
+network of your own is named by its import path, `model.net=mypackage.nets.MyNet`).
+"""
+
+from nnlab.errors import ConfigError, UserError
+
+
+class PredictError(UserError, ValueError):
+    """An input predict cannot classify, or a checkpoint it cannot classify with."""
+
+
+KINDS: dict[str, "Kind"] = {}
+
+
+class Kind:
+    """The defaults suit a batch (x, y) whose x is one tensor with a sample per row; a kind overrides what differs.
+
+    name: what data modules provide and networks read.
+    takes_paths: predict's inputs are file paths (images, audio), not the texts themselves."""
+
+    name: str = ""
+    takes_paths: bool = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            KINDS[cls.name] = cls()
+
+    # --- training and evaluation
+    def feed(self, net, x):
+        """The network's output for a batch's inputs."""
+        return net(x)
+
+    def count(self, x) -> tuple[int, int]:
+        """(samples, tokens) in a batch's inputs; tokens 0 where the kind has none."""
+        return len(x), 0
+
+    def keep(self, x, rows: list[int]) -> list:
+        """The inputs of these rows of a batch, on the CPU, one per sample (kept for the test report)."""
+        return list(x[rows].cpu()) if rows else []
+
+    # --- the test report
+    def show(self, samples: list, names: list[str], preprocessing: dict, out_dir) -> dict:
+        """Write the test samples to `out_dir` in the kind's own form; return {W&B key: function(wandb) -> media}.
+
+        samples: (input, label, probabilities, wrong), misclassified first, each group most confident first."""
+        return {}
+
+    # --- predict
+    def read(self, preprocessing: dict, path: str):
+        """One input file as the model reads it: (x holding one or more windows, each window's (start, end) in
+        seconds or None), prepared as the training data was; a PredictError saying why it cannot be."""
+        raise PredictError(f"predict does not read {self.name!r} inputs")
+
+    def predict(self, model, preprocessing: dict, inputs: list[str], batch_size: int = 256) -> list:
+        """For each input: (probabilities (windows, classes), window spans or None), or the PredictError saying
+        why it cannot be classified; the others are still classified."""
+        import torch
+
+        results = []
+        for path in inputs:
+            try:
+                x, spans = self.read(preprocessing, path)
+            except PredictError as e:
+                results.append(e)
+                continue
+            probs = [model.probabilities(model(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+            results.append((torch.cat(probs), spans))
+        return results
+
+    def shown(self, text: str) -> str:
+        """An input as predict prints it beside its classes (a file's path whole)."""
+        return text
+
+
+def kind(name: str) -> Kind:
+    """The registered kind of this name; a ConfigError naming the known ones otherwise."""
+    if name not in KINDS:
+        raise ConfigError(f"no kind of data is called {name!r}; the kinds are {', '.join(sorted(KINDS))}")
+    return KINDS[name]
+
+
+# Each module registers its kind.
+import nnlab.kinds.audio  # noqa: E402, F401
+import nnlab.kinds.image  # noqa: E402, F401
+import nnlab.kinds.text  # noqa: E402, F401
