@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 import nnlab.config  # noqa: F401  (registers the resolvers conf/ uses)
 
@@ -31,50 +31,31 @@ def main(cfg: DictConfig) -> float | None:
 
 def train(cfg: DictConfig, run) -> float | None:
     import lightning as L
+    import torch
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from nnlab.callbacks import Throughput, steady_rate
-    from nnlab.checkpoint import RandomState, check_fits, model_from_checkpoint, read_checkpoint
-    from nnlab.lifecycle import EpochLog, RunRecord, WeightsDigest, check_pairing, leave_process_group, write_atomic
+    from nnlab.checkpoint import RandomState, check_fits
+    from nnlab.lifecycle import EpochLog, RunRecord, WeightsDigest, leave_process_group, write_atomic
     from nnlab.memory import keep_freed_memory
 
     keep_freed_memory()  # before the first training step: see nnlab/memory.py
+    cfg, evaluated = run.settled(cfg)  # what is computed once: run id, classes, W&B tags, the evaluated model
     ckpt_path, start = run.resume_from() if cfg.train else (None, None)
     L.seed_everything(cfg.seed, workers=True)
-    if cfg.train:
-        check_pairing(cfg, cfg.model.net)
-        if cfg.data.get("num_classes", 0) is None:
-            # A data set that finds its classes (Speech Commands' word folders) says how many before the model is built.
-            with open_dict(cfg):
-                cfg.data.num_classes = len(instantiate(cfg.data, _convert_="all").class_names_found())
-        model = instantiate(cfg.model, _convert_="all")
-        if start is not None:
-            check_fits(model, start, ckpt_path)
-            del start  # fit reads the file again itself
-    else:  # evaluate what the checkpoint holds; the config records it
-        checkpoint = read_checkpoint(cfg.ckpt_path)
-        model = model_from_checkpoint(checkpoint, cfg.ckpt_path)
-        with open_dict(cfg):
-            cfg.model = {"_target_": "nnlab.module.Classifier", **checkpoint["hyper_parameters"]}
-            given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
-            recorded = checkpoint.get("nnlab", {}).get("data") or {}
-            if "data" not in given:  # the data settings it was trained with (a tokenizer's vocabulary, say)
-                for key, value in recorded.items():
-                    if key in cfg.data and key not in WHERE_DATA_IS and f"data.{key}" not in given:
-                        cfg.data[key] = value
-        check_pairing(cfg, model.hparams.net)
-    import torch
-
+    model = instantiate(cfg.model, _convert_="all") if cfg.train else evaluated
+    if start is not None:
+        check_fits(model, start, ckpt_path)
+        del start  # fit reads the file again itself
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     datamodule = instantiate(cfg.data, _convert_="all")
 
     pruning = sweep_trial(cfg) if cfg.train else None
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     run.loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-    record = RunRecord(dict(HydraConfig.get().runtime.choices), resolved)
+    record = RunRecord(dict(HydraConfig.get().runtime.choices), OmegaConf.to_container(cfg, resolve=True))
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] + ([pruning] if pruning else []) + [
         RandomState(), record, EpochLog(), WeightsDigest(), run.stop]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=run.loggers or False, callbacks=callbacks,
@@ -82,39 +63,30 @@ def train(cfg: DictConfig, run) -> float | None:
     run.describe(cfg, ckpt_path if run.resuming else None)
     run.join_restarted_group(trainer)
 
-    try:
-        metrics = {}
+    with run.stopping(trainer):  # a signal's stop: its checkpoint written, W&B closed as preempted, the exit code
+        test_ckpt = None
         if cfg.train:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-            metrics.update({k: v.item() for k, v in trainer.callback_metrics.items()})
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            test_ckpt = best or None
-        else:
-            test_ckpt = None
+            fitted = {k: v.item() for k, v in trainer.callback_metrics.items()}
+            test_ckpt = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") or None
         pruned = pruning is not None and pruning.pruned_at is not None
         test = [{}] if pruned else trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
         if pruned:
             end_pruned_trial(pruning, run.loggers)
-    except BaseException as e:
-        if run.stopped(e):
-            run.end_stopped(trainer)
-        raise
     run.finish_wandb(0)
 
-    metrics.update(test[0])
-    if pruning is not None:
-        metrics["trial_state"] = "pruned" if pruned else "complete"
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
-    metrics.update(
-        {
-            "epochs": trainer.current_epoch if cfg.train else None,
-            "train/samples_per_s": steady_rate(throughput.samples_per_s if throughput else []),
-            "train/tokens_per_s": steady_rate(throughput.tokens_per_s if throughput else []),
-            "wall_time_s": run.elapsed(),
-            "checkpoint": test_ckpt or cfg.ckpt_path,
-            "resumed_from": ckpt_path if run.resuming else None,
-        }
-    )
+    metrics = {
+        **(fitted if cfg.train else {}),
+        **test[0],
+        **({"trial_state": "pruned" if pruned else "complete"} if pruning is not None else {}),
+        "epochs": trainer.current_epoch if cfg.train else None,
+        "train/samples_per_s": steady_rate(throughput.samples_per_s if throughput else []),
+        "train/tokens_per_s": steady_rate(throughput.tokens_per_s if throughput else []),
+        "wall_time_s": run.elapsed(),
+        "checkpoint": test_ckpt or cfg.ckpt_path,
+        "resumed_from": ckpt_path if run.resuming else None,
+    }
     leave_process_group()
     if trainer.is_global_zero:
         write_atomic(run.out / "metrics.json", json.dumps(metrics, indent=2))
@@ -123,22 +95,12 @@ def train(cfg: DictConfig, run) -> float | None:
     return None if pruned else metrics.get(cfg.optimized_metric)
 
 
-# Data settings that say where the data is on this machine, not what it is: never taken from a checkpoint.
-WHERE_DATA_IS = ("data_dir", "cache_dir", "download", "workers")
-
-
 def sweep_trial(cfg: DictConfig):
-    """In a sweep's trial: the pruning callback, and the trial's overrides as W&B tags. None in a single run."""
+    """In a sweep's trial, the pruning callback; None in a single run."""
     if cfg.get("sweep") is None or cfg.sweep.trial is None:
         return None
-    from hydra.core.hydra_config import HydraConfig
-
     from nnlab.pruning import PruneTrial
 
-    if "wandb" in cfg.get("logger", {}):
-        skip = ("sweep.", "hydra.", "run_id=", "run_name=", "resume=", "paths.")
-        tags = [o.lstrip("+~")[:64] for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(skip)]
-        cfg.logger.wandb.tags = [*cfg.logger.wandb.tags, *tags]
     return PruneTrial(cfg.sweep.storage, cfg.sweep.name, cfg.sweep.trial)
 
 
@@ -182,6 +144,9 @@ def evaluated_model(argv: list[str]) -> list[str]:
     extra = [f"model={model}"] if model and (conf / "model" / f"{model}.yaml").is_file() else []
     if (experiment := choices.get("experiment")) and (conf / "experiment" / f"{experiment}.yaml").is_file():
         extra.append(f"experiment={experiment}")
+    data = choices.get("data")
+    if data and (conf / "data" / f"{data}.yaml").is_file() and not any(a.startswith("data=") for a in args):
+        extra.append(f"data={data}")  # an image model trained on your folder is tested on it, not on MNIST
     return argv + extra
 
 

@@ -104,3 +104,11 @@ def test_a_bad_requeue_signal_name_fails_before_training(tmp_path):
     proc = train("model=mlp", "slurm.signal=USR9", f"hydra.run.dir={tmp_path}", "logger=csv", check=False)
     assert proc.returncode != 0 and "slurm.signal='USR9' is not a signal name" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_an_explicit_number_of_epochs_turns_the_training_budget_off():
+    def budget(*overrides):
+        out = train(*overrides, "--cfg", "job", "--resolve").stdout
+        return out.split("training_budget:")[1].split("exact: ")[1].split()[0]
+
+    assert budget("model=cnn") == "false" and budget("model=cnn", "trainer.max_epochs=3") == "true"

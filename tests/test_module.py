@@ -56,6 +56,35 @@ def test_adversarial_training_adds_the_loss_under_the_worst_perturbation():
         Classifier(**{**settings, "net": "mlp"}, arch=ARCH, adversarial=1.0)
 
 
+def test_the_adversarial_norm_follows_the_text_length():
+    arch = dict(vocab_size=50, num_classes=2, embed_dim=8, hidden=8, layers=1, bidirectional=True, dropout=0.0,
+                pooling="max_mean")
+    settings = dict(net="lstm", arch=arch, optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0,
+                    scheduler="none", warmup_pct=0.0, adversarial=2.0)
+    grad, lengths = torch.randn(3, 16, 8), torch.tensor([16, 4, 1])
+    per_text = Classifier(**settings).perturbation(grad, lengths).flatten(1).norm(dim=1)
+    assert torch.allclose(per_text, torch.full((3,), 2.0))  # Miyato et al.: one norm whatever the length
+    scaled = Classifier(**settings, adversarial_length=4).perturbation(grad, lengths).flatten(1).norm(dim=1)
+    assert torch.allclose(scaled, torch.tensor([4.0, 2.0, 1.0]))  # 2 * sqrt(L / 4): the same per token
+
+
+def test_training_budget_follows_the_data_and_an_explicit_length_is_exact(mnist_dir, tmp_path):
+    from nnlab.callbacks import TrainingBudget
+
+    def fit(budget, **trainer):
+        t = L.Trainer(**{"max_epochs": 2, **trainer}, callbacks=[budget], logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                      limit_val_batches=1)
+        t.fit(classifier(scheduler="none"), datamodule=datamodule(mnist_dir, val_size=500, batch_size=200))
+        return t
+
+    t = fit(TrainingBudget(min_steps=9))  # 100 training images, one batch an epoch: 9 epochs, not 2
+    assert (t.max_epochs, t.global_step, t.check_val_every_n_epoch) == (9, 9, 4)  # validated about twice
+    assert fit(TrainingBudget(min_steps=9, exact=True)).max_epochs == 2
+    assert fit(TrainingBudget(min_steps=9), limit_train_batches=1).max_epochs == 2
+    assert fit(TrainingBudget(min_steps=0)).max_epochs == 2
+
+
 def test_unknown_network_is_named():
     with pytest.raises(ValueError, match="model.net='rnn' is not a network"):
         Classifier(net="rnn", arch={}, optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0,

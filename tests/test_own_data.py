@@ -224,6 +224,9 @@ def test_models_train_on_an_image_folder_and_predict_from_the_checkpoint_alone(t
     ckpt = run / "checkpoints" / "best.ckpt"
     stored = torch.load(ckpt, weights_only=True)["preprocessing"]
     assert stored["class_names"] == ["class_0", "class_1", "class_2"] and stored["image_size"] == 24
+    evaluation = tmp_path / "eval"  # the checkpoint names its data: the folder and its settings, not MNIST
+    train("train=false", f"ckpt_path={ckpt}", f"hydra.run.dir={evaluation}", "logger=csv")
+    assert json.loads((evaluation / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
     shutil.copy(root / "class_2" / "img2.png", tmp_path / "new.png")
     shutil.rmtree(root)  # the checkpoint alone
     proc = predict(ckpt, tmp_path / "new.png", tmp_path / "missing.jpg", check=False)

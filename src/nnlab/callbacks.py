@@ -1,5 +1,6 @@
 """Lightning callbacks and plugins the configs refer to."""
 
+import math
 import time
 from pathlib import Path
 
@@ -72,6 +73,42 @@ class Throughput(L.Callback):
         if self.tokens:
             self.tokens_per_s.append(self.tokens * trainer.world_size / seconds)
             pl_module.log("train/tokens_per_s", self.tokens_per_s[-1], rank_zero_only=True)
+
+
+class TrainingBudget(L.Callback):
+    """A training length that follows the data: at least `min_steps` optimizer steps, so a small training set trains
+    for more epochs than trainer.max_epochs (a large one for trainer.max_epochs). Decided once the data is set up,
+    before the optimizer and its schedule are built; the same data gives the same length, so a resumed run ends
+    where it would have. Off (trainer.max_epochs exactly) with min_steps 0, with `exact` (trainer.max_epochs given on
+    the command line), and in the runs that choose their own length: fast_dev_run, limit_train_batches, max_steps."""
+
+    def __init__(self, min_steps: int, exact: bool = False):
+        self.min_steps, self.exact = min_steps, exact
+
+    def setup(self, trainer, pl_module, stage):
+        loop, limit = trainer.fit_loop, trainer.limit_train_batches
+        whole_epochs = limit is None or (isinstance(limit, float) and limit == 1.0)  # the int 1 is one batch
+        if stage != "fit" or not self.min_steps or self.exact or trainer.fast_dev_run or loop.max_epochs in (None, -1) \
+                or not whole_epochs or trainer.max_steps not in (None, -1):
+            return
+        # Steps of one process: under DDP each of N processes takes 1/N of the batches, and the budget stays the same
+        # number of samples seen.
+        batches = len(trainer.datamodule.train_dataloader()) * trainer.world_size
+        steps = math.ceil(batches / trainer.accumulate_grad_batches)
+        epochs = math.ceil(self.min_steps / max(steps, 1))
+        if epochs > loop.max_epochs:
+            from lightning.pytorch.utilities import rank_zero_info
+
+            # Validation (and with it the epoch checkpoints) as often as trainer.max_epochs epochs would have it:
+            # a training set of one batch would otherwise validate and write a checkpoint after every step.
+            every = max(trainer.check_val_every_n_epoch, epochs // loop.max_epochs)
+            rank_zero_info(f"training budget: {epochs} epochs of {steps} batches (at least budget.min_steps="
+                           f"{self.min_steps} optimizer steps; trainer.max_epochs={loop.max_epochs} would give "
+                           f"{loop.max_epochs * steps}), validating every {every}; trainer.max_epochs=N on the command "
+                           "line trains N exactly")
+            loop.max_epochs = epochs
+            trainer.check_val_every_n_epoch = every
+        # Under DDP every rank computes the same: the same data, the same world size.
 
 
 class TestReport(L.Callback):

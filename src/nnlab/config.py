@@ -35,7 +35,17 @@ def run_id() -> str:
     return secrets.token_hex(4)
 
 
+def overridden(key: str) -> bool:
+    """Whether the command line sets `key` (trainer.max_epochs=20, say); False outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return any(o.lstrip("+~").split("=", 1)[0] == key for o in HydraConfig.get().overrides.task)
+
+
 # use_cache: one id per config, however often the run directory is resolved.
 OmegaConf.register_new_resolver("nnlab.run_id", run_id, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("nnlab.wandb_offline", wandb_offline, replace=True)
 OmegaConf.register_new_resolver("nnlab.parallel_slots", parallel_slots, replace=True)
+OmegaConf.register_new_resolver("nnlab.overridden", overridden, replace=True)

@@ -13,6 +13,7 @@
 - the end: W&B closed as finished, failed or preempted, the process group destroyed.
 """
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -47,7 +49,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 
 from nnlab.atomic import atomic_open  # noqa: E402
-from nnlab.checkpoint import RESUME_KEYS, read_checkpoint  # noqa: E402
+from nnlab.checkpoint import RESUME_KEYS, model_from_checkpoint, read_checkpoint  # noqa: E402
 from nnlab.errors import CheckpointError, ConfigError, UserError  # noqa: E402
 from nnlab.module import check_model_settings  # noqa: E402
 from nnlab.preemption import SignalStop, Stopped, in_slurm_batch_job, job_id, requeue_job, requeue_signal  # noqa: E402
@@ -248,6 +250,7 @@ def check_same_run(out: Path, cfg: DictConfig):
     if now["model"].get("scheduler", "none") != "none":  # the schedule spans the steps the run was started with
         trainer = {k: recorded.get("trainer", {}).get(k) for k in SCHEDULE_LENGTH}
         diff += differences({"trainer": trainer}, {"trainer": {k: now["trainer"].get(k) for k in SCHEDULE_LENGTH}})
+        diff += differences({"budget": recorded.get("budget")}, {"budget": now.get("budget")})
     diff.sort(key=lambda d: d.split(":")[0].count("."))  # model.net before model.arch.conv
     if diff:
         original = out / ".hydra" / "overrides.yaml"
@@ -296,8 +299,8 @@ def positive_int(value) -> bool:
 
 def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
     """Settings that would fail deep inside torch or Lightning, or silently do nothing, refused with the key."""
-    for key, value in cfg.data.items():
-        if str(key).endswith("batch_size") and not positive_int(value):
+    for key in cfg.data.keys():  # not items(): a ??? left unset (data.path) may be filled from a checkpoint
+        if str(key).endswith("batch_size") and not positive_int(value := cfg.data[key]):
             raise ConfigError(f"data.{key}={value}: a batch size is a whole number of samples, at least 1")
     if cfg.resume and not explicit_run_dir and not restarted and cfg.sweep.trial is None:
         latest = latest_run(Path(cfg.paths.log_dir))
@@ -441,6 +444,10 @@ class WeightsDigest(L.Callback):
 
 
 # ------------------------------------------------------------------------------------------------------- the run
+# Data settings that say where the data is on this machine, not what it is: never taken from a checkpoint.
+WHERE_DATA_IS = ("data_dir", "cache_dir", "download", "workers")
+
+
 class Run:
     """One run of train.py: see the module's docstring. `execute(recipe)` calls `recipe(cfg, run)`."""
 
@@ -544,6 +551,52 @@ class Run:
         torch.distributed.init_process_group(trainer.strategy._get_process_group_backend(), store=store, rank=rank,
                                              world_size=world, timeout=timeout)
 
+    # ------------------------------------------------------------------------------------------------ config
+    def settled(self, cfg: DictConfig) -> tuple[DictConfig, dict | None]:
+        """The run's config with what is computed once, before anything is built, set in a copy (Hydra's stays as
+        composed): the id a resumed run had (W&B continues that run), the classes a data set finds, a sweep trial's
+        W&B tags, and for train=false the model and data settings the checkpoint records; the network and the data
+        checked to be of one kind. Returns it, and for train=false the model the checkpoint holds (read once)."""
+        from hydra.utils import instantiate
+
+        cfg, evaluated = copy.deepcopy(cfg), None
+        given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+        with open_dict(cfg):
+            if self.resuming and self.rank_zero and (run_id := self.recorded_run_id()):
+                cfg.run_id = run_id
+            if not cfg.train:  # evaluate what the checkpoint holds
+                checkpoint = read_checkpoint(cfg.ckpt_path)
+                evaluated = model_from_checkpoint(checkpoint, cfg.ckpt_path)
+                cfg.model = {"_target_": "nnlab.module.Classifier", **checkpoint["hyper_parameters"]}
+                recorded = checkpoint.get("nnlab", {}).get("data") or {}
+                trained_on = checkpoint.get("nnlab", {}).get("choices", {}).get("data")
+                if HydraConfig.get().runtime.choices.get("data") == trained_on or "data" not in given:
+                    # the data settings it was trained with (a tokenizer's vocabulary, say), unless given now
+                    for key, value in recorded.items():
+                        if key in cfg.data.keys() and key not in WHERE_DATA_IS and f"data.{key}" not in given:
+                            cfg.data[key] = value
+            elif cfg.data.get("num_classes", 0) is None:  # a data set that finds its classes (word or class folders)
+                cfg.data.num_classes = len(instantiate(cfg.data, _convert_="all").class_names_found())
+            if cfg.train and cfg.get("sweep") is not None and cfg.sweep.trial is not None \
+                    and "wandb" in cfg.get("logger", {}):  # a sweep trial's overrides as W&B tags
+                skip = ("sweep.", "hydra.", "run_id=", "run_name=", "resume=", "paths.")
+                tags = [o.lstrip("+~")[:64] for o in HydraConfig.get().overrides.task
+                        if not o.lstrip("+~").startswith(skip)]
+                cfg.logger.wandb.tags = [*cfg.logger.wandb.tags, *tags]
+        check_pairing(cfg, cfg.model.net)
+        return cfg, evaluated
+
+    def recorded_run_id(self) -> str | None:
+        """The run id in run.json, so W&B continues the same run instead of starting a second one."""
+        if not (self.out / "run.json").is_file():
+            return None
+        try:
+            return json.loads((self.out / "run.json").read_text())["run_id"]
+        except (ValueError, KeyError) as e:
+            log.warning(f"cannot read the run id from {self.out / 'run.json'} ({type(e).__name__}): W&B records "
+                        "the resumed run under a new id")
+            return None
+
     # ------------------------------------------------------------------------------------------------ resume
     def resume_from(self) -> tuple[str | None, dict | None]:
         """The checkpoint fit starts from, and its content (read once, checked): last.ckpt when resuming (or
@@ -551,15 +604,6 @@ class Run:
         cfg = self.cfg
         if not self.resuming:
             return (cfg.ckpt_path, read_checkpoint(cfg.ckpt_path, RESUME_KEYS)) if cfg.ckpt_path else (None, None)
-        if self.rank_zero and (self.out / "run.json").is_file():
-            # keep the run's id, so W&B continues the same run instead of starting a second one
-            try:
-                run_id = json.loads((self.out / "run.json").read_text())["run_id"]
-                with open_dict(cfg):
-                    cfg.run_id = run_id
-            except (ValueError, KeyError) as e:
-                log.warning(f"cannot read the run id from {self.out / 'run.json'} ({type(e).__name__}): W&B records "
-                            "the resumed run under a new id")
         if cfg.ckpt_path and not Path(cfg.ckpt_path).is_file():  # asked for by name: it must be there
             raise CheckpointError(f"resume=true ckpt_path={cfg.ckpt_path}: that checkpoint does not exist")
         chosen = Path(cfg.ckpt_path) if cfg.ckpt_path else self.last_ckpt
@@ -670,6 +714,16 @@ class Run:
         requeued = requeue and (not trainer.is_global_zero or requeue_job())
         leave_process_group()
         raise SystemExit(0 if requeued else 128 + stop.received)
+
+    @contextmanager
+    def stopping(self, trainer: L.Trainer):
+        """Around fit and test: a stop on a signal ends as end_stopped says; anything else goes on up."""
+        try:
+            yield
+        except BaseException as e:
+            if self.stopped(e):
+                self.end_stopped(trainer)
+            raise
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

@@ -53,8 +53,10 @@ class Classifier(L.LightningModule):
         (nnlab.kinds). arch.num_classes=1 makes a binary classifier with one sigmoid output and binary
         cross-entropy; otherwise softmax and cross-entropy over num_classes outputs.
     optimizer: sgd (with momentum) | adam | adamw;  scheduler: none | cosine | onecycle (warmup_pct)
-    adversarial: > 0 adds adversarial training on the word embeddings, this the perturbation's norm
-        (text networks only; each step costs about twice as much)
+    adversarial: > 0 adds adversarial training on the word embeddings, this the perturbation's norm for a text
+        of `adversarial_length` tokens; a text of L tokens gets adversarial * sqrt(L / adversarial_length), the
+        same strength per token (None: this norm for every text, as Miyato et al.). Text networks only; each step
+        costs about twice as much.
     input: ignored; checkpoints written before networks declared what they read recorded it here
     """
 
@@ -69,6 +71,7 @@ class Classifier(L.LightningModule):
         scheduler: str,
         warmup_pct: float,
         adversarial: float = 0.0,
+        adversarial_length: int | None = None,
         input: str | None = None,
     ):
         super().__init__()
@@ -135,9 +138,17 @@ class Classifier(L.LightningModule):
         logits, embedded = self.net(*x, return_embedding=True)
         loss = self.loss(logits, y)
         (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)
+        return logits, loss + self.loss(self.net(*x, perturbation=self.perturbation(grad, x[1])), y)
+
+    def perturbation(self, grad, lengths):
+        """The gradient's direction, each text's scaled to its norm: `adversarial`, times sqrt(L / adversarial_length)
+        for a text of L tokens when adversarial_length is set (a norm that grows with the text, the same per token)."""
         norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
-        perturbation = self.hparams.adversarial * grad / norm
-        return logits, loss + self.loss(self.net(*x, perturbation=perturbation), y)
+        radius = torch.full_like(norm, self.hparams.adversarial)
+        if self.hparams.adversarial_length:
+            lengths = lengths.to(norm.device, norm.dtype)[:, None, None]
+            radius = radius * (lengths / self.hparams.adversarial_length).sqrt()
+        return radius * grad / norm
 
     def _watch_loss(self, loss):
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
