@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 
@@ -7,6 +8,14 @@ from tests.helpers import make_aclimdb, make_mnist, make_speech_commands
 # A SLURM client without a configuration asks DNS for its controller: every process of the test session has one.
 # Outside the tests' cluster (the `slurm` fixture) it names a file that does not exist, so a client fails at once.
 os.environ["SLURM_CONF"] = "/nonexistent/nnlab-tests/slurm.conf"
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_as_a_user_has_it():
+    """Every test starts with Python's own Ctrl-C handler: Lightning sets SIGINT to ignored for good after a
+    KeyboardInterrupt in a fit run inside the test process, and every process a later test starts would inherit that
+    (a sweep then never hears its Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
