@@ -50,6 +50,15 @@ def writable_cache_dir(wanted: Path) -> Path:
         return fallback
 
 
+def check_shares(hparams, what: str):
+    """data.val_share and data.test_share, the shares carved from `what` where the layout gives no split: 0 to 0.5."""
+    from nnlab.errors import ConfigError
+
+    for key in ("val_share", "test_share"):
+        if not 0 <= hparams[key] < 0.5:
+            raise ConfigError(f"data.{key}={hparams[key]}: the share carved from the {what} is 0 to 0.5")
+
+
 def seeded_split(labels, shares: dict[str, float], seed: int) -> dict[str, list[int]]:
     """Indices of `labels` for "train" and each split in `shares` ({"val": 0.1, "test": 0.1}, say), drawn per class
     with a generator seeded by `seed`: every split holds each class in proportion, and each class keeps at least one

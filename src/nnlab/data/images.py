@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from nnlab.atomic import atomic_open
-from nnlab.data import files_fingerprint, read_cache, seeded_split, writable_cache_dir
+from nnlab.data import check_shares, files_fingerprint, read_cache, seeded_split, writable_cache_dir
 from nnlab.data.batches import SplitLoaders, TensorBatches, placement
 from nnlab.errors import ConfigError, DatasetError
 
@@ -243,9 +243,7 @@ class ImageFolderDataModule(SplitLoaders, L.LightningDataModule):
             raise ConfigError(f"data.image_size={image_size}: give the side in pixels, 4 or more")
         if fit not in FITS:
             raise ConfigError(f"data.fit={fit!r} is not one of {', '.join(FITS)}")
-        for key in ("val_share", "test_share"):
-            if not 0 <= self.hparams[key] < 0.5:
-                raise ConfigError(f"data.{key}={self.hparams[key]}: the share carved from the images is 0 to 0.5")
+        check_shares(self.hparams, "images")
         self.root = Path(path).expanduser()
 
     def class_names_found(self) -> list[str]:

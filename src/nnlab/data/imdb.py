@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from nnlab.atomic import atomic_open
-from nnlab.data import read_cache, writable_cache_dir
+from nnlab.data import files_fingerprint, read_cache, writable_cache_dir
 from nnlab.data.batches import BucketBatches, placement
 from nnlab.data.text import PAD, clean, encode, train_tokenizer, truncate_flat
 from nnlab.errors import ConfigError, DatasetError
@@ -121,11 +121,7 @@ def read_split(root: Path, split: str) -> tuple[list[str], list[int]]:
 
 def fingerprint(root: Path) -> str:
     """Files, sizes and modification times of the dataset: a changed review changes the cache key."""
-    digest = hashlib.sha1()
-    for path in sorted(root.glob("*/*/*.txt")):
-        st = path.stat()
-        digest.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    return files_fingerprint(root.glob("*/*/*.txt"), root)
 
 
 def load_or_build_cache(root: Path, cache_dir: Path, vocab_size: int, min_frequency: int) -> dict:

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 
 from nnlab.atomic import atomic_open
-from nnlab.data import read_cache, seeded_split, writable_cache_dir
+from nnlab.data import files_fingerprint, read_cache, seeded_split, writable_cache_dir
 from nnlab.data.batches import SplitLoaders, TensorBatches, placement
 from nnlab.errors import ConfigError, DatasetError
 
@@ -233,12 +233,8 @@ def list_splits(data_dir: Path, root: Path, shares: dict[str, float], seed: int)
 
 def fingerprint(root: Path) -> str:
     """Names, sizes and modification times of the clips and lists: a changed file changes the cache key."""
-    digest = hashlib.sha1()
     clips = [p for p in root.glob("*/*") if p.suffix.lower() in AUDIO_SUFFIXES]
-    for path in sorted([*clips, *root.glob("*_list.txt")]):
-        st = path.stat()
-        digest.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    return files_fingerprint([*clips, *root.glob("*_list.txt")], root)
 
 
 def build_splits(data_dir: Path, root: Path, labels: str, sample_rate: int, samples: int, unknown_share: float,

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from nnlab.atomic import atomic_open
-from nnlab.data import files_fingerprint, read_cache, seeded_split, writable_cache_dir
+from nnlab.data import check_shares, files_fingerprint, read_cache, seeded_split, writable_cache_dir
 from nnlab.data.batches import BucketBatches, SplitLoaders, placement
 from nnlab.data.text import PAD, clean, encode, train_tokenizer, truncate_flat
 from nnlab.errors import ConfigError, DatasetError
@@ -223,9 +223,7 @@ class TextTableDataModule(SplitLoaders, L.LightningDataModule):
         for key in ("max_length", "eval_max_length"):
             if self.hparams[key] is not None and self.hparams[key] < 1:
                 raise ConfigError(f"data.{key}={self.hparams[key]} must be a positive number of tokens")
-        for key in ("val_share", "test_share"):
-            if not 0 <= self.hparams[key] < 0.5:
-                raise ConfigError(f"data.{key}={self.hparams[key]}: the share carved from the rows is 0 to 0.5")
+        check_shares(self.hparams, "rows")
         self.path = Path(path).expanduser()
 
     def _cache(self):
