@@ -56,10 +56,14 @@ def train(cfg: DictConfig, run) -> float | None:
     pruning = sweep_trial(cfg) if cfg.train else None
     run.loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     record = RunRecord(dict(HydraConfig.get().runtime.choices), OmegaConf.to_container(cfg, resolve=True))
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()] + ([pruning] if pruning else []) + [
-        RandomState(), record, EpochLog(), WeightsDigest(), run.stop]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=run.loggers or False, callbacks=callbacks,
-                                     plugins=run.plugins())
+    callbacks = (
+        [instantiate(c) for c in cfg.callbacks.values()]
+        + ([pruning] if pruning else [])
+        + [RandomState(), record, EpochLog(), WeightsDigest(), run.stop]
+    )
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=run.loggers or False, callbacks=callbacks, plugins=run.plugins()
+    )
     run.describe(cfg, ckpt_path if run.resuming else None)
     run.join_restarted_group(trainer)
 
@@ -125,8 +129,12 @@ def evaluated_model(argv: list[str]) -> list[str]:
     """`train=false ckpt_path=X` without model=...: evaluate the model the checkpoint holds, with its default data
     (the config groups it was trained with are recorded in it), so config.yaml and W&B name what was evaluated."""
     args = [a.lstrip("+") for a in argv[1:]]
-    if "-m" in args or "--multirun" in args or not any(a.lower() == "train=false" for a in args) \
-            or any(a.startswith(("model=", "experiment=")) for a in args):
+    if (
+        "-m" in args
+        or "--multirun" in args
+        or not any(a.lower() == "train=false" for a in args)
+        or any(a.startswith(("model=", "experiment=")) for a in args)
+    ):
         return argv
     path = next((a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")), None)
     if not path:

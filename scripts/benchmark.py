@@ -70,7 +70,7 @@ def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
     samples, tokens = [], []
     for epoch in range(epochs):
         loader = dm.train_dataloader()
-        loader.epoch = lambda: epoch
+        loader.epoch = lambda epoch=epoch: epoch
         sync(device)
         start, n, t = time.perf_counter(), 0, 0
         for batch in itertools.islice(loader, limit):
@@ -97,8 +97,15 @@ def ours(cfg, dm, epochs: int) -> tuple[float, float]:
     model = instantiate(cfg.model, _convert_="all")
     loggers = [instantiate(c) for c in cfg.logger.values()]
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    trainer = instantiate(cfg.trainer, max_epochs=epochs, logger=loggers, callbacks=callbacks,
-                          plugins=[AtomicCheckpointIO()], enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = instantiate(
+        cfg.trainer,
+        max_epochs=epochs,
+        logger=loggers,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule=dm)
     for lg in loggers:
         if hasattr(lg, "experiment") and hasattr(lg.experiment, "finish"):
@@ -142,8 +149,15 @@ def time_to_accuracy(cfg, dm, target: float):
     Counts training time only: the per-epoch test pass and validation are excluded."""
     L.seed_everything(cfg.seed, verbose=False)
     stop = StopAtAccuracy(dm, target)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[stop], enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[stop],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(instantiate(cfg.model, _convert_="all"), datamodule=dm)
     return stop.reached
 
@@ -159,8 +173,14 @@ def augmentation_off(model: str, extra: list[str], out: str) -> list[str]:
 def train_py_rate(model: str, trainer: str, overrides: list[str], out: str) -> float:
     """Samples per second of one `python train.py model=<model> trainer=<trainer> ...` (its metrics.json)."""
     run_dir = tempfile.mkdtemp(prefix=f"{model}-{trainer}-", dir=out)
-    cmd = [sys.executable, str(ROOT / "train.py"), f"model={model}", f"trainer={trainer}", *overrides,
-           f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"model={model}",
+        f"trainer={trainer}",
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -170,16 +190,25 @@ def train_py_rate(model: str, trainer: str, overrides: list[str], out: str) -> f
 def ddp_cpu_against_cpu(args, extra: list[str], out: str):
     rows = []
     for name in args.models:
-        overrides = [*augmentation_off(name, extra, out), "model.scheduler=none", f"trainer.max_epochs={args.epochs}",
-                     "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", *extra]
+        overrides = [
+            *augmentation_off(name, extra, out),
+            "model.scheduler=none",
+            f"trainer.max_epochs={args.epochs}",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            *extra,
+        ]
         one, two = [], []
         for r in range(args.rounds):
             one.append(train_py_rate(name, "cpu", overrides, out))
             two.append(train_py_rate(name, "ddp_cpu", overrides, out))
-            print(f"{name} round {r + 1}: trainer=cpu {one[-1]:,.0f} samples/s, trainer=ddp_cpu {two[-1]:,.0f} "
-                  f"samples/s, ratio {two[-1] / one[-1]:.2f}")
-        rows.append((name, statistics.median(one), statistics.median(two),
-                     statistics.median(t / o for t, o in zip(two, one))))
+            print(
+                f"{name} round {r + 1}: trainer=cpu {one[-1]:,.0f} samples/s, trainer=ddp_cpu {two[-1]:,.0f} "
+                f"samples/s, ratio {two[-1] / one[-1]:.2f}"
+            )
+        rows.append(
+            (name, statistics.median(one), statistics.median(two), statistics.median(t / o for t, o in zip(two, one)))
+        )
     print(f"\n{args.rounds} rounds of {args.epochs} epochs a side on {os.cpu_count()} CPUs; medians:")
     print("| model | trainer=cpu (samples/s) | trainer=ddp_cpu (samples/s) | ratio |\n|---|---|---|---|")
     for name, one, two, ratio in rows:
@@ -192,8 +221,11 @@ def main():
     p.add_argument("--models", nargs="+", default=["mlp", "cnn"])
     p.add_argument("--epochs", type=int, default=2, help="epochs per side and round; the first is warm-up")
     p.add_argument("--rounds", type=int, default=5, help="rounds of plain loop then nnlab")
-    p.add_argument("--data-dir", default=None,
-                   help="folder holding MNIST/raw/, aclImdb/ or SpeechCommands/ (default: the config's)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding MNIST/raw/, aclImdb/ or SpeechCommands/ (default: the config's)",
+    )
     p.add_argument("--batches", type=int, default=0, help="batches per epoch, both sides (0: the whole epoch)")
     p.add_argument("--time-to-acc", default="cnn", help="the model whose time to --target test accuracy is measured")
     p.add_argument("--no-time-to-acc", action="store_true")
@@ -211,8 +243,17 @@ def main():
     rows = []
     for name in args.models:
         limit = [f"trainer.limit_train_batches={args.batches}"] if args.batches else []
-        cfg = load_cfg(name, [*augmentation_off(name, extra, out), "model.scheduler=none", *extra, *limit,
-                              "trainer.limit_val_batches=1"], out)
+        cfg = load_cfg(
+            name,
+            [
+                *augmentation_off(name, extra, out),
+                "model.scheduler=none",
+                *extra,
+                *limit,
+                "trainer.limit_val_batches=1",
+            ],
+            out,
+        )
         dm = instantiate(cfg.data, _convert_="all")
         if cfg.data.get("num_classes", 0) is None:  # as train.py: the classes the data set finds
             cfg.data.num_classes = len(dm.class_names_found())
@@ -224,20 +265,36 @@ def main():
             our.append(ours(cfg, dm, args.epochs))
             i = 1 if plain[-1][1] else 0  # tokens where the kind of data has them
             unit = "tokens/s" if i else "samples/s"
-            print(f"{name} round {r + 1}: plain loop {plain[-1][i]:,.0f} {unit}, nnlab {our[-1][i]:,.0f} {unit}, "
-                  f"ratio {our[-1][i] / plain[-1][i]:.2f}")
+            print(
+                f"{name} round {r + 1}: plain loop {plain[-1][i]:,.0f} {unit}, nnlab {our[-1][i]:,.0f} {unit}, "
+                f"ratio {our[-1][i] / plain[-1][i]:.2f}"
+            )
         i = 1 if plain[-1][1] else 0
         ratio = statistics.median(o[i] / p[i] for o, p in zip(our, plain))
         samples = statistics.median(o[0] for o in our)
         train_size = sum(len(y) for _, y in dm.train_dataloader())  # one whole epoch
         epoch_s = train_size / samples
-        rows.append((name, cfg.data.batch_size, statistics.median(p[0] for p in plain), samples,
-                     statistics.median(p[1] for p in plain), statistics.median(o[1] for o in our), ratio, epoch_s))
+        rows.append(
+            (
+                name,
+                cfg.data.batch_size,
+                statistics.median(p[0] for p in plain),
+                samples,
+                statistics.median(p[1] for p in plain),
+                statistics.median(o[1] for o in our),
+                ratio,
+                epoch_s,
+            )
+        )
 
-    print(f"\n{args.rounds} rounds of {args.epochs} epochs a side; medians (samples: images, texts or clips; "
-          "ratio: tokens/s for text, else samples/s):")
-    print("| model | batch | plain loop (samples/s) | nnlab (samples/s) | plain loop (tokens/s) | nnlab (tokens/s) "
-          "| ratio | one training epoch, nnlab |\n|---|---|---|---|---|---|---|---|")
+    print(
+        f"\n{args.rounds} rounds of {args.epochs} epochs a side; medians (samples: images, texts or clips; "
+        "ratio: tokens/s for text, else samples/s):"
+    )
+    print(
+        "| model | batch | plain loop (samples/s) | nnlab (samples/s) | plain loop (tokens/s) | nnlab (tokens/s) "
+        "| ratio | one training epoch, nnlab |\n|---|---|---|---|---|---|---|---|"
+    )
     for name, bs, plain, our, plain_tok, our_tok, ratio, epoch_s in rows:
         tok = f"{plain_tok:,.0f} | {our_tok:,.0f}" if plain_tok else "- | -"
         print(f"| {name} | {bs} | {plain:,.0f} | {our:,.0f} | {tok} | {ratio:.2f} | {epoch_s:.0f} s |")

@@ -52,8 +52,14 @@ def train(*overrides: str, timeout: int = 300, check: bool = True, env: dict | N
     import os
 
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **(env or {})}
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py {' '.join(overrides)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -150,8 +156,12 @@ def make_speech_commands(root: Path, speakers: int = 6, takes: int = 4, rate: in
     sf.write(base / "yes" / "spk9_nohash_0.wav", np.stack([tone, tone], 1).astype(np.float32), 8000, subtype="PCM_16")
     (base / "dog" / "spk9_nohash_1.wav").write_bytes(b"RIFF....WAVEnot really audio")  # corrupt
     (base / "_background_noise_").mkdir(exist_ok=True)
-    sf.write(base / "_background_noise_" / "white_noise.wav", rng.normal(0, 0.1, 3 * rate).astype(np.float32), rate,
-             subtype="PCM_16")
+    sf.write(
+        base / "_background_noise_" / "white_noise.wav",
+        rng.normal(0, 0.1, 3 * rate).astype(np.float32),
+        rate,
+        subtype="PCM_16",
+    )
     for name, entries in lists.items():
         (base / f"{name}_list.txt").write_text("\n".join(entries) + "\n")
     return root
@@ -245,10 +255,18 @@ def make_text_table(path: Path, rows: int = 60, fmt: str = "csv", labels=("good"
     import csv
     import json
 
-    phrases = {"good": "a wonderful moving film, great acting", "bad": "a dull boring mess, awful acting",
-               "meh": "an ordinary film, some scenes fine"}
-    records = [{"text": f"Text {i}: {phrases.get(str(labels[i % len(labels)]), 'word ' * (i % len(labels)))}.",
-                "label": labels[i % len(labels)]} for i in range(rows)]
+    phrases = {
+        "good": "a wonderful moving film, great acting",
+        "bad": "a dull boring mess, awful acting",
+        "meh": "an ordinary film, some scenes fine",
+    }
+    records = [
+        {
+            "text": f"Text {i}: {phrases.get(str(labels[i % len(labels)]), 'word ' * (i % len(labels)))}.",
+            "label": labels[i % len(labels)],
+        }
+        for i in range(rows)
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         if fmt == "jsonl":

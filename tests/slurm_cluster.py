@@ -44,8 +44,20 @@ import time
 from pathlib import Path
 
 DEFAULT_DIR = Path("/tmp/nnlab-slurm")
-DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "munged", "mungekey", "mariadbd", "mariadb-install-db", "sinfo",
-           "sbatch", "srun", "sacctmgr", "unshare")
+DAEMONS = (
+    "slurmctld",
+    "slurmd",
+    "slurmdbd",
+    "munged",
+    "mungekey",
+    "mariadbd",
+    "mariadb-install-db",
+    "sinfo",
+    "sbatch",
+    "srun",
+    "sacctmgr",
+    "unshare",
+)
 INSTALL = "apt-get install slurm-wlm slurmdbd mariadb-server munge"
 PIDS = "pids"  # in DIR: one line per process this module started, "<pid> <name>"
 
@@ -82,8 +94,11 @@ def write_config(root: Path, nodes: int, dbd_port: int) -> Path:
     (root / "hosts").write_text("\n".join(hosts) + "\n")
     (root / "resolv.conf").write_text("nameserver 127.0.0.1\n")
     memory = memory_mb() // nodes
-    node_lines = "\n".join(f"NodeName={name} NodeAddr=127.0.0.{i} Port={free_port()} CPUs={os.cpu_count()} "
-                           f"RealMemory={memory} State=UNKNOWN" for i, name in enumerate(names, 1))
+    node_lines = "\n".join(
+        f"NodeName={name} NodeAddr=127.0.0.{i} Port={free_port()} CPUs={os.cpu_count()} "
+        f"RealMemory={memory} State=UNKNOWN"
+        for i, name in enumerate(names, 1)
+    )
     conf = root / "slurm.conf"
     conf.write_text(f"""\
 ClusterName=nnlab
@@ -150,8 +165,15 @@ def start_munge(root: Path):
     key = root / "munge.key"
     run("mungekey", "--create", f"--keyfile={key}")
     key.chmod(0o600)
-    run("/usr/sbin/munged", "--force", f"--socket={root}/munge.sock", f"--key-file={key}",
-        f"--pid-file={root}/munged.pid", f"--log-file={root}/log/munged.log", f"--seed-file={root}/munged.seed")
+    run(
+        "/usr/sbin/munged",
+        "--force",
+        f"--socket={root}/munge.sock",
+        f"--key-file={key}",
+        f"--pid-file={root}/munged.pid",
+        f"--log-file={root}/log/munged.log",
+        f"--seed-file={root}/munged.seed",
+    )
     started(root, pid_from(root / "munged.pid"), "munged")
 
 
@@ -167,17 +189,38 @@ def wait_for(what: str, ready, timeout: float, logs: list[Path]):
 def start_accounting(root: Path, dbd_port: int, env: dict, timeout: float):
     """A MariaDB server on a free local port with a database user for slurmdbd, then slurmdbd on dbd_port."""
     data, sock, db_port = root / "mysql", root / "mysql.sock", free_port()
-    run("mariadb-install-db", "--user=root", f"--datadir={data}", "--auth-root-authentication-method=socket",
-        "--skip-test-db")
+    run(
+        "mariadb-install-db",
+        "--user=root",
+        f"--datadir={data}",
+        "--auth-root-authentication-method=socket",
+        "--skip-test-db",
+    )
     log = root / "log" / "mariadb.log"
-    db = subprocess.Popen(["/usr/sbin/mariadbd", "--no-defaults", "--user=root", f"--datadir={data}",
-                           f"--socket={sock}", f"--port={db_port}", "--bind-address=127.0.0.1",
-                           f"--pid-file={root / 'mariadb.pid'}", f"--log-error={log}", "--skip-name-resolve"],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          start_new_session=True)
+    db = subprocess.Popen(
+        [
+            "/usr/sbin/mariadbd",
+            "--no-defaults",
+            "--user=root",
+            f"--datadir={data}",
+            f"--socket={sock}",
+            f"--port={db_port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={root / 'mariadb.pid'}",
+            f"--log-error={log}",
+            "--skip-name-resolve",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     started(root, db.pid, "mariadbd")
-    sql = lambda q: subprocess.run(["mariadb", f"--socket={sock}", "-u", "root", "-e", q],  # noqa: E731
-                                   capture_output=True, text=True)
+    sql = lambda q: subprocess.run(
+        ["mariadb", f"--socket={sock}", "-u", "root", "-e", q],
+        capture_output=True,
+        text=True,
+    )
     wait_for("MariaDB", lambda: sql("SELECT 1").returncode == 0, timeout, [log])
     user = sql("CREATE USER 'slurm'@'%' IDENTIFIED BY 'nnlab'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'%';")
     if user.returncode != 0:
@@ -202,7 +245,7 @@ StorageLoc=slurm_acct_db
     dbd_conf.chmod(0o600)
     run("/usr/sbin/slurmdbd", env=env)
     started(root, pid_from(root / "slurmdbd.pid"), "slurmdbd")
-    up = lambda: subprocess.run(["sacctmgr", "-n", "list", "cluster"], capture_output=True, env=env).returncode == 0  # noqa: E731
+    up = lambda: subprocess.run(["sacctmgr", "-n", "list", "cluster"], capture_output=True, env=env).returncode == 0
     wait_for("slurmdbd", up, timeout, [root / "log" / "slurmdbd.log"])
     run("sacctmgr", "-i", "add", "cluster", "nnlab", env=env)
 
@@ -210,11 +253,19 @@ StorageLoc=slurm_acct_db
 def start_node(root: Path, conf: Path, name: str, env: dict):
     """slurmd for node `name` in a mount and UTS namespace of its own: hostname `name`, the cluster's hosts and
     resolv.conf bind-mounted over the machine's (the mounts are private to the namespace)."""
-    inside = (f"mount --bind {root}/hosts /etc/hosts && mount --bind {root}/resolv.conf /etc/resolv.conf && "
-              f"hostname {name} && exec /usr/sbin/slurmd -D -f {conf}")
-    log = open(root / "log" / f"slurmd-{name}.stderr", "w")
-    proc = subprocess.Popen(["unshare", "--mount", "--uts", "sh", "-c", inside], env=env, stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=log, start_new_session=True)
+    inside = (
+        f"mount --bind {root}/hosts /etc/hosts && mount --bind {root}/resolv.conf /etc/resolv.conf && "
+        f"hostname {name} && exec /usr/sbin/slurmd -D -f {conf}"
+    )
+    with open(root / "log" / f"slurmd-{name}.stderr", "w") as log:  # the daemon keeps its own copy of the file
+        proc = subprocess.Popen(
+            ["unshare", "--mount", "--uts", "sh", "-c", inside],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     started(root, proc.pid, f"slurmd {name}")  # exec: the same process from unshare to slurmd
 
 
@@ -236,11 +287,25 @@ def start(root: Path = DEFAULT_DIR, nodes: int = 2, timeout: float = 60) -> Path
     started(root, pid_from(root / "slurmctld.pid"), "slurmctld")
     for name in node_names(nodes):
         start_node(root, conf, name, env)
-    states = lambda: subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True,  # noqa: E731
-                                    env=env).stdout.split()
-    wait_for(f"{nodes} idle SLURM nodes", lambda: states() == ["idle"] * nodes, timeout,
-             [root / "log" / f for f in ("slurmctld.log", *(f"slurmd-{n}.log" for n in node_names(nodes)),
-                                         *(f"slurmd-{n}.stderr" for n in node_names(nodes)))])
+    states = lambda: subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%t"],
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout.split()
+    wait_for(
+        f"{nodes} idle SLURM nodes",
+        lambda: states() == ["idle"] * nodes,
+        timeout,
+        [
+            root / "log" / f
+            for f in (
+                "slurmctld.log",
+                *(f"slurmd-{n}.log" for n in node_names(nodes)),
+                *(f"slurmd-{n}.stderr" for n in node_names(nodes)),
+            )
+        ],
+    )
     return conf
 
 

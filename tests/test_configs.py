@@ -1,7 +1,5 @@
 """Every config composes and instantiates; bad keys and bad pairings fail before training."""
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -12,21 +10,22 @@ import nnlab.config  # noqa: F401
 from tests.helpers import ROOT, train
 
 CONF = ROOT / "conf"
-OPTIONS = sorted(
-    (p.parent.relative_to(CONF).as_posix(), p.stem)
-    for p in CONF.glob("*/**/*.yaml")
-)
+OPTIONS = sorted((p.parent.relative_to(CONF).as_posix(), p.stem) for p in CONF.glob("*/**/*.yaml"))
 # Instantiated on this CPU-only machine: GPU trainers are checked with the accelerator swapped for the CPU.
 ON_CPU = {"gpu": ["trainer.accelerator=cpu"], "ddp": ["trainer.accelerator=cpu", "trainer.devices=2"]}
 # A dataset is composed with a model that reads its kind of data. Speech Commands finds its classes
 # in the data (train.py fills in data.num_classes); here a number is given.
 SPEECH = ["data.num_classes=10"]
-EXTRA = {("data", "imdb"): ["model=lstm"], ("data", "speech_commands"): ["model=speech_rnn", *SPEECH],
-         ("model", "speech_rnn"): SPEECH, ("experiment", "seed_speech_rnn"): SPEECH,
-         ("data", "image_folder"): ["data.path=/nowhere", "data.num_classes=3"],
-         ("data", "text_table"): ["model=lstm", "data.path=/nowhere.csv", "data.num_classes=3"],
-         ("recipe", "lstm_imdb"): ["model=lstm"],
-         ("recipe", "speech_rnn_speech_commands"): ["model=speech_rnn", *SPEECH]}
+EXTRA = {
+    ("data", "imdb"): ["model=lstm"],
+    ("data", "speech_commands"): ["model=speech_rnn", *SPEECH],
+    ("model", "speech_rnn"): SPEECH,
+    ("experiment", "seed_speech_rnn"): SPEECH,
+    ("data", "image_folder"): ["data.path=/nowhere", "data.num_classes=3"],
+    ("data", "text_table"): ["model=lstm", "data.path=/nowhere.csv", "data.num_classes=3"],
+    ("recipe", "lstm_imdb"): ["model=lstm"],
+    ("recipe", "speech_rnn_speech_commands"): ["model=speech_rnn", *SPEECH],
+}
 
 
 def compose_train(overrides, tmp_path):
@@ -87,8 +86,9 @@ def test_unknown_key_fails_with_hydras_message(tmp_path):
 def test_cli_rejects_unknown_key_and_bad_pairing(tmp_path, mnist_dir):
     proc = train("model.lrr=0.1", check=False)
     assert proc.returncode != 0 and "Key 'lrr' is not in struct" in proc.stderr
-    proc = train("model=mlp", "data=imdb", f"paths.data_dir={mnist_dir}", f"hydra.run.dir={tmp_path}",
-                 "logger=csv", check=False)
+    proc = train(
+        "model=mlp", "data=imdb", f"paths.data_dir={mnist_dir}", f"hydra.run.dir={tmp_path}", "logger=csv", check=False
+    )
     assert proc.returncode != 0
     assert "model=mlp reads 'image' data but data=imdb provides 'text' data" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
@@ -100,12 +100,14 @@ def test_run_ids_differ_within_a_second_and_stay_fixed_within_a_run(tmp_path):
     assert first.run_id == first.run_id and first.run_name.endswith(first.run_id)
 
 
+@pytest.mark.slow
 def test_a_bad_requeue_signal_name_fails_before_training(tmp_path):
     proc = train("model=mlp", "slurm.signal=USR9", f"hydra.run.dir={tmp_path}", "logger=csv", check=False)
     assert proc.returncode != 0 and "slurm.signal='USR9' is not a signal name" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_an_explicit_number_of_epochs_turns_the_training_budget_off():
     def budget(*overrides):
         out = train(*overrides, "--cfg", "job", "--resolve").stdout

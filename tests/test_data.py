@@ -1,7 +1,5 @@
 """MNIST data module: real IDX files, clear errors for missing and damaged files, batching, augmentation."""
 
-import shutil
-
 import pytest
 import torch
 
@@ -11,9 +9,18 @@ from tests.helpers import make_mnist
 
 
 def datamodule(data_dir, **overrides):
-    args = dict(channels=1, image_size=28, num_classes=10, data_dir=str(data_dir), download=False,
-                val_size=100, split_seed=1, batch_size=64, eval_batch_size=500,
-                augment={"rotate": 0.0, "scale": 0.0, "translate": 0.0})
+    args = dict(
+        channels=1,
+        image_size=28,
+        num_classes=10,
+        data_dir=str(data_dir),
+        download=False,
+        val_size=100,
+        split_seed=1,
+        batch_size=64,
+        eval_batch_size=500,
+        augment={"rotate": 0.0, "scale": 0.0, "translate": 0.0},
+    )
     return MNISTDataModule(**{**args, **overrides})
 
 
@@ -80,7 +87,7 @@ def test_batches_shard_across_ranks(shuffle):
 
 def test_shuffle_depends_on_seed_and_epoch():
     x, y = torch.zeros(50, 1), torch.arange(50)
-    order = lambda seed, epoch: torch.cat([b[1] for b in TensorBatches(x, y, 8, True, seed, lambda: epoch)])  # noqa: E731
+    order = lambda seed, epoch: torch.cat([b[1] for b in TensorBatches(x, y, 8, True, seed, lambda: epoch)])
     assert torch.equal(order(1, 0), order(1, 0))
     assert not torch.equal(order(1, 0), order(1, 1))
     assert sorted(order(1, 2).tolist()) == list(range(50))

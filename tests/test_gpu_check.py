@@ -16,18 +16,38 @@ pytestmark = pytest.mark.slow
 
 def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path, mnist_dir, imdb_dir, speech_dir):
     out = tmp_path / "check" / "results.json"
-    env = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_OUT": str(out), "PYTHON": sys.executable,
-           "PYTHONPATH": str(ROOT), "MNIST_DIR": str(mnist_dir), "IMDB_DIR": str(imdb_dir),
-           "SPEECH_DIR": str(speech_dir), "MNIST_OVERRIDES": " ".join(TINY), "IMDB_OVERRIDES": " ".join(TINY_TEXT),
-           "SPEECH_OVERRIDES": " ".join(TINY_SPEECH)}
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = {
+        **os.environ,
+        "GPU_CHECK_DEVICE": "cpu",
+        "GPU_CHECK_OUT": str(out),
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(ROOT),
+        "MNIST_DIR": str(mnist_dir),
+        "IMDB_DIR": str(imdb_dir),
+        "SPEECH_DIR": str(speech_dir),
+        "MNIST_OVERRIDES": " ".join(TINY),
+        "IMDB_OVERRIDES": " ".join(TINY_TEXT),
+        "SPEECH_OVERRIDES": " ".join(TINY_SPEECH),
+    }
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "gpu_check: every step passed (cpu)" in proc.stdout
     result = json.loads(out.read_text())
     steps = {s["step"]: s for s in result["steps"]}
-    assert result["passed"] and list(steps) == ["mlp", "cnn", "lstm", "speech_rnn", "ddp", "sweep", "sweep_trials",
-                                                "benchmark", "predict_text", "predict_audio"]
+    assert result["passed"] and list(steps) == [
+        "mlp",
+        "cnn",
+        "lstm",
+        "speech_rnn",
+        "ddp",
+        "sweep",
+        "sweep_trials",
+        "benchmark",
+        "predict_text",
+        "predict_audio",
+    ]
     for name in ("mlp", "cnn", "lstm", "speech_rnn", "ddp"):
         assert steps[name]["metrics"]["epochs"] == 1 and 0 <= steps[name]["metrics"]["test/acc"] <= 1
     assert [t["state"] for t in steps["sweep_trials"]["trials"]] == ["complete", "complete"]
@@ -38,13 +58,23 @@ def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path, mnist_dir, imdb_dir,
 
 def test_the_gpu_check_stops_at_the_first_failing_step_and_names_it(tmp_path):
     out = tmp_path / "check" / "results.json"
-    env = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "GPU_CHECK_OUT": str(out), "PYTHON": sys.executable,
-           "MNIST_DIR": str(tmp_path / "nothing"), "IMDB_DIR": str(tmp_path), "SPEECH_DIR": str(tmp_path),
-           "MNIST_OVERRIDES": "data.download=false"}
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 1 and f"gpu_check: step mlp failed (exit code 1); its log: {out.parent}/mlp.log" \
-        in proc.stderr
+    env = {
+        **os.environ,
+        "GPU_CHECK_DEVICE": "cpu",
+        "GPU_CHECK_OUT": str(out),
+        "PYTHON": sys.executable,
+        "MNIST_DIR": str(tmp_path / "nothing"),
+        "IMDB_DIR": str(tmp_path),
+        "SPEECH_DIR": str(tmp_path),
+        "MNIST_OVERRIDES": "data.download=false",
+    }
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert (
+        proc.returncode == 1
+        and f"gpu_check: step mlp failed (exit code 1); its log: {out.parent}/mlp.log" in proc.stderr
+    )
     result = json.loads(out.read_text())
     assert not result["passed"] and [s["step"] for s in result["steps"]] == ["mlp"]
     assert Path(result["steps"][0]["log"]).is_file()

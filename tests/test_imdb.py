@@ -1,5 +1,6 @@
 """aclImdb preparation: a present folder is used as is; archives are verified and extracted atomically."""
 
+import itertools
 import logging
 import tarfile
 
@@ -102,9 +103,9 @@ def test_flat_truncation_cuts_each_review_on_its_own(max_length):
     ids = torch.tensor([t for r in reviews for t in r], dtype=torch.int32)
     offsets = torch.tensor([0] + [len(r) for r in reviews]).cumsum(0)
     cut, cut_offsets = truncate_flat(ids, offsets, max_length)
-    got = [cut[a:b].tolist() for a, b in zip(cut_offsets[:-1], cut_offsets[1:])]
+    got = [cut[a:b].tolist() for a, b in itertools.pairwise(cut_offsets)]
     head = max_length // 2
-    expected = [r if len(r) <= max_length else r[:head] + r[len(r) - (max_length - head):] for r in reviews]
+    expected = [r if len(r) <= max_length else r[:head] + r[len(r) - (max_length - head) :] for r in reviews]
     assert got == expected and cut.dtype == torch.int32
 
 
@@ -183,8 +184,19 @@ def test_datamodule_reads_tiny_tree(tmp_path):
     from nnlab.data.imdb import IMDBDataModule
 
     make_aclimdb(tmp_path)
-    dm = IMDBDataModule(num_classes=2, data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), download=False, vocab_size=100,
-                        min_frequency=1, max_length=16, val_size=2, split_seed=0, batch_size=4, eval_batch_size=8)
+    dm = IMDBDataModule(
+        num_classes=2,
+        data_dir=str(tmp_path),
+        cache_dir=str(tmp_path / "cache"),
+        download=False,
+        vocab_size=100,
+        min_frequency=1,
+        max_length=16,
+        val_size=2,
+        split_seed=0,
+        batch_size=4,
+        eval_batch_size=8,
+    )
     dm.prepare_data()
     dm.setup()
     batches = list(dm.train_dataloader())
@@ -199,18 +211,27 @@ def test_evaluation_reads_longer_reviews_than_training(tmp_path):
     from nnlab.data.imdb import IMDBDataModule
 
     make_aclimdb(tmp_path)
-    settings = dict(num_classes=2, data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), download=False, vocab_size=100,
-                    min_frequency=1, val_size=2, split_seed=0, batch_size=4, eval_batch_size=8)
+    settings = dict(
+        num_classes=2,
+        data_dir=str(tmp_path),
+        cache_dir=str(tmp_path / "cache"),
+        download=False,
+        vocab_size=100,
+        min_frequency=1,
+        val_size=2,
+        split_seed=0,
+        batch_size=4,
+        eval_batch_size=8,
+    )
     dm = IMDBDataModule(max_length=3, eval_max_length=1000, **settings)
     dm.prepare_data()
     dm.setup()
-    longest = lambda loader: max(int(lengths.max()) for (_, lengths), _ in loader)  # noqa: E731
+    longest = lambda loader: max(int(lengths.max()) for (_, lengths), _ in loader)
     assert longest(dm.train_dataloader()) == 3
     assert longest(dm.test_dataloader()) > 3 and longest(dm.val_dataloader()) > 3
     assert dm.preprocessing()["max_length"] == 1000  # predict reads texts as the test did
     with pytest.raises(ValueError, match="data.eval_max_length=0"):
-        bad = IMDBDataModule(max_length=3, eval_max_length=0, **settings)
-        bad.setup()
+        IMDBDataModule(max_length=3, eval_max_length=0, **settings).setup()
 
 
 @pytest.mark.parametrize("how", ["truncate", "random", "other"])
@@ -233,6 +254,7 @@ def test_damaged_cache_is_named_and_rebuilt(tmp_path, caplog, how):
     assert torch.load(cache_file, weights_only=True)["settings"] == first["settings"]  # written again, whole
 
 
+@pytest.mark.slow
 def test_a_read_only_data_folder_keeps_its_cache_elsewhere(tmp_path, monkeypatch, caplog):
     """A real read-only bind mount (root can write through permissions, not through a read-only mount)."""
     import os
@@ -243,19 +265,36 @@ def test_a_read_only_data_folder_keeps_its_cache_elsewhere(tmp_path, monkeypatch
     make_aclimdb(tmp_path / "src")
     mount = tmp_path / "ro"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", "-o", "ro", str(tmp_path / "src"), str(mount)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "--bind", "-o", "ro", str(tmp_path / "src"), str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("a read-only bind mount needs root")
     try:
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
-        dm = IMDBDataModule(num_classes=2, data_dir=str(mount), cache_dir=str(mount / "cache"),
-                            download=False, vocab_size=100, min_frequency=1, max_length=16, val_size=2, split_seed=0,
-                            batch_size=4, eval_batch_size=8)
+        dm = IMDBDataModule(
+            num_classes=2,
+            data_dir=str(mount),
+            cache_dir=str(mount / "cache"),
+            download=False,
+            vocab_size=100,
+            min_frequency=1,
+            max_length=16,
+            val_size=2,
+            split_seed=0,
+            batch_size=4,
+            eval_batch_size=8,
+        )
         with caplog.at_level(logging.WARNING, logger="nnlab.data"):
             dm.prepare_data()
             dm.setup()
         assert f"cache folder {mount / 'cache'} is not writable" in caplog.text
-        assert list((tmp_path / "home-cache" / "nnlab").glob("*/imdb-*.pt")) and not (tmp_path / "src" / "cache").exists()
+        assert (
+            list((tmp_path / "home-cache" / "nnlab").glob("*/imdb-*.pt")) and not (tmp_path / "src" / "cache").exists()
+        )
         assert sum(len(y) for _, y in dm.train_dataloader()) == 10
     finally:
         subprocess.run(["umount", str(mount)], check=True)

@@ -29,22 +29,31 @@ def test_a_new_kind_trains_tests_and_predicts_with_no_change_to_the_core(tmp_pat
     conf = tmp_path / "conf"
     (conf / "data").mkdir(parents=True)
     (conf / "model").mkdir()
-    (conf / "data" / "table.yaml").write_text(f"_target_: tests.newkind.table.TableDataModule\npath: {table}\n"
-                                              "batch_size: 16\n")
+    (conf / "data" / "table.yaml").write_text(
+        f"_target_: tests.newkind.table.TableDataModule\npath: {table}\nbatch_size: 16\n"
+    )
     (conf / "model" / "table_net.yaml").write_text(
         "# @package _global_\ndefaults:\n  - /data: table\nmodel:\n  _target_: nnlab.module.Classifier\n"
         "  net: tests.newkind.table.TableNet\n  arch: {features: 4, num_classes: 2, hidden: 16}\n"
         "  optimizer: adam\n  lr: 0.01\n"
-        "  weight_decay: 0.0\n  momentum: 0.0\n  scheduler: none\n  warmup_pct: 0.0\n")
+        "  weight_decay: 0.0\n  momentum: 0.0\n  scheduler: none\n  warmup_pct: 0.0\n"
+    )
     run = tmp_path / "run"
-    train("model=table_net", f"hydra.searchpath=[file://{conf}]", f"hydra.run.dir={run}", "trainer.max_epochs=3",
-          "logger=csv")
+    train(
+        "model=table_net",
+        f"hydra.searchpath=[file://{conf}]",
+        f"hydra.run.dir={run}",
+        "trainer.max_epochs=3",
+        "logger=csv",
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test/acc"] > 0.7 and metrics["train/samples_per_s"] > 0  # Throughput counted the rows
     assert (run / "test_rows.csv").is_file() and (run / "confusion_matrix.png").is_file()  # TestReport asked the kind
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # predict knows nothing of the kind until the checkpoint names it: the module that defines it is imported first
-    code = ("import sys, tests.newkind.table; from nnlab.predict import main; "
-            f"main([{str(run / 'checkpoints' / 'best.ckpt')!r}, '2.0,2.0,0,0', 'one,two'])")
+    code = (
+        "import sys, tests.newkind.table; from nnlab.predict import main; "
+        f"main([{str(run / 'checkpoints' / 'best.ckpt')!r}, '2.0,2.0,0,0', 'one,two'])"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.stdout.startswith("high ") and "'one,two' is not a row of numbers" in proc.stderr

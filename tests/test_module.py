@@ -1,8 +1,6 @@
 """The Classifier: every optimizer and schedule the config offers trains; bad names are refused."""
 
 import itertools
-import os
-import subprocess
 import sys
 
 import lightning as L
@@ -10,23 +8,38 @@ import pytest
 import torch
 
 from nnlab.module import Classifier
-from tests.helpers import ROOT
 from tests.test_data import datamodule
 
 ARCH = dict(in_channels=1, image_size=28, num_classes=10, hidden=[32], batch_norm=True, dropout=0.1)
 
 
 def classifier(optimizer="adamw", scheduler="onecycle"):
-    return Classifier(net="mlp", arch=ARCH, optimizer=optimizer, lr=1e-3, weight_decay=1e-4,
-                      momentum=0.9, scheduler=scheduler, warmup_pct=0.2)
+    return Classifier(
+        net="mlp",
+        arch=ARCH,
+        optimizer=optimizer,
+        lr=1e-3,
+        weight_decay=1e-4,
+        momentum=0.9,
+        scheduler=scheduler,
+        warmup_pct=0.2,
+    )
 
 
-@pytest.mark.parametrize("optimizer,scheduler", list(itertools.product(["sgd", "adam", "adamw"],
-                                                                        ["none", "cosine", "onecycle"])))
+@pytest.mark.parametrize(
+    "optimizer,scheduler", list(itertools.product(["sgd", "adam", "adamw"], ["none", "cosine", "onecycle"]))
+)
 def test_every_optimizer_and_schedule_trains(optimizer, scheduler, mnist_dir, tmp_path):
-    trainer = L.Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     model = classifier(optimizer, scheduler)
     trainer.fit(model, datamodule=datamodule(mnist_dir))
     assert trainer.global_step == 6 and 0.0 <= model.val_acc_best <= 1.0
@@ -40,10 +53,19 @@ def test_unknown_optimizer_or_schedule_is_named(field, value, mnist_dir, tmp_pat
 
 
 def test_adversarial_training_adds_the_loss_under_the_worst_perturbation():
-    arch = dict(vocab_size=50, num_classes=2, embed_dim=8, hidden=8, layers=1, bidirectional=True, dropout=0.0,
-                pooling="max_mean")
-    settings = dict(net="lstm", optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0,
-                    scheduler="none", warmup_pct=0.0)
+    arch = dict(
+        vocab_size=50,
+        num_classes=2,
+        embed_dim=8,
+        hidden=8,
+        layers=1,
+        bidirectional=True,
+        dropout=0.0,
+        pooling="max_mean",
+    )
+    settings = dict(
+        net="lstm", optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0, scheduler="none", warmup_pct=0.0
+    )
     torch.manual_seed(0)
     model = Classifier(arch=arch, adversarial=1.0, **settings)
     tokens, lengths = torch.randint(2, 50, (4, 7)), torch.tensor([7, 5, 3, 1])
@@ -57,10 +79,27 @@ def test_adversarial_training_adds_the_loss_under_the_worst_perturbation():
 
 
 def test_the_adversarial_norm_follows_the_text_length():
-    arch = dict(vocab_size=50, num_classes=2, embed_dim=8, hidden=8, layers=1, bidirectional=True, dropout=0.0,
-                pooling="max_mean")
-    settings = dict(net="lstm", arch=arch, optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0,
-                    scheduler="none", warmup_pct=0.0, adversarial=2.0)
+    arch = dict(
+        vocab_size=50,
+        num_classes=2,
+        embed_dim=8,
+        hidden=8,
+        layers=1,
+        bidirectional=True,
+        dropout=0.0,
+        pooling="max_mean",
+    )
+    settings = dict(
+        net="lstm",
+        arch=arch,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        momentum=0.0,
+        scheduler="none",
+        warmup_pct=0.0,
+        adversarial=2.0,
+    )
     grad, lengths = torch.randn(3, 16, 8), torch.tensor([16, 4, 1])
     per_text = Classifier(**settings).perturbation(grad, lengths).flatten(1).norm(dim=1)
     assert torch.allclose(per_text, torch.full((3,), 2.0))  # Miyato et al.: one norm whatever the length
@@ -72,9 +111,16 @@ def test_training_budget_follows_the_data_and_an_explicit_length_is_exact(mnist_
     from nnlab.callbacks import TrainingBudget
 
     def fit(budget, **trainer):
-        t = L.Trainer(**{"max_epochs": 2, **trainer}, callbacks=[budget], logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                      limit_val_batches=1)
+        t = L.Trainer(
+            **{"max_epochs": 2, **trainer},
+            callbacks=[budget],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            limit_val_batches=1,
+        )
         t.fit(classifier(scheduler="none"), datamodule=datamodule(mnist_dir, val_size=500, batch_size=200))
         return t
 
@@ -87,15 +133,32 @@ def test_training_budget_follows_the_data_and_an_explicit_length_is_exact(mnist_
 
 def test_unknown_network_is_named():
     with pytest.raises(ValueError, match="model.net='rnn' is not a network"):
-        Classifier(net="rnn", arch={}, optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0,
-                   scheduler="none", warmup_pct=0.0)
+        Classifier(
+            net="rnn",
+            arch={},
+            optimizer="adam",
+            lr=1e-3,
+            weight_decay=0.0,
+            momentum=0.0,
+            scheduler="none",
+            warmup_pct=0.0,
+        )
 
 
 def test_one_output_is_a_binary_classifier():
-    arch = dict(vocab_size=50, num_classes=1, embed_dim=8, hidden=8, layers=1, bidirectional=False, dropout=0.0,
-                pooling="last")
-    model = Classifier(net="lstm", arch=arch, optimizer="adam", lr=1e-3, weight_decay=0.0,
-                       momentum=0.0, scheduler="none", warmup_pct=0.0)
+    arch = dict(
+        vocab_size=50, num_classes=1, embed_dim=8, hidden=8, layers=1, bidirectional=False, dropout=0.0, pooling="last"
+    )
+    model = Classifier(
+        net="lstm",
+        arch=arch,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        momentum=0.0,
+        scheduler="none",
+        warmup_pct=0.0,
+    )
     logits = torch.tensor([[0.0], [2.0], [-3.0]])
     y = torch.tensor([1, 1, 0])
     assert torch.allclose(model.probabilities(logits).sum(-1), torch.ones(3))
@@ -108,36 +171,3 @@ def test_keep_freed_memory_applies_on_linux():
     from nnlab.memory import keep_freed_memory
 
     assert keep_freed_memory() is sys.platform.startswith("linux")
-
-
-@pytest.mark.slow
-def test_benchmark_script_runs(mnist_dir):
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--data-dir", str(mnist_dir),
-                          "--models", "mlp", "--rounds", "1", "--no-time-to-acc", "data.val_size=100"],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"},
-                         cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "| mlp | 128 |" in out.stdout
-
-
-@pytest.mark.slow
-def test_benchmark_script_runs_the_lstm(imdb_dir):
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--data-dir", str(imdb_dir),
-                          "--models", "lstm", "--rounds", "1", "--batches", "2", "--no-time-to-acc",
-                          "data.val_size=8", "data.batch_size=8", "data.vocab_size=200", "data.min_frequency=1"],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"},
-                         cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    row = next(line for line in out.stdout.splitlines() if line.startswith("| lstm | 8 |"))
-    assert "tokens/s" in out.stdout and row.count("|") == 9
-
-
-def test_benchmark_script_runs_the_speech_rnn(speech_dir):
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--data-dir", str(speech_dir),
-                          "--models", "speech_rnn", "--rounds", "1", "--no-time-to-acc", "data.batch_size=16",
-                          "data.max_bad_share=0.05", "data.workers=1"],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"},
-                         cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    row = next(line for line in out.stdout.splitlines() if line.startswith("| speech_rnn | 16 |"))
-    assert "samples/s" in out.stdout and row.count("|") == 9

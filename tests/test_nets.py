@@ -47,16 +47,33 @@ def fit_one_batch(net, x, y, steps: int) -> float:
 
 def test_cnn_that_shrinks_the_image_away_is_refused():
     with pytest.raises(ValueError, match="shrinks a 28px image"):
-        NETS["cnn"](1, 28, 10, conv=[8, "M", 8, "M", 8, "M", 8, "M", 8, "M"], kernel_size=3, padding=0,
-                    batch_norm=False, hidden=[], dropout=0.0)
+        NETS["cnn"](
+            1,
+            28,
+            10,
+            conv=[8, "M", 8, "M", 8, "M", 8, "M", 8, "M"],
+            kernel_size=3,
+            padding=0,
+            batch_norm=False,
+            hidden=[],
+            dropout=0.0,
+        )
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("pooling", ["last", "max_mean"])
 def test_lstm_matches_packed_sequences_and_a_bidirectional_lstm(pooling, bidirectional):
     torch.manual_seed(0)
-    arch = dict(vocab_size=50, num_classes=2, embed_dim=8, hidden=6, layers=2, bidirectional=bidirectional,
-                dropout=0.0, pooling=pooling)
+    arch = dict(
+        vocab_size=50,
+        num_classes=2,
+        embed_dim=8,
+        hidden=6,
+        layers=2,
+        bidirectional=bidirectional,
+        dropout=0.0,
+        pooling=pooling,
+    )
     net = NETS["lstm"](**arch).eval()
     packed = NETS["lstm"](**arch, packed=True).eval()
     packed.load_state_dict(net.state_dict())
@@ -74,18 +91,28 @@ def test_lstm_matches_packed_sequences_and_a_bidirectional_lstm(pooling, bidirec
     out, (h, _) = ref(pack_padded_sequence(net.embed(tokens), lengths, batch_first=True, enforce_sorted=False))
     out, _ = pad_packed_sequence(out, batch_first=True)
     if pooling == "last":
-        features = torch.cat(list(h[-(2 if bidirectional else 1):]), dim=-1)
+        features = torch.cat(list(h[-(2 if bidirectional else 1) :]), dim=-1)
     else:
         valid = (torch.arange(9)[None] < lengths[:, None])[..., None]
-        features = torch.cat([out.masked_fill(~valid, float("-inf")).amax(1), (out * valid).sum(1) / lengths[:, None]], -1)
+        features = torch.cat(
+            [out.masked_fill(~valid, float("-inf")).amax(1), (out * valid).sum(1) / lengths[:, None]], -1
+        )
     assert torch.allclose(net.head(features), net(tokens, lengths), atol=1e-5)
 
 
 @pytest.mark.parametrize("pooling", ["last", "max_mean"])
 def test_lstm_shape_and_overfit_with_padding(pooling):
     torch.manual_seed(0)
-    net = NETS["lstm"](vocab_size=50, num_classes=2, embed_dim=16, hidden=16, layers=1, bidirectional=True,
-                       dropout=0.0, pooling=pooling)
+    net = NETS["lstm"](
+        vocab_size=50,
+        num_classes=2,
+        embed_dim=16,
+        hidden=16,
+        layers=1,
+        bidirectional=True,
+        dropout=0.0,
+        pooling=pooling,
+    )
     lengths = torch.randint(1, 12, (16,))
     tokens = torch.randint(2, 50, (16, 12)) * (torch.arange(12)[None] < lengths[:, None])  # 0 pads
     y = torch.randint(0, 2, (16,))
@@ -104,8 +131,16 @@ def test_lstm_shape_and_overfit_with_padding(pooling):
 
 def test_word_dropout_drops_whole_words_in_training_only():
     torch.manual_seed(0)
-    arch = dict(vocab_size=50, num_classes=2, embed_dim=8, hidden=6, layers=1, bidirectional=True, dropout=0.0,
-                pooling="max_mean")
+    arch = dict(
+        vocab_size=50,
+        num_classes=2,
+        embed_dim=8,
+        hidden=6,
+        layers=1,
+        bidirectional=True,
+        dropout=0.0,
+        pooling="max_mean",
+    )
     plain, dropping = NETS["lstm"](**arch), NETS["lstm"](**arch, word_dropout=0.5)
     dropping.load_state_dict(plain.state_dict())
     tokens, lengths = torch.randint(2, 50, (4, 7)), torch.full((4,), 7)

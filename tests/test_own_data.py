@@ -15,12 +15,36 @@ from nnlab.data.text_table import TextTableDataModule
 from nnlab.errors import DatasetError
 from tests.helpers import ROOT, make_image_folder, make_text_table, train
 
-IMAGES = dict(num_classes=None, channels=3, image_size=16, fit="crop", val_share=0.1, test_share=0.1, split_seed=0,
-              max_bad_share=0.1, batch_size=8, eval_batch_size=32, augment={"rotate": 0.0, "scale": 0.0,
-                                                                         "translate": 0.0, "flip": False}, workers=2)
-TEXTS = dict(format=None, text_column="text", label_column="label", num_classes=None, vocab_size=100, min_frequency=1,
-             max_length=32, eval_max_length=None, val_share=0.1, test_share=0.1, split_seed=0, max_bad_share=0.1,
-             batch_size=8, eval_batch_size=32)
+IMAGES = dict(
+    num_classes=None,
+    channels=3,
+    image_size=16,
+    fit="crop",
+    val_share=0.1,
+    test_share=0.1,
+    split_seed=0,
+    max_bad_share=0.1,
+    batch_size=8,
+    eval_batch_size=32,
+    augment={"rotate": 0.0, "scale": 0.0, "translate": 0.0, "flip": False},
+    workers=2,
+)
+TEXTS = dict(
+    format=None,
+    text_column="text",
+    label_column="label",
+    num_classes=None,
+    vocab_size=100,
+    min_frequency=1,
+    max_length=32,
+    eval_max_length=None,
+    val_share=0.1,
+    test_share=0.1,
+    split_seed=0,
+    max_bad_share=0.1,
+    batch_size=8,
+    eval_batch_size=32,
+)
 
 
 def images(path, tmp_path, **overrides):
@@ -46,7 +70,7 @@ def test_image_folder_is_decoded_once_split_per_class_and_normalised(tmp_path, c
     sizes = {s: len(dm.data[s][1]) for s in ("train", "val", "test")}
     assert sizes == {"train": 72, "val": 9, "test": 9}  # 3 of each class each; the broken file skipped
     assert [dm.data[s][1].bincount().tolist() for s in ("val", "test")] == [[3, 3, 3], [3, 3, 3]]
-    x, y = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    x, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert dm.data["train"][0].dtype == torch.uint8 and x.shape == (8, 3, 16, 16) and x.dtype == torch.float32
     whole = dm.on_after_batch_transfer((dm.data["train"][0], dm.data["train"][1]), 0)[0]
     assert whole.mean((0, 2, 3)).abs().max() < 1e-4 and (whole.std((0, 2, 3)) - 1).abs().max() < 1e-2
@@ -66,7 +90,7 @@ def test_image_folder_is_decoded_once_split_per_class_and_normalised(tmp_path, c
 def test_image_cache_follows_the_files_and_settings_and_a_killed_write_is_never_read(tmp_path, caplog):
     root = make_image_folder(tmp_path / "imgs", per_class=12)
     images(root, tmp_path)
-    caches = lambda: sorted((tmp_path / "cache").glob("images-*.pt"))  # noqa: E731
+    caches = lambda: sorted((tmp_path / "cache").glob("images-*.pt"))
     assert len(caches()) == 1
     grey = images(root, tmp_path, channels=1)  # another setting: another cache
     assert grey.data["train"][0].shape[1] == 1 and len(caches()) == 2
@@ -88,13 +112,16 @@ def test_train_val_test_folders_are_used_as_given(tmp_path):
     assert all(p.startswith("train/") for p in dm.paths["val"]) and len(dm.data["val"][1]) == 3  # val from train/
 
 
-@pytest.mark.parametrize("damage,message", [
-    ("empty_class", "class folder .*class_2 holds no image files"),
-    ("one_class", "holds one class folder \\(class_0\\): a classifier needs two or more classes"),
-    ("unknown_test_class", "test holds class folder\\(s\\) \\['class_9'\\] that .*train does not"),
-    ("mostly_broken", "are unusable and were skipped.*more than data.max_bad_share=0.1"),
-    ("no_folder", "data.path=.* is not a folder"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("empty_class", "class folder .*class_2 holds no image files"),
+        ("one_class", "holds one class folder \\(class_0\\): a classifier needs two or more classes"),
+        ("unknown_test_class", "test holds class folder\\(s\\) \\['class_9'\\] that .*train does not"),
+        ("mostly_broken", "are unusable and were skipped.*more than data.max_bad_share=0.1"),
+        ("no_folder", "data.path=.* is not a folder"),
+    ],
+)
 def test_bad_image_folders_are_named_and_nothing_is_cached(tmp_path, damage, message):
     root = make_image_folder(tmp_path / "imgs", per_class=6, splits=damage == "unknown_test_class")
     if damage == "empty_class":
@@ -168,13 +195,19 @@ def write(path, content: str):
     return path
 
 
-@pytest.mark.parametrize("table,message", [
-    ("review,stars\nfine,1\nbad,0\n", "has no column 'text', 'label'; its columns are \\['review', 'stars'\\]: set "
-                                      "data.text_column=<column> and data.label_column=<column>"),
-    ("text,label\n" + "same label,x\n" * 10, "has one label \\(x\\) in column 'label'"),
-    ("text,label\n" + ",a\n,b\n" * 5 + "fine,a\n", "rows .* were skipped.*line 2 \\(empty text\\)"),
-    ('{"text": "a"}\nnot json\n', "has no column 'label'"),
-])
+@pytest.mark.parametrize(
+    "table,message",
+    [
+        (
+            "review,stars\nfine,1\nbad,0\n",
+            "has no column 'text', 'label'; its columns are \\['review', 'stars'\\]: set "
+            "data.text_column=<column> and data.label_column=<column>",
+        ),
+        ("text,label\n" + "same label,x\n" * 10, "has one label \\(x\\) in column 'label'"),
+        ("text,label\n" + ",a\n,b\n" * 5 + "fine,a\n", "rows .* were skipped.*line 2 \\(empty text\\)"),
+        ('{"text": "a"}\nnot json\n', "has no column 'label'"),
+    ],
+)
 def test_bad_text_tables_are_named(tmp_path, table, message):
     with pytest.raises(DatasetError, match=message):
         texts(write(tmp_path / ("t.jsonl" if table.startswith("{") else "t.csv"), table), tmp_path)
@@ -190,8 +223,11 @@ def test_a_label_training_never_saw_is_named(tmp_path):
 
 
 def test_a_class_of_one_and_a_few_bad_rows_warn_and_train(tmp_path, caplog):
-    rows = "text,label\n" + "".join(f"nice film {i},good\nawful film {i},bad\n" for i in range(20)) + \
-        "odd one,rare\n,good\n"
+    rows = (
+        "text,label\n"
+        + "".join(f"nice film {i},good\nawful film {i},bad\n" for i in range(20))
+        + "odd one,rare\n,good\n"
+    )
     with caplog.at_level(logging.WARNING):
         dm = texts(write(tmp_path / "t.csv", rows), tmp_path)
     assert dm.class_names == ("bad", "good", "rare")
@@ -201,14 +237,25 @@ def test_a_class_of_one_and_a_few_bad_rows_warn_and_train(tmp_path, caplog):
 
 # ----------------------------------------------------------------------------------------------------- end to end
 def run_args(run_dir, data):
-    return [f"hydra.run.dir={run_dir}", f"data.path={data}", f"paths.data_dir={run_dir.parent / 'data'}",
-            "trainer.max_epochs=2", "logger=csv"]
+    return [
+        f"hydra.run.dir={run_dir}",
+        f"data.path={data}",
+        f"paths.data_dir={run_dir.parent / 'data'}",
+        "trainer.max_epochs=2",
+        "logger=csv",
+    ]
 
 
 def predict(*args, check=True):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "nnlab.predict", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlab.predict", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert not check or proc.returncode == 0, proc.stderr
     return proc
 
@@ -237,8 +284,15 @@ def test_models_train_on_an_image_folder_and_predict_from_the_checkpoint_alone(t
 def test_lstm_trains_on_a_text_table_and_predicts_from_the_checkpoint_alone(tmp_path):
     table = make_text_table(tmp_path / "reviews.jsonl", rows=90, fmt="jsonl")
     run = tmp_path / "run"
-    train("model=lstm", "data=text_table", "data.vocab_size=200", "data.min_frequency=1", "model.arch.embed_dim=16",
-          "model.arch.hidden=16", *run_args(run, table))
+    train(
+        "model=lstm",
+        "data=text_table",
+        "data.vocab_size=200",
+        "data.min_frequency=1",
+        "model.arch.embed_dim=16",
+        "model.arch.hidden=16",
+        *run_args(run, table),
+    )
     rows = (run / "test_samples.csv").read_text().splitlines()
     assert rows[0] == "text,label,prediction,confidence,correct" and len(rows) == 1 + 9
     table.unlink()

@@ -47,9 +47,15 @@ def straight(tmp_path_factory, request):
 def test_a_stop_mid_epoch_then_resume_is_exact(model, sig, straight, tmp_path, request):
     fixture, overrides, step = DEFAULTS[model]
     data_dir = request.getfixturevalue(fixture)
-    args = [*overrides, "logger=csv", f"hydra.run.dir={tmp_path}", f"paths.data_dir={data_dir}",
-            "+callbacks.signal._target_=tests.helpers.SignalAt", f"+callbacks.signal.step={step}",
-            f"+callbacks.signal.signal={sig}"]
+    args = [
+        *overrides,
+        "logger=csv",
+        f"hydra.run.dir={tmp_path}",
+        f"paths.data_dir={data_dir}",
+        "+callbacks.signal._target_=tests.helpers.SignalAt",
+        f"+callbacks.signal.step={step}",
+        f"+callbacks.signal.signal={sig}",
+    ]
     proc = train(*args, check=False)
     assert proc.returncode == 128 + getattr(signal, sig), proc.stderr[-3000:]
     name = "Ctrl-C" if sig == "SIGINT" else sig
@@ -74,16 +80,27 @@ def test_sigkill_then_resume_from_the_epoch_checkpoint_is_exact(straight, tmp_pa
 
 
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, mnist_dir):
-    args = [*DEFAULTS["mlp"][1], "logger=csv", f"hydra.run.dir={tmp_path}", f"paths.data_dir={mnist_dir}",
-            "+callbacks.signal._target_=tests.helpers.SignalTwice", "+callbacks.signal.step=10"]
+    args = [
+        *DEFAULTS["mlp"][1],
+        "logger=csv",
+        f"hydra.run.dir={tmp_path}",
+        f"paths.data_dir={mnist_dir}",
+        "+callbacks.signal._target_=tests.helpers.SignalTwice",
+        "+callbacks.signal.step=10",
+    ]
     proc = train(*args, check=False)
     assert proc.returncode == 130 and "Second Ctrl-C: stopping now, without a checkpoint" in proc.stderr
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8  # epoch 1's
 
 
 def test_ctrl_c_before_training_stops_at_once(tmp_path, mnist_dir):
-    proc = train(*DEFAULTS["mlp"][1], f"hydra.run.dir={tmp_path}", f"paths.data_dir={mnist_dir}",
-                 "+callbacks.signal._target_=tests.helpers.SignalAtFitStart", check=False)
+    proc = train(
+        *DEFAULTS["mlp"][1],
+        f"hydra.run.dir={tmp_path}",
+        f"paths.data_dir={mnist_dir}",
+        "+callbacks.signal._target_=tests.helpers.SignalAtFitStart",
+        check=False,
+    )
     assert proc.returncode == 130 and "Interrupted before training started: nothing to resume" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "wandb").exists()
 
@@ -98,17 +115,31 @@ def test_torchrun_restarts_a_lost_worker_which_resumes_exactly(tmp_path, mnist_d
     from tests.helpers import ROOT
 
     def torchrun(run_dir, *more):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "--max-restarts=1",
-               str(ROOT / "train.py"), *DEFAULTS["mlp"][1], "trainer.max_epochs=3", "logger=csv",
-               f"hydra.run.dir={run_dir}", f"paths.data_dir={mnist_dir}", *more]
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                              text=True, timeout=600)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=1",
+            "--max-restarts=1",
+            str(ROOT / "train.py"),
+            *DEFAULTS["mlp"][1],
+            "trainer.max_epochs=3",
+            "logger=csv",
+            f"hydra.run.dir={run_dir}",
+            f"paths.data_dir={mnist_dir}",
+            *more,
+        ]
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         return proc
 
     torchrun(tmp_path / "straight")
-    proc = torchrun(tmp_path / "restarted", "+callbacks.crash._target_=tests.helpers.CrashOnce",
-                    "+callbacks.crash.step=10")
+    proc = torchrun(
+        tmp_path / "restarted", "+callbacks.crash._target_=tests.helpers.CrashOnce", "+callbacks.crash.step=10"
+    )
     assert "torchrun restarted the workers (restart 1): resuming" in proc.stdout + proc.stderr
     resumed, expected = metrics(tmp_path / "restarted"), metrics(tmp_path / "straight")
     assert resumed["resumed_from"].endswith("last.ckpt")
@@ -120,8 +151,13 @@ def test_ddp_ranks_each_resume_their_own_random_state(tmp_path, mnist_dir):
     checkpoint, each rank gets its own back, and the resumed run ends where an uninterrupted one ends."""
     args = ["model=mlp", "trainer=ddp_cpu", "trainer.max_epochs=3", *TINY, "logger=csv", f"paths.data_dir={mnist_dir}"]
     train(*args, f"hydra.run.dir={tmp_path / 'straight'}", timeout=400)
-    crashed = [*args, f"hydra.run.dir={tmp_path / 'crashed'}", "+callbacks.crash._target_=tests.helpers.CrashOnce",
-               "+callbacks.crash.step=6", f"+callbacks.crash.once={tmp_path / 'crashed-once'}"]
+    crashed = [
+        *args,
+        f"hydra.run.dir={tmp_path / 'crashed'}",
+        "+callbacks.crash._target_=tests.helpers.CrashOnce",
+        "+callbacks.crash.step=6",
+        f"+callbacks.crash.once={tmp_path / 'crashed-once'}",
+    ]
     assert train(*crashed, check=False, timeout=400).returncode != 0
     checkpoint = torch.load(tmp_path / "crashed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 4 and len(checkpoint["rng_states"]) == 2
@@ -135,8 +171,13 @@ def test_sigterm_to_one_ddp_rank_stops_both_at_one_step_and_resumes_exactly(tmp_
     every 10th batch) with a checkpoint, and the resumed run ends where an uninterrupted one ends."""
     args = ["model=mlp", "trainer=ddp_cpu", "trainer.max_epochs=6", *TINY, "logger=csv", f"paths.data_dir={mnist_dir}"]
     train(*args, f"hydra.run.dir={tmp_path / 'straight'}", timeout=400)
-    stopped = [*args, f"hydra.run.dir={tmp_path / 'stopped'}", "+callbacks.signal._target_=tests.helpers.SignalAt",
-               "+callbacks.signal.step=2", "+callbacks.signal.rank=0"]
+    stopped = [
+        *args,
+        f"hydra.run.dir={tmp_path / 'stopped'}",
+        "+callbacks.signal._target_=tests.helpers.SignalAt",
+        "+callbacks.signal.step=2",
+        "+callbacks.signal.rank=0",
+    ]
     proc = train(*stopped, check=False, timeout=400)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stdout[-2000:] + proc.stderr[-3000:]
     checkpoint = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -29,8 +29,18 @@ def sbatch(slurm, tmp_path, body: str, *sbatch_options: str, wait=False) -> tupl
     and, with wait=True, the job's exit code once it ended (else 0)."""
     script = tmp_path / "job.sbatch"
     script.write_text(f"#!/bin/bash\n#SBATCH --time=10\n#SBATCH --output={tmp_path}/slurm-%j.out\n{body}\n")
-    job = subprocess.run(["sbatch", "--parsable", *sbatch_options, str(script)], cwd=ROOT, env=job_env(slurm),
-                         capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    job = (
+        subprocess.run(
+            ["sbatch", "--parsable", *sbatch_options, str(script)],
+            cwd=ROOT,
+            env=job_env(slurm),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .split(";")[0]
+    )
     return job, ended(slurm, job) if wait else 0
 
 
@@ -52,19 +62,22 @@ def wait_for(what: str, ready, timeout: float = 300, proc: subprocess.Popen | No
     while not (value := ready()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the sweep ended (exit code {proc.returncode}) before {what}:\n"
-                                 f"{proc.stdout.read()[-5000:]}")
+            raise AssertionError(
+                f"the sweep ended (exit code {proc.returncode}) before {what}:\n{proc.stdout.read()[-5000:]}"
+            )
         time.sleep(0.3)
     return value
 
 
 def wait_for_job(slurm, job: str, out, what: str, ready, timeout: float = 300):
     """wait_for, failing at once with the job's output if the job ends first."""
+
     def ready_or_ended():
         if value := ready():
             return value
         if job_state(slurm, job) in ENDED:
             raise AssertionError(f"job {job} ended before {what}:\n{out.read_text()[-5000:] if out.exists() else ''}")
+
     return wait_for(what, ready_or_ended, timeout)
 
 
@@ -100,10 +113,24 @@ def newer_checkpoint(path, than: float) -> bool:
 
 def test_two_task_ddp_job_started_by_srun(slurm, tmp_path, mnist_dir):
     run_dir = tmp_path / "run"
-    train = [sys.executable, str(ROOT / "train.py"), *TINY, "trainer=ddp_cpu", "trainer.max_epochs=2",
-             f"hydra.run.dir={run_dir}", f"paths.data_dir={mnist_dir}"]
-    rc, out = submit(slurm, tmp_path, "srun " + " ".join(train), "--nodes=1", "--ntasks-per-node=2",
-                     "--cpus-per-task=1", "--nodelist=n2")  # srun from the second node's namespace
+    train = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *TINY,
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+        f"paths.data_dir={mnist_dir}",
+    ]
+    rc, out = submit(
+        slurm,
+        tmp_path,
+        "srun " + " ".join(train),
+        "--nodes=1",
+        "--ntasks-per-node=2",
+        "--cpus-per-task=1",
+        "--nodelist=n2",
+    )  # srun from the second node's namespace
     assert rc == 0, out[-5000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["test/acc"] > 0.3
@@ -116,8 +143,9 @@ def test_two_task_ddp_job_started_by_srun(slurm, tmp_path, mnist_dir):
 
 def test_tasks_that_do_not_match_the_trainer_fail_before_training(slurm, tmp_path, mnist_dir):
     train = f"{sys.executable} {ROOT / 'train.py'} {' '.join(TINY)} trainer=ddp_cpu paths.data_dir={mnist_dir}"
-    rc, out = submit(slurm, tmp_path, f"srun {train} trainer.devices=1 hydra.run.dir={tmp_path}/a",
-                     "--ntasks-per-node=2")
+    rc, out = submit(
+        slurm, tmp_path, f"srun {train} trainer.devices=1 hydra.run.dir={tmp_path}/a", "--ntasks-per-node=2"
+    )
     assert rc != 0 and "--ntasks-per-node=1" in out and "trainer.devices=2" in out
     # A real two-node allocation (one task on each node) for a trainer that wants 2 devices on 1 node
     rc, out = submit(slurm, tmp_path, f"srun {train} hydra.run.dir={tmp_path}/c", "--nodes=2", "--ntasks-per-node=1")
@@ -132,19 +160,35 @@ def test_tasks_that_do_not_match_the_trainer_fail_before_training(slurm, tmp_pat
 ON_CPU_NODES = ["--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1", "--mem=2G", "--time=10"]
 
 
-def test_a_multi_node_job_trains_one_model_on_both_nodes_and_resumes_on_both_after_a_requeue(slurm, tmp_path,
-                                                                                          mnist_dir):
+def test_a_multi_node_job_trains_one_model_on_both_nodes_and_resumes_on_both_after_a_requeue(
+    slurm, tmp_path, mnist_dir
+):
     """scripts/slurm/multi_node.sbatch as written (trainer=ddp_cpu, one device per node): one rank on n1, one on n2,
     one run directory and W&B run, the same weights on both ranks; its requeue signal requeues the job, which resumes
     on both nodes from last.ckpt and ends at the step an uninterrupted run ends at."""
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
     env = job_env(slurm, NNLAB_DATA_DIR=str(mnist_dir), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    job = subprocess.run(["sbatch", "--parsable", *ON_CPU_NODES, f"--output={tmp_path}/slurm-%j.out",
-                          str(ROOT / "scripts" / "slurm" / "multi_node.sbatch"), *TINY, "trainer=ddp_cpu",
-                          "trainer.max_epochs=4", "+callbacks.slow._target_=tests.helpers.SlowSteps",
-                          "+callbacks.slow.seconds=0.25", f"hydra.run.dir={run}"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    job = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            *ON_CPU_NODES,
+            f"--output={tmp_path}/slurm-%j.out",
+            str(ROOT / "scripts" / "slurm" / "multi_node.sbatch"),
+            *TINY,
+            "trainer=ddp_cpu",
+            "trainer.max_epochs=4",
+            "+callbacks.slow._target_=tests.helpers.SlowSteps",
+            "+callbacks.slow.seconds=0.25",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     wait_for_job(slurm, job, tmp_path / f"slurm-{job}.out", "the first checkpoint", last.is_file)
     slurm_run(slurm, "scancel", "--signal=USR2", job)
     restart_now(slurm, job)
@@ -170,16 +214,36 @@ def test_a_multi_node_job_trains_one_model_on_both_nodes_and_resumes_on_both_aft
 def test_a_sweep_through_the_slurm_launcher_runs_its_trials_as_one_job_array(slurm, tmp_path, mnist_dir):
     """Each trial a two-node DDP job (hydra.launcher.nodes=2, one task per node), the trials one job array."""
     env = job_env(slurm)
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm",
-                           "hydra.launcher.timeout_min=10", "hydra.launcher.nodes=2", "hydra.launcher.cpus_per_task=1",
-                           "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2", *TINY,
-                           "trainer.max_epochs=1", "model.lr=1e-3,3e-3", f"paths.data_dir={mnist_dir}",
-                           f"paths.log_dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.timeout_min=10",
+            "hydra.launcher.nodes=2",
+            "hydra.launcher.cpus_per_task=1",
+            "trainer=ddp_cpu",
+            "trainer.devices=1",
+            "trainer.num_nodes=2",
+            *TINY,
+            "trainer.max_epochs=1",
+            "model.lr=1e-3,3e-3",
+            f"paths.data_dir={mnist_dir}",
+            f"paths.log_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     (sweep_dir,) = (tmp_path / "sweeps").iterdir()
-    assert [line.split(",")[2] for line in (sweep_dir / "summary.csv").read_text().splitlines()[1:]] == \
-        ["complete", "complete"]
+    assert [line.split(",")[2] for line in (sweep_dir / "summary.csv").read_text().splitlines()[1:]] == [
+        "complete",
+        "complete",
+    ]
     tasks = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
     assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1  # one array: <job>_0, <job>_1
     for trial in ("0", "1"):
@@ -194,13 +258,32 @@ def test_a_sweep_through_the_slurm_launcher_runs_its_trials_as_one_job_array(slu
 def test_sweep_workers_of_a_job_array_share_one_study(slurm, tmp_path, mnist_dir):
     """scripts/slurm/sweep_worker.sbatch as written, with the GPU request taken off for this CPU-only cluster."""
     env = job_env(slurm, STUDY_STORAGE=str(tmp_path / "study.journal"), NNLAB_DATA_DIR=str(mnist_dir))
-    job = subprocess.run(["sbatch", "--parsable", "--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1",
-                          "--mem=3G", "--time=10", f"--output={tmp_path}/slurm-%A_%a.out",
-                          str(ROOT / "scripts" / "slurm" / "sweep_worker.sbatch"), "hydra/sweeper=optuna",
-                          "model.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.n_trials=4",
-                          "hydra.sweeper.study_name=array", *TINY, "trainer.max_epochs=1", "logger=csv",
-                          f"paths.log_dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    job = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--array=0-1",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--mem=3G",
+            "--time=10",
+            f"--output={tmp_path}/slurm-%A_%a.out",
+            str(ROOT / "scripts" / "slurm" / "sweep_worker.sbatch"),
+            "hydra/sweeper=optuna",
+            "model.lr=tag(log,interval(1e-3,1e-2))",
+            "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.study_name=array",
+            *TINY,
+            "trainer.max_epochs=1",
+            "logger=csv",
+            f"paths.log_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     codes = [ended(slurm, f"{job}_{task}") for task in (0, 1)]
     outputs = [p.read_text() for p in sorted(tmp_path.glob("slurm-*_*.out"))]
     assert codes == [0, 0] and len(outputs) == 2, "".join(o[-3000:] for o in outputs)
@@ -220,10 +303,19 @@ def test_a_job_signalled_before_its_limit_or_requeued_resumes_into_the_same_run(
     checkpoint, goes back to the queue, and resumes in the same directory and W&B run."""
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
-    job, _ = sbatch(slurm, tmp_path, "\n".join([
-        *PREEMPTIBLE, "#SBATCH --cpus-per-task=1",
-        f"srun {sys.executable} {ROOT / 'train.py'} {' '.join(TINY)} trainer.max_epochs=6 paths.data_dir={mnist_dir} "
-        f"+callbacks.slow._target_=tests.helpers.SlowSteps +callbacks.slow.seconds=0.25 hydra.run.dir={run}"]))
+    job, _ = sbatch(
+        slurm,
+        tmp_path,
+        "\n".join(
+            [
+                *PREEMPTIBLE,
+                "#SBATCH --cpus-per-task=1",
+                f"srun {sys.executable} {ROOT / 'train.py'} {' '.join(TINY)} trainer.max_epochs=6 "
+                f"paths.data_dir={mnist_dir} "
+                f"+callbacks.slow._target_=tests.helpers.SlowSteps +callbacks.slow.seconds=0.25 hydra.run.dir={run}",
+            ]
+        ),
+    )
 
     wait_for("the first checkpoint", last.is_file)
     signalled = time.time()
@@ -255,11 +347,21 @@ def test_a_job_signalled_before_its_limit_or_requeued_resumes_into_the_same_run(
 def test_a_two_task_ddp_job_stops_at_one_step_on_every_rank_and_requeues_once(slurm, tmp_path, mnist_dir):
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
-    job, _ = sbatch(slurm, tmp_path, "\n".join([
-        *PREEMPTIBLE, "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=1",
-        f"srun {sys.executable} {ROOT / 'train.py'} {' '.join(TINY)} trainer=ddp_cpu trainer.max_epochs=4 "
-        f"paths.data_dir={mnist_dir} +callbacks.slow._target_=tests.helpers.SlowSteps +callbacks.slow.seconds=0.25 "
-        f"hydra.run.dir={run}"]))
+    job, _ = sbatch(
+        slurm,
+        tmp_path,
+        "\n".join(
+            [
+                *PREEMPTIBLE,
+                "#SBATCH --ntasks-per-node=2",
+                "#SBATCH --cpus-per-task=1",
+                f"srun {sys.executable} {ROOT / 'train.py'} {' '.join(TINY)} trainer=ddp_cpu trainer.max_epochs=4 "
+                f"paths.data_dir={mnist_dir} "
+                "+callbacks.slow._target_=tests.helpers.SlowSteps +callbacks.slow.seconds=0.25 "
+                f"hydra.run.dir={run}",
+            ]
+        ),
+    )
     wait_for("the first checkpoint", last.is_file)
     slurm_run(slurm, "scancel", "--signal=USR2", job)
     restart_now(slurm, job)
@@ -274,29 +376,56 @@ def test_a_two_task_ddp_job_stops_at_one_step_on_every_rank_and_requeues_once(sl
 
 def sweep_in_background(slurm, tmp_path, mnist_dir, *overrides):
     env = job_env(slurm)
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm",
-                             "hydra.launcher.timeout_min=10", *TINY, f"paths.data_dir={mnist_dir}",
-                             f"paths.log_dir={tmp_path}", "+callbacks.slow._target_=tests.helpers.SlowSteps",
-                             "+callbacks.slow.seconds=0.25", *overrides],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.timeout_min=10",
+            *TINY,
+            f"paths.data_dir={mnist_dir}",
+            f"paths.log_dir={tmp_path}",
+            "+callbacks.slow._target_=tests.helpers.SlowSteps",
+            "+callbacks.slow.seconds=0.25",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def trial_job(sweep: subprocess.Popen, log_dir, trial: int) -> str:
     """The SLURM job id of a sweep's trial, once the trial has started (its run.json)."""
+
     def job():
         for info in log_dir.glob(f"sweeps/*/{trial}/run.json"):
             facts = json.loads(info.read_text())["slurm"]  # a task of an array is <array>_<task> to scancel
             return f"{facts['array_job_id']}_{facts['array_task_id']}" if "array_job_id" in facts else facts["job_id"]
+
     return wait_for(f"trial {trial} to start", job, proc=sweep)
 
 
 def test_a_launcher_trial_requeues_itself_on_submitits_signal(slurm, tmp_path, mnist_dir):
     """Under hydra/launcher=slurm the trial, not submitit, owns the requeue: the trial answers the signal submitit
     asked SLURM for (USR2, signal_delay_s before the limit), and the sweep waits for the resumed job's result."""
-    sweep = sweep_in_background(slurm, tmp_path, mnist_dir, "trainer.max_epochs=4", "hydra/sweeper=optuna",
-                                "hydra.sweeper.n_trials=1", "model.lr=interval(1e-3,2e-3)")
-    last = wait_for("the trial's first checkpoint",
-                    lambda: next(tmp_path.glob("sweeps/*/0/checkpoints/last.ckpt"), None), proc=sweep)
+    sweep = sweep_in_background(
+        slurm,
+        tmp_path,
+        mnist_dir,
+        "trainer.max_epochs=4",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=1",
+        "model.lr=interval(1e-3,2e-3)",
+    )
+    last = wait_for(
+        "the trial's first checkpoint",
+        lambda: next(tmp_path.glob("sweeps/*/0/checkpoints/last.ckpt"), None),
+        proc=sweep,
+    )
     job = trial_job(sweep, tmp_path, 0)
     slurm_run(slurm, "scancel", "--signal=USR2", job)
     restart_now(slurm, job)
@@ -340,13 +469,35 @@ def test_a_sweep_worker_signalled_before_its_limit_requeues_itself_and_resumes_i
     """scripts/slurm/sweep_worker.sbatch gets USR2 itself (--signal=B:USR2@120; here scancel --batch): it stops its
     trial (which checkpoints), releases it and requeues; the restarted worker resumes that trial and ends the study."""
     env = job_env(slurm, STUDY_STORAGE=str(tmp_path / "study.journal"), NNLAB_DATA_DIR=str(mnist_dir))
-    job = subprocess.run(["sbatch", "--parsable", "--array=0", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=3G",
-                          "--time=10", f"--output={tmp_path}/slurm-%A_%a.out",
-                          str(ROOT / "scripts" / "slurm" / "sweep_worker.sbatch"), "model.lr=1e-3,2e-3",
-                          "hydra.sweeper.study_name=requeued", *TINY, "trainer.max_epochs=3", "logger=csv",
-                          "+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.25",
-                          f"paths.log_dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         check=True).stdout.strip() + "_0"
+    job = (
+        subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                "--array=0",
+                "--gpus-per-node=0",
+                "--cpus-per-task=1",
+                "--mem=3G",
+                "--time=10",
+                f"--output={tmp_path}/slurm-%A_%a.out",
+                str(ROOT / "scripts" / "slurm" / "sweep_worker.sbatch"),
+                "model.lr=1e-3,2e-3",
+                "hydra.sweeper.study_name=requeued",
+                *TINY,
+                "trainer.max_epochs=3",
+                "logger=csv",
+                "+callbacks.slow._target_=tests.helpers.SlowSteps",
+                "+callbacks.slow.seconds=0.25",
+                f"paths.log_dir={tmp_path}",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        + "_0"
+    )
     first = tmp_path / "sweeps" / "requeued" / "0"
     wait_for("trial 0's first checkpoint", (first / "checkpoints" / "last.ckpt").is_file)
     slurm_run(slurm, "scancel", "--batch", "--signal=USR2", job)
@@ -364,9 +515,22 @@ def test_a_sweep_worker_signalled_before_its_limit_requeues_itself_and_resumes_i
 
 
 def test_a_lead_time_not_under_the_time_limit_is_refused_before_anything_is_submitted(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm",
-                           "hydra.launcher.timeout_min=2", "model=mlp", "model.lr=1e-3,2e-3",
-                           f"paths.log_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.timeout_min=2",
+            "model=mlp",
+            "model.lr=1e-3,2e-3",
+            f"paths.log_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "hydra.launcher.signal_delay_s=120 is not under hydra.launcher.timeout_min=2 (120 s)" in proc.stderr
     assert not list(tmp_path.glob("sweeps/*/.submitit"))

@@ -8,17 +8,41 @@ import pytest
 import torch
 
 from nnlab.data import DatasetError
-from nnlab.data.speech import (FOLDER, SILENCE, UNKNOWN, SpeechCommandsDataModule, decode, load_or_build_cache,
-                               prepare_speech_commands, wav_is_truncated)
+from nnlab.data.speech import (
+    FOLDER,
+    SILENCE,
+    UNKNOWN,
+    SpeechCommandsDataModule,
+    decode,
+    load_or_build_cache,
+    prepare_speech_commands,
+    wav_is_truncated,
+)
 from tests.helpers import SPEECH_WORDS, make_speech_commands
 
-SETTINGS = dict(num_classes=None, download=False, labels="folder", sample_rate=16000, clip_seconds=1.0,
-                unknown_share=0.5, silence_share=0.25, split_seed=0, max_bad_share=0.05, batch_size=16,
-                eval_batch_size=64, time_shift_ms=100.0, noise_prob=1.0, noise_level=0.1, workers=1)
+SETTINGS = dict(
+    num_classes=None,
+    download=False,
+    labels="folder",
+    sample_rate=16000,
+    clip_seconds=1.0,
+    unknown_share=0.5,
+    silence_share=0.25,
+    split_seed=0,
+    max_bad_share=0.05,
+    batch_size=16,
+    eval_batch_size=64,
+    time_shift_ms=100.0,
+    noise_prob=1.0,
+    noise_level=0.1,
+    workers=1,
+)
 
 
 def datamodule(data_dir, **overrides):
-    dm = SpeechCommandsDataModule(data_dir=str(data_dir), cache_dir=str(data_dir / "cache"), **{**SETTINGS, **overrides})
+    dm = SpeechCommandsDataModule(
+        data_dir=str(data_dir), cache_dir=str(data_dir / "cache"), **{**SETTINGS, **overrides}
+    )
     dm.prepare_data()
     dm.setup()
     return dm
@@ -39,8 +63,12 @@ def test_folder_labels_are_the_words_found_and_lists_give_the_splits(tree, caplo
     assert all(p.startswith("spk0_") for p in (path.split("/")[1] for path in dm.cache["test"]["paths"]))
     assert "1 stereo downmixed to mono, 1 resampled to 16000 Hz" in caplog.text
     assert "1 of 122 audio files (0.8%) are unusable" in caplog.text and "dog/spk9_nohash_1.wav" in caplog.text
-    assert dm.preprocessing() == {"kind": "audio", "sample_rate": 16000, "samples": 16000,
-                                  "class_names": sorted(SPEECH_WORDS)}
+    assert dm.preprocessing() == {
+        "kind": "audio",
+        "sample_rate": 16000,
+        "samples": 16000,
+        "class_names": sorted(SPEECH_WORDS),
+    }
 
 
 def test_decoding_in_threads_gives_the_same_clips(tree):
@@ -101,8 +129,15 @@ def test_short_clips_are_centred_and_long_ones_keep_their_middle(tmp_path):
 
 def test_cache_is_reused_rebuilt_on_change_and_never_read_half_written(tree, caplog):
     cache_dir = tree / "cache"
-    settings = dict(labels="folder", sample_rate=16000, samples=16000, unknown_share=0.1, silence_share=0.1, seed=0,
-                    max_bad_share=0.05)
+    settings = dict(
+        labels="folder",
+        sample_rate=16000,
+        samples=16000,
+        unknown_share=0.1,
+        silence_share=0.1,
+        seed=0,
+        max_bad_share=0.05,
+    )
     root = tree / FOLDER
     with caplog.at_level(logging.INFO, logger="nnlab.data.speech"):
         first = load_or_build_cache(tree, root, cache_dir, **settings)
@@ -189,8 +224,15 @@ def test_a_clean_tree_without_noise_trains_without_mixing(tmp_path):
 
 
 def test_a_damaged_cache_part_is_named_and_the_set_rebuilt(tree, caplog):
-    settings = dict(labels="folder", sample_rate=16000, samples=16000, unknown_share=0.1, silence_share=0.1, seed=0,
-                    max_bad_share=0.05)
+    settings = dict(
+        labels="folder",
+        sample_rate=16000,
+        samples=16000,
+        unknown_share=0.1,
+        silence_share=0.1,
+        seed=0,
+        max_bad_share=0.05,
+    )
     cache_dir, root = tree / "cache", tree / FOLDER
     first = load_or_build_cache(tree, root, cache_dir, **settings)
     (part,) = cache_dir.glob("speech-*-val.pt")

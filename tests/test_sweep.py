@@ -30,9 +30,15 @@ def test_grid_points_come_in_hydra_order_and_fixed_overrides_pass_through():
 
 
 def test_search_space_syntax_maps_to_optuna_distributions():
-    space = SearchSpace.parse(["model.lr=tag(log,interval(1e-4,1e-2))", "model.dropout=interval(0.0,0.5)",
-                               "model.layers=int(interval(1,4))", "data.batch_size=range(32,129,32)",
-                               "model.net=choice(mlp,cnn)"])
+    space = SearchSpace.parse(
+        [
+            "model.lr=tag(log,interval(1e-4,1e-2))",
+            "model.dropout=interval(0.0,0.5)",
+            "model.layers=int(interval(1,4))",
+            "data.batch_size=range(32,129,32)",
+            "model.net=choice(mlp,cnn)",
+        ]
+    )
     d = space.distributions
     assert d["model.lr"] == optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
     assert d["model.dropout"] == optuna.distributions.FloatDistribution(0.0, 0.5)
@@ -45,8 +51,14 @@ def test_search_space_syntax_maps_to_optuna_distributions():
 
 
 def test_a_later_override_of_a_key_replaces_the_earlier():
-    space = SearchSpace.parse(["model.lr=tag(log,interval(1e-4,1e-2))", "data.batch_size=64,128", "model.lr=1e-3",
-                               "data.batch_size=choice(32,64)"])
+    space = SearchSpace.parse(
+        [
+            "model.lr=tag(log,interval(1e-4,1e-2))",
+            "data.batch_size=64,128",
+            "model.lr=1e-3",
+            "data.batch_size=choice(32,64)",
+        ]
+    )
     assert space.fixed == ["model.lr=1e-3"] and list(space.distributions) == ["data.batch_size"]
     assert space.grid == {"data.batch_size": ["32", "64"]}
 
@@ -59,9 +71,22 @@ def test_sweeping_a_hydra_setting_is_refused_with_the_key():
 # ------------------------------------------------------------------------------------------------------ end to end
 def sweep(log_dir: Path, data_dir: Path, *overrides: str, timeout=600, check=True, env=None):
     """`python train.py -m overrides...` with W&B offline; returns the CompletedProcess."""
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *TINY, f"paths.data_dir={data_dir}",
-                           f"paths.log_dir={log_dir}", *overrides], cwd=ROOT, env=sweep_env(env), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            *TINY,
+            f"paths.data_dir={data_dir}",
+            f"paths.log_dir={log_dir}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=sweep_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"sweep failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -98,8 +123,15 @@ def wandb_runs(sweep_dir: Path) -> dict[str, dict]:
 
 
 # Random startup trials (seed 1) draw good, good, bad, good: the bad learning rate is pruned at its first epoch.
-OPTUNA = ["hydra/sweeper=optuna", "model.lr=choice(3e-3,1e-9)", "seed=1", "hydra.sweeper.sampler.n_startup_trials=4",
-          "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0", "trainer.max_epochs=2"]
+OPTUNA = [
+    "hydra/sweeper=optuna",
+    "model.lr=choice(3e-3,1e-9)",
+    "seed=1",
+    "hydra.sweeper.sampler.n_startup_trials=4",
+    "hydra.sweeper.pruner.n_startup_trials=1",
+    "hydra.sweeper.pruner.n_warmup_steps=0",
+    "trainer.max_epochs=2",
+]
 
 
 @pytest.mark.slow
@@ -137,13 +169,27 @@ def test_optuna_sweep_prunes_groups_wandb_runs_and_a_rerun_extends_the_study(tmp
 
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_its_running_trial_from_the_checkpoint(tmp_path, mnist_dir):
-    args = [*TINY, f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}", "hydra/sweeper=optuna",
-            "model.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.n_trials=2", "trainer.max_epochs=3",
-            "+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.25"]
+    args = [
+        *TINY,
+        f"paths.data_dir={mnist_dir}",
+        f"paths.log_dir={tmp_path}",
+        "hydra/sweeper=optuna",
+        "model.lr=tag(log,interval(1e-3,1e-2))",
+        "hydra.sweeper.n_trials=2",
+        "trainer.max_epochs=3",
+        "+callbacks.slow._target_=tests.helpers.SlowSteps",
+        "+callbacks.slow.seconds=0.25",
+    ]
     output = tmp_path / "sweep.out"
     with open(output, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), "-m", *args],
+            cwd=ROOT,
+            env=sweep_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("sweeps/*/0/checkpoints/last.ckpt")):
         assert proc.poll() is None and time.monotonic() < deadline, "the first trial never wrote a checkpoint"
@@ -157,8 +203,14 @@ def test_interrupted_sweep_resumes_its_running_trial_from_the_checkpoint(tmp_pat
     study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
     assert [t.state.name for t in study.trials] == ["RUNNING"]  # left running, released for a rerun
 
-    rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
-                           capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", *args],
+        cwd=ROOT,
+        env=sweep_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert "Trial 0 (resumed: continues in its own directory" in rerun.stdout + rerun.stderr
     study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
@@ -172,12 +224,20 @@ def test_interrupted_sweep_resumes_its_running_trial_from_the_checkpoint(tmp_pat
 
 @pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_the_grid_goes_on(tmp_path, mnist_dir):
-    proc = sweep(tmp_path, mnist_dir, "trainer.max_epochs=1", "+callbacks.poison._target_=tests.helpers.PoisonWeights",
-                 "+callbacks.poison.epoch=0,5", "model.lr=1e-3")
+    proc = sweep(
+        tmp_path,
+        mnist_dir,
+        "trainer.max_epochs=1",
+        "+callbacks.poison._target_=tests.helpers.PoisonWeights",
+        "+callbacks.poison.epoch=0,5",
+        "model.lr=1e-3",
+    )
     sweep_dir = only_sweep(tmp_path)
     rows = summary(sweep_dir)
-    assert [(r["overrides"], r["state"]) for r in rows] == [("+callbacks.poison.epoch=0", "fail"),
-                                                            ("+callbacks.poison.epoch=5", "complete")]
+    assert [(r["overrides"], r["state"]) for r in rows] == [
+        ("+callbacks.poison.epoch=0", "fail"),
+        ("+callbacks.poison.epoch=5", "complete"),
+    ]
     assert "non-finite" in rows[0]["error"] and rows[1]["best"] == "*"
     assert "1 fail" in proc.stdout
     assert "Traceback" in (sweep_dir / "0" / "train.log").read_text()  # the trial's own log has the traceback
@@ -215,11 +275,29 @@ def test_parallel_launcher_pins_each_trial_to_its_own_cores(tmp_path, mnist_dir)
 @pytest.mark.slow
 def test_two_workers_share_one_study_in_a_journal_file(tmp_path, mnist_dir):
     journal = tmp_path / "shared-fs" / "study.log"
-    args = [*TINY, f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}", "hydra/sweeper=optuna",
-            "model.lr=tag(log,interval(1e-3,1e-2))", "hydra.sweeper.n_trials=4", f"hydra.sweeper.storage={journal}",
-            "hydra.sweeper.study_name=shared", "trainer.max_epochs=1", "logger=csv"]
-    workers = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    args = [
+        *TINY,
+        f"paths.data_dir={mnist_dir}",
+        f"paths.log_dir={tmp_path}",
+        "hydra/sweeper=optuna",
+        "model.lr=tag(log,interval(1e-3,1e-2))",
+        "hydra.sweeper.n_trials=4",
+        f"hydra.sweeper.storage={journal}",
+        "hydra.sweeper.study_name=shared",
+        "trainer.max_epochs=1",
+        "logger=csv",
+    ]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), "-m", *args],
+            cwd=ROOT,
+            env=sweep_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     study = load_study(str(journal), "shared")
@@ -233,22 +311,40 @@ def test_two_workers_share_one_study_in_a_journal_file(tmp_path, mnist_dir):
 
 @pytest.mark.slow
 def test_a_stored_study_refuses_other_settings_and_says_how_to_start_anew(tmp_path, mnist_dir):
-    sweep(tmp_path, mnist_dir, "hydra.sweeper.study_name=mine", "model.lr=choice(1e-3)", "trainer.max_epochs=1",
-          "logger=csv")
-    proc = sweep(tmp_path, mnist_dir, "hydra.sweeper.study_name=mine", "model.lr=choice(1e-3)", "trainer.max_epochs=2",
-                 "logger=csv", check=False)
+    sweep(
+        tmp_path,
+        mnist_dir,
+        "hydra.sweeper.study_name=mine",
+        "model.lr=choice(1e-3)",
+        "trainer.max_epochs=1",
+        "logger=csv",
+    )
+    proc = sweep(
+        tmp_path,
+        mnist_dir,
+        "hydra.sweeper.study_name=mine",
+        "model.lr=choice(1e-3)",
+        "trainer.max_epochs=2",
+        "logger=csv",
+        check=False,
+    )
     assert proc.returncode != 0
     assert "trainer.max_epochs=1" in proc.stderr and "hydra.sweeper.study_name=<new name>" in proc.stderr
 
 
+@pytest.mark.slow
 def test_wandb_sweeps_definition_drives_train_py_as_the_agent_would(tmp_path, mnist_dir):
     """W&B's agent runs the definition's command with ${args_no_hyphens} replaced by the sampled values."""
     import yaml
 
     spec = yaml.safe_load((ROOT / "scripts" / "wandb_sweep.yaml").read_text())
     sampled = [f"{k}={p['values'][0] if 'values' in p else p['min']}" for k, p in spec["parameters"].items()]
-    macros = {"${env}": [], "${interpreter}": [sys.executable], "${program}": [str(ROOT / spec["program"])],
-              "${args_no_hyphens}": sampled}
+    macros = {
+        "${env}": [],
+        "${interpreter}": [sys.executable],
+        "${program}": [str(ROOT / spec["program"])],
+        "${args_no_hyphens}": sampled,
+    }
     cmd = [part for item in spec["command"] for part in macros.get(item, [item])]
     run_dir = tmp_path / "run"
     cmd += [f"paths.data_dir={mnist_dir}", f"hydra.run.dir={run_dir}", "trainer.max_epochs=1", *TINY[1:]]
@@ -269,8 +365,10 @@ def test_workers_sharing_a_seed_do_not_repeat_each_others_draws():
     config = {"_target_": "optuna.samplers.TPESampler", "seed": 42, "n_startup_trials": 10}
     space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
-    workers = [optuna.load_study(study_name=study.study_name, storage=study._storage, sampler=make_sampler(config))
-               for _ in range(2)]
+    workers = [
+        optuna.load_study(study_name=study.study_name, storage=study._storage, sampler=make_sampler(config))
+        for _ in range(2)
+    ]
     draws = [w.ask(space).params["lr"] for _ in range(3) for w in workers]
     assert len(set(draws)) == 6
     again = optuna.create_study(sampler=make_sampler(config))  # one worker alone: the same sweep every time

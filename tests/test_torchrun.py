@@ -22,10 +22,26 @@ pytestmark = pytest.mark.slow
 def agent(port: int, run_dir: Path, data_dir: Path, log: Path, *overrides: str) -> subprocess.Popen:
     """One torchrun agent of a 2-node job (`--nnodes=2 --nproc-per-node=1`, c10d rendezvous on loopback), as a user
     starts it in a shell on each machine. The two agents share this machine's cores: one thread each."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--max-restarts=1",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=nnlab-test", str(ROOT / "train.py"),
-           "model=mlp", *TINY, "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2",
-           f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc-per-node=1",
+        "--max-restarts=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        "--rdzv-id=nnlab-test",
+        str(ROOT / "train.py"),
+        "model=mlp",
+        *TINY,
+        "trainer=ddp_cpu",
+        "trainer.devices=1",
+        "trainer.num_nodes=2",
+        f"hydra.run.dir={run_dir}",
+        f"paths.data_dir={data_dir}",
+        *overrides,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -38,8 +54,11 @@ def worker_of_rank(rank: int, run_dir: Path) -> int | None:
             environ = (proc / "environ").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
-        if f"hydra.run.dir={run_dir}".encode() in cmdline and b"torch.distributed.run" not in cmdline \
-                and f"RANK={rank}".encode() in environ:
+        if (
+            f"hydra.run.dir={run_dir}".encode() in cmdline
+            and b"torch.distributed.run" not in cmdline
+            and f"RANK={rank}".encode() in environ
+        ):
             return int(proc.name)
     return None
 
@@ -56,8 +75,9 @@ def test_two_torchrun_agents_train_one_run_and_restart_both_workers_after_one_is
     try:
         deadline = time.monotonic() + 300
         while not (last.is_file() and torch.load(last, weights_only=True)["epoch"] >= 1):  # in epoch 2 or later
-            assert time.monotonic() < deadline and all(a.poll() is None for a in agents), \
-                "".join(log.read_text()[-3000:] for log in logs)
+            assert time.monotonic() < deadline and all(a.poll() is None for a in agents), "".join(
+                log.read_text()[-3000:] for log in logs
+            )
             time.sleep(0.5)
         time.sleep(0.7)  # mid-epoch: 4 steps an epoch, half a second each
         os.kill(worker_of_rank(1, run_dir), signal.SIGKILL)

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,8 +28,13 @@ def test_fast_dev_run(model, tmp_path, mnist_dir):
     assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["test/loss"] > 0
 
 
-TINY_TEXT = ["data.val_size=8", "data.batch_size=8", "data.eval_batch_size=16", "data.vocab_size=200",
-             "data.min_frequency=1"]
+TINY_TEXT = [
+    "data.val_size=8",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "data.vocab_size=200",
+    "data.min_frequency=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +46,14 @@ def lstm_run(tmp_path_factory, imdb_dir):
 
 
 def predict(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "nnlab.predict", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlab.predict", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert not check or proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -96,12 +106,16 @@ def test_predict_errors_name_the_problem(lstm_run, trained_run, tmp_path):
     assert "does not exist" in predict(tmp_path / "nope.ckpt", "text", check=False).stderr
     mnist_ckpt = trained_run[0] / "checkpoints" / "best.ckpt"
     assert "text is not a file; give the paths of image files" in predict(mnist_ckpt, "text", check=False).stderr
-    assert "text argument(s) [2] are empty" in predict(lstm_run / "checkpoints" / "last.ckpt", "fine", " ",
-                                                        check=False).stderr
+    assert (
+        "text argument(s) [2] are empty"
+        in predict(lstm_run / "checkpoints" / "last.ckpt", "fine", " ", check=False).stderr
+    )
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    assert "holds no non-empty lines" in predict(lstm_run / "checkpoints" / "last.ckpt", "--file", empty,
-                                                 check=False).stderr
+    assert (
+        "holds no non-empty lines"
+        in predict(lstm_run / "checkpoints" / "last.ckpt", "--file", empty, check=False).stderr
+    )
 
 
 def test_predict_refuses_binary_files_counts_bad_lines_and_never_prints_control_characters(lstm_run, tmp_path):
@@ -147,8 +161,14 @@ def test_confusion_matrix_numbers_are_readable():
 
 
 def test_seed_lstm_is_a_binary_classifier(tmp_path, imdb_dir):
-    train("experiment=seed_lstm", "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={tmp_path}",
-          f"paths.data_dir={imdb_dir}", *TINY_TEXT)
+    train(
+        "experiment=seed_lstm",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path}",
+        f"paths.data_dir={imdb_dir}",
+        *TINY_TEXT,
+    )
     ckpt = tmp_path / "checkpoints" / "best.ckpt"
     model = Classifier.load_from_checkpoint(ckpt)
     assert model.net.head.out_features == 1 and model.hparams.optimizer == "adam"
@@ -163,8 +183,13 @@ TINY_SPEECH = ["data.batch_size=16", "data.eval_batch_size=64", "data.max_bad_sh
 def speech_run(tmp_path_factory, speech_dir):
     """Two epochs of model=speech_rnn on the tiny clips, with the default (W&B offline) logger."""
     run_dir = tmp_path_factory.mktemp("speech")
-    train("model=speech_rnn", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", f"paths.data_dir={speech_dir}",
-          *TINY_SPEECH)
+    train(
+        "model=speech_rnn",
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+        f"paths.data_dir={speech_dir}",
+        *TINY_SPEECH,
+    )
     return run_dir
 
 
@@ -182,7 +207,9 @@ def test_speech_rnn_trains_on_clips_end_to_end(speech_run, speech_dir):
         for record in read_wandb_records(path):
             if record.WhichOneof("record_type") == "history":
                 history.update({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
-    assert json.loads(history["test/clips/_type"]) == "table-file" and json.loads(history["test/clips/nrows"]) == len(clips)
+    assert json.loads(history["test/clips/_type"]) == "table-file" and json.loads(history["test/clips/nrows"]) == len(
+        clips
+    )
 
 
 def test_predict_classifies_a_wav_file(speech_run, speech_dir, tmp_path):
@@ -194,7 +221,10 @@ def test_predict_classifies_a_wav_file(speech_run, speech_dir, tmp_path):
     assert name == str(stereo) and len(words) == 3 and set(words) <= {"cat", "dog", "no", "up", "yes"}
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
     broken = stereo.parent.parent / "dog" / "spk9_nohash_1.wav"
-    assert "unreadable" in predict(ckpt, broken, check=False).stderr and str(broken) in predict(ckpt, broken, check=False).stderr
+    assert (
+        "unreadable" in predict(ckpt, broken, check=False).stderr
+        and str(broken) in predict(ckpt, broken, check=False).stderr
+    )
     assert "is not a file" in predict(ckpt, tmp_path / "none.wav", check=False).stderr
 
 
@@ -219,8 +249,17 @@ def test_predict_classifies_the_good_audio_files_and_long_ones_in_windows(speech
 def test_twelve_class_task_trains_in_ddp_with_a_fresh_cache(tmp_path, speech_dir):
     """data.labels=v12 over 2 CPU processes: one prepares the clips, the other waits and reads them."""
     before = set((speech_dir / "cache").glob("speech-*.pt"))
-    train("model=speech_rnn", "data.labels=v12", "trainer=ddp_cpu", "trainer.max_epochs=1", "logger=csv",
-          f"hydra.run.dir={tmp_path}", f"paths.data_dir={speech_dir}", *TINY_SPEECH, timeout=400)
+    train(
+        "model=speech_rnn",
+        "data.labels=v12",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path}",
+        f"paths.data_dir={speech_dir}",
+        *TINY_SPEECH,
+        timeout=400,
+    )
     assert len(set((speech_dir / "cache").glob("speech-*.pt")) - before) == 4  # one new set for the new labels
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["preprocessing"]["class_names"][-2:] == ["_unknown_", "_silence_"]
@@ -228,8 +267,14 @@ def test_twelve_class_task_trains_in_ddp_with_a_fresh_cache(tmp_path, speech_dir
 
 
 def test_seed_speech_rnn_trains(tmp_path, speech_dir):
-    train("experiment=seed_speech_rnn", "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={tmp_path}",
-          f"paths.data_dir={speech_dir}", *TINY_SPEECH)
+    train(
+        "experiment=seed_speech_rnn",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path}",
+        f"paths.data_dir={speech_dir}",
+        *TINY_SPEECH,
+    )
     model = Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "best.ckpt")
     assert isinstance(model.net.rnn, torch.nn.LSTM) and model.net.rnn.hidden_size == 128 and not model.net.front
 
@@ -263,7 +308,11 @@ def test_checkpoint_loads_with_weights_only_and_without_hydra(trained_run):
     ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["arch"]["hidden"] == [100, 100]
     # A fresh interpreter with no Hydra config loaded anywhere.
-    code = f"from nnlab.module import Classifier; m = Classifier.load_from_checkpoint({str(run_dir / 'checkpoints' / 'best.ckpt')!r}); print(type(m.net).__name__)"
+    best = str(run_dir / "checkpoints" / "best.ckpt")
+    code = (
+        f"from nnlab.module import Classifier; m = Classifier.load_from_checkpoint({best!r}); "
+        "print(type(m.net).__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "MLP"
 
@@ -271,8 +320,12 @@ def test_checkpoint_loads_with_weights_only_and_without_hydra(trained_run):
 def test_eval_mode_matches_training_test_accuracy(trained_run, mnist_dir, tmp_path):
     run_dir, _ = trained_run
     trained = json.loads((run_dir / "metrics.json").read_text())
-    train("train=false", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "logger=csv",
-          *run_args(tmp_path, mnist_dir))
+    train(
+        "train=false",
+        f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+        "logger=csv",
+        *run_args(tmp_path, mnist_dir),
+    )
     evaluated = json.loads((tmp_path / "metrics.json").read_text())
     assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
 
@@ -284,7 +337,9 @@ def test_wandb_offline_files_hold_the_metrics(trained_run, mnist_dir):
     for record in read_wandb_records(run_file):
         kind = record.WhichOneof("record_type")
         if kind == "history":
-            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+            history.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
         elif kind == "config":
             config.update({item.key: json.loads(item.value_json) for item in record.config.update})
         elif kind == "exit":
@@ -305,8 +360,14 @@ def stop_in_second_epoch(args, run_dir, sig) -> tuple[subprocess.Popen, str]:
     """Start train.py (with SlowSteps of 0.15 s), send `sig` half a second after the first epoch's checkpoint, that
     is into the second epoch (8 steps); returns the ended process and its output."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and proc.poll() is None:
@@ -317,8 +378,13 @@ def stop_in_second_epoch(args, run_dir, sig) -> tuple[subprocess.Popen, str]:
 
 
 def test_kill_and_resume_ends_after_the_same_epochs(tmp_path, mnist_dir):
-    args = ["model=mlp", "trainer.max_epochs=3", "+callbacks.slow._target_=tests.helpers.SlowSteps",
-            "+callbacks.slow.seconds=0.15", *run_args(tmp_path, mnist_dir)]
+    args = [
+        "model=mlp",
+        "trainer.max_epochs=3",
+        "+callbacks.slow._target_=tests.helpers.SlowSteps",
+        "+callbacks.slow.seconds=0.15",
+        *run_args(tmp_path, mnist_dir),
+    ]
     stop_in_second_epoch(args, tmp_path, signal.SIGKILL)
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["epoch"] == 0  # one epoch done when killed
@@ -333,12 +399,22 @@ def test_kill_and_resume_ends_after_the_same_epochs(tmp_path, mnist_dir):
 
 
 def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path, mnist_dir):
-    exact = ["model=mlp", "trainer.max_epochs=2", "model.arch.dropout=0", "data.augment.rotate=0",
-             "data.augment.scale=0", "data.augment.translate=0"]  # no randomness but the data order
+    exact = [
+        "model=mlp",
+        "trainer.max_epochs=2",
+        "model.arch.dropout=0",
+        "data.augment.rotate=0",
+        "data.augment.scale=0",
+        "data.augment.translate=0",
+    ]  # no randomness but the data order
     train(*exact, "logger=csv", *run_args(tmp_path / "straight", mnist_dir))
     run_dir = tmp_path / "stopped"
-    args = [*exact, "+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.15",
-            *run_args(run_dir, mnist_dir)]
+    args = [
+        *exact,
+        "+callbacks.slow._target_=tests.helpers.SlowSteps",
+        "+callbacks.slow.seconds=0.15",
+        *run_args(run_dir, mnist_dir),
+    ]
     proc, out = stop_in_second_epoch(args, run_dir, signal.SIGTERM)
     last = run_dir / "checkpoints" / "last.ckpt"
     assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
@@ -361,8 +437,14 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, mnist_dir):
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, mnist_dir):
-    proc = train("model=mlp", "trainer.max_epochs=3", "+callbacks.poison._target_=tests.helpers.PoisonWeights",
-                 "+callbacks.poison.epoch=1", *run_args(tmp_path, mnist_dir), check=False)
+    proc = train(
+        "model=mlp",
+        "trainer.max_epochs=3",
+        "+callbacks.poison._target_=tests.helpers.PoisonWeights",
+        "+callbacks.poison.epoch=1",
+        *run_args(tmp_path, mnist_dir),
+        check=False,
+    )
     assert proc.returncode != 0
     assert "training loss became non-finite at step 8 (epoch 1)" in proc.stderr  # 500 images / 64 = 8 steps an epoch
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)

@@ -88,8 +88,15 @@ class TrainingBudget(L.Callback):
     def setup(self, trainer, pl_module, stage):
         loop, limit = trainer.fit_loop, trainer.limit_train_batches
         whole_epochs = limit is None or (isinstance(limit, float) and limit == 1.0)  # the int 1 is one batch
-        if stage != "fit" or not self.min_steps or self.exact or trainer.fast_dev_run or loop.max_epochs in (None, -1) \
-                or not whole_epochs or trainer.max_steps not in (None, -1):
+        if (
+            stage != "fit"
+            or not self.min_steps
+            or self.exact
+            or trainer.fast_dev_run
+            or loop.max_epochs in (None, -1)
+            or not whole_epochs
+            or trainer.max_steps not in (None, -1)
+        ):
             return
         # Steps of one process: under DDP each of N processes takes 1/N of the batches, and the budget stays the same
         # number of samples seen.
@@ -102,10 +109,12 @@ class TrainingBudget(L.Callback):
             # Validation (and with it the epoch checkpoints) as often as trainer.max_epochs epochs would have it:
             # a training set of one batch would otherwise validate and write a checkpoint after every step.
             every = max(trainer.check_val_every_n_epoch, epochs // loop.max_epochs)
-            rank_zero_info(f"training budget: {epochs} epochs of {steps} batches (at least budget.min_steps="
-                           f"{self.min_steps} optimizer steps; trainer.max_epochs={loop.max_epochs} would give "
-                           f"{loop.max_epochs * steps}), validating every {every}; trainer.max_epochs=N on the command "
-                           "line trains N exactly")
+            rank_zero_info(
+                f"training budget: {epochs} epochs of {steps} batches (at least budget.min_steps="
+                f"{self.min_steps} optimizer steps; trainer.max_epochs={loop.max_epochs} would give "
+                f"{loop.max_epochs * steps}), validating every {every}; trainer.max_epochs=N on the command "
+                "line trains N exactly"
+            )
             loop.max_epochs = epochs
             trainer.check_val_every_n_epoch = every
         # Under DDP every rank computes the same: the same data, the same world size.
@@ -145,8 +154,11 @@ class TestReport(L.Callback):
         plt.close(fig)
 
         # Misclassified first, then correct; each most confident first.
-        samples = [(x, label, probs, wrong) for wrong in (True, False)
-                   for x, label, probs in sorted(pl_module.test_samples[wrong], key=lambda s: -float(s[2].max()))]
+        samples = [
+            (x, label, probs, wrong)
+            for wrong in (True, False)
+            for x, label, probs in sorted(pl_module.test_samples[wrong], key=lambda s: -float(s[2].max()))
+        ]
         preprocessing = datamodule.preprocessing() if hasattr(datamodule, "preprocessing") else {}
         shown = pl_module.reads.show(samples, names, preprocessing, self.out_dir) if preprocessing else {}
 
@@ -180,8 +192,15 @@ def confusion_figure(plt, confusion: torch.Tensor, names: list[str]):
     for i in range(n):
         for j in range(n):
             dark = (float(shade[i, j]) - low) > (high - low) / 2
-            ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=fontsize,
-                    color="white" if dark else "black")
+            ax.text(
+                j,
+                i,
+                int(confusion[i, j]),
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color="white" if dark else "black",
+            )
     ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title="test confusion matrix")
     ax.set_xticklabels(names, rotation=90 if n > 12 else 0, fontsize=max(6.0, min(11.0, 80 / n)))
     ax.set_yticklabels(names, fontsize=max(6.0, min(11.0, 80 / n)))

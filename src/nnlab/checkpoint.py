@@ -31,18 +31,22 @@ def read_checkpoint(path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
     except Exception as e:  # noqa: BLE001  torch raises many kinds here; the message below is what matters
         text = str(e)
         if "Unsupported global" in text:  # a pickle of arbitrary objects: never retried without weights_only
-            raise CheckpointError(f"{path} is not a checkpoint of this project: it holds Python objects other than "
-                                  "tensors and primitives, which nnlab never writes (loading it would run its code)"
-                                  ) from None
+            raise CheckpointError(
+                f"{path} is not a checkpoint of this project: it holds Python objects other than "
+                "tensors and primitives, which nnlab never writes (loading it would run its code)"
+            ) from None
         # torch's own first line, unless it is its advice to load without weights_only (never safe here)
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
         first = lines[0] if lines else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is damaged or not a torch file ({type(e).__name__}: "
-                              f"{first[:100]})") from None
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or not a torch file ({type(e).__name__}: {first[:100]})"
+        ) from None
     if not isinstance(checkpoint, dict) or (missing := [k for k in keys if k not in checkpoint]):
         held = sorted(map(str, checkpoint))[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(f"{path} is not a checkpoint of this project's train.py: it lacks "
-                              f"{missing if isinstance(checkpoint, dict) else list(keys)} (it holds {held})")
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this project's train.py: it lacks "
+            f"{missing if isinstance(checkpoint, dict) else list(keys)} (it holds {held})"
+        )
     return checkpoint
 
 
@@ -56,8 +60,9 @@ def model_from_checkpoint(checkpoint: dict, path):
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, KeyError, RuntimeError, ValueError) as e:
         reason = str(e).splitlines()[0][:160]
-        raise CheckpointError(f"{path} is not a checkpoint of this project's models ({type(e).__name__}: {reason})"
-                              ) from None
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this project's models ({type(e).__name__}: {reason})"
+        ) from None
     model.on_load_checkpoint(checkpoint)
     return model.eval()
 
@@ -69,8 +74,9 @@ def check_fits(model, checkpoint: dict, path):
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as e:
         reason = " ".join(str(e).split())[:200]
-        raise CheckpointError(f"{path} does not hold weights of this model (model.net={model.hparams.net}): "
-                              f"{reason}") from None
+        raise CheckpointError(
+            f"{path} does not hold weights of this model (model.net={model.hparams.net}): {reason}"
+        ) from None
 
 
 def rng_state() -> dict:
@@ -80,8 +86,13 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python": random.getstate(),
-        "numpy": {"bit_generator": bit_generator, "key": torch.from_numpy(key.astype(np.int64)), "pos": pos,
-                  "has_gauss": has_gauss, "gauss": gauss},
+        "numpy": {
+            "bit_generator": bit_generator,
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "gauss": gauss,
+        },
     }
 
 
@@ -118,10 +129,14 @@ class RandomState(L.Callback):
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         states = checkpoint.get("rng_states")
         if states is None:
-            rank_zero_warn("the checkpoint holds no random state (written by an older version): the resumed run "
-                           "continues with other random draws than an uninterrupted one")
+            rank_zero_warn(
+                "the checkpoint holds no random state (written by an older version): the resumed run "
+                "continues with other random draws than an uninterrupted one"
+            )
         elif len(states) != trainer.world_size:
-            rank_zero_warn(f"the checkpoint's random state comes from {len(states)} process(es), this run has "
-                           f"{trainer.world_size}: the resumed run draws other random numbers than the original")
+            rank_zero_warn(
+                f"the checkpoint's random state comes from {len(states)} process(es), this run has "
+                f"{trainer.world_size}: the resumed run draws other random numbers than the original"
+            )
         else:
             set_rng_state(states[trainer.global_rank])

@@ -17,7 +17,7 @@ def wandb_offline() -> bool:
 
     try:
         return not wbauth.read_netrc_auth(host=os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    except Exception:  # an unreadable ~/.netrc means no credentials
+    except Exception:  # noqa: BLE001  an unreadable ~/.netrc means no credentials
         return True
 
 

@@ -56,8 +56,13 @@ from nnlab.preemption import SignalStop, Stopped, in_slurm_batch_job, job_id, re
 
 log = logging.getLogger("nnlab")
 # Lightning's lines that are advertisements or internals, not information about this run.
-QUIET_LIGHTNING = ("💡 Tip:", "Loading `train_dataloader` to estimate", "TPU available:", "HPU available:",
-                   "\nDetected KeyboardInterrupt")
+QUIET_LIGHTNING = (
+    "💡 Tip:",
+    "Loading `train_dataloader` to estimate",
+    "TPU available:",
+    "HPU available:",
+    "\nDetected KeyboardInterrupt",
+)
 
 
 def quiet_lightning(record: logging.LogRecord) -> bool:
@@ -108,8 +113,9 @@ def count_agent_start(out: Path, restarts: int):
 def shell_command(extra: list[str] = (), drop: tuple[str, ...] = ()) -> str:
     """This command as the user would type it again, without the overrides that start with `drop`, plus `extra`."""
     args = [a for a in sys.argv[1:] if not a.lstrip("+~").startswith(drop)]
-    return shlex.join(["python", Path(sys.argv[0]).name if sys.argv[0].endswith("train.py") else sys.argv[0],
-                       *args, *extra])
+    return shlex.join(
+        ["python", Path(sys.argv[0]).name if sys.argv[0].endswith("train.py") else sys.argv[0], *args, *extra]
+    )
 
 
 def tasks_on_this_node() -> int:
@@ -188,15 +194,29 @@ class RunLock:
         except BlockingIOError:
             holder = self._holder(fd)
             os.close(fd)
-            who = (f"process {holder.get('pid')} on {holder.get('host')} (started {holder.get('started')}: "
-                   f"{holder.get('command')})") if holder else "another process"
-            raise ConfigError(f"run directory {self.path.parent} is in use by {who}. Wait for that run to end, or "
-                              "give this one its own directory (leave out hydra.run.dir for a new one)") from None
+            who = (
+                (
+                    f"process {holder.get('pid')} on {holder.get('host')} (started {holder.get('started')}: "
+                    f"{holder.get('command')})"
+                )
+                if holder
+                else "another process"
+            )
+            raise ConfigError(
+                f"run directory {self.path.parent} is in use by {who}. Wait for that run to end, or "
+                "give this one its own directory (leave out hydra.run.dir for a new one)"
+            ) from None
         if holder := self._holder(fd):
-            log.warning(f"run directory {self.path.parent} was held by process {holder.get('pid')} on "
-                        f"{holder.get('host')}, which ended without releasing it (killed?): taking it over")
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "command": shell_command()}
+            log.warning(
+                f"run directory {self.path.parent} was held by process {holder.get('pid')} on "
+                f"{holder.get('host')}, which ended without releasing it (killed?): taking it over"
+            )
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": shell_command(),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         self.fd = fd
@@ -226,8 +246,11 @@ SCHEDULE_LENGTH = ("max_epochs", "max_steps", "limit_train_batches", "accumulate
 def differences(recorded, now, prefix="") -> list[str]:
     """`key: recorded -> now` for every leaf that differs; a value still unknown now (None) is not a difference."""
     if isinstance(recorded, dict) and isinstance(now, dict):
-        return [d for k in sorted(set(recorded) | set(now), key=str)
-                for d in differences(recorded.get(k), now.get(k), f"{prefix}{k}.")]
+        return [
+            d
+            for k in sorted(set(recorded) | set(now), key=str)
+            for d in differences(recorded.get(k), now.get(k), f"{prefix}{k}.")
+        ]
     key = prefix.rstrip(".")
     if now is None or recorded == now or key in RESUMABLE_DIFFERENCES:
         return []
@@ -255,18 +278,23 @@ def check_same_run(out: Path, cfg: DictConfig):
     if diff:
         original = out / ".hydra" / "overrides.yaml"
         overrides = " ".join(OmegaConf.load(original)) if original.is_file() else "(not recorded)"
-        raise ConfigError(f"resume=true: this command does not train what the run in {out} trained ("
-                          f"{'; '.join(diff[:6])}{'; ...' if len(diff) > 6 else ''}). Resume it with its own "
-                          f"overrides ({overrides}), or leave out resume=true and hydra.run.dir for a new run")
+        raise ConfigError(
+            f"resume=true: this command does not train what the run in {out} trained ("
+            f"{'; '.join(diff[:6])}{'; ...' if len(diff) > 6 else ''}). Resume it with its own "
+            f"overrides ({overrides}), or leave out resume=true and hydra.run.dir for a new run"
+        )
 
 
 def check_own_directory(out: Path):
     """A new run never writes over another run's checkpoints and metrics."""
-    held = [p.name for p in (out / "metrics.json", out / "checkpoints")
-            if p.is_file() or (p.is_dir() and any(p.iterdir()))]
+    held = [
+        p.name for p in (out / "metrics.json", out / "checkpoints") if p.is_file() or (p.is_dir() and any(p.iterdir()))
+    ]
     if held:
-        raise ConfigError(f"{out} already holds a run ({', '.join(held)}): continue it with resume=true, or give this "
-                          "run its own directory (leave out hydra.run.dir for a new one)")
+        raise ConfigError(
+            f"{out} already holds a run ({', '.join(held)}): continue it with resume=true, or give this "
+            "run its own directory (leave out hydra.run.dir for a new one)"
+        )
 
 
 def latest_run(log_dir: Path) -> Path | None:
@@ -277,14 +305,21 @@ def latest_run(log_dir: Path) -> Path | None:
 def git_state() -> dict:
     here = Path(__file__).resolve().parent
     try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, check=True).stdout  # noqa: E731
+        run = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, check=True).stdout
         return {"commit": run("rev-parse", "HEAD").strip(), "dirty": bool(run("status", "--porcelain").strip())}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
 
 
-SLURM_FACTS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_NTASKS", "SLURM_NNODES",
-               "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT")
+SLURM_FACTS = (
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_NTASKS",
+    "SLURM_NNODES",
+    "SLURM_JOB_NODELIST",
+    "SLURM_RESTART_COUNT",
+)
 
 
 def write_atomic(path: Path, text: str):
@@ -299,7 +334,7 @@ def positive_int(value) -> bool:
 
 def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
     """Settings that would fail deep inside torch or Lightning, or silently do nothing, refused with the key."""
-    for key in cfg.data.keys():  # not items(): a ??? left unset (data.path) may be filled from a checkpoint
+    for key in cfg.data:  # not items(): a ??? left unset (data.path) may be filled from a checkpoint
         if str(key).endswith("batch_size") and not positive_int(value := cfg.data[key]):
             raise ConfigError(f"data.{key}={value}: a batch size is a whole number of samples, at least 1")
     if cfg.resume and not explicit_run_dir and not restarted and cfg.sweep.trial is None:
@@ -312,20 +347,26 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
         return
     t = cfg.trainer
     if t.get("max_epochs") is not None and (t.max_epochs == 0 or t.max_epochs < -1):
-        raise ConfigError(f"trainer.max_epochs={t.max_epochs} trains nothing: give at least 1 (to test a checkpoint "
-                          "without training: train=false ckpt_path=<checkpoint>)")
+        raise ConfigError(
+            f"trainer.max_epochs={t.max_epochs} trains nothing: give at least 1 (to test a checkpoint "
+            "without training: train=false ckpt_path=<checkpoint>)"
+        )
     if t.get("max_steps") == 0 or t.get("limit_train_batches") in (0, 0.0):
         key = "max_steps" if t.get("max_steps") == 0 else "limit_train_batches"
         raise ConfigError(f"trainer.{key}=0 trains nothing: give at least 1 (or leave it out)")
     accelerator = str(t.get("accelerator"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={accelerator} (trainer=gpu or trainer=ddp) but this machine has no "
-                          "CUDA GPU that torch can use: leave out trainer= (the default uses a GPU when there is one, "
-                          "else the CPU), or trainer=cpu / trainer=ddp_cpu")
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} (trainer=gpu or trainer=ddp) but this machine has no "
+            "CUDA GPU that torch can use: leave out trainer= (the default uses a GPU when there is one, "
+            "else the CPU), or trainer=cpu / trainer=ddp_cpu"
+        )
     devices = t.get("devices")
     if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
-        raise ConfigError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPU(s): "
-                          "give trainer.devices=-1 for all of them")
+        raise ConfigError(
+            f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPU(s): "
+            "give trainer.devices=-1 for all of them"
+        )
     m = cfg.model  # the model checks them itself when it is built; here before any data is read or downloaded
     check_model_settings(m.optimizer, m.lr, m.weight_decay, m.scheduler, m.warmup_pct, m.arch)
 
@@ -336,13 +377,19 @@ def check_launch(cfg: DictConfig):
     devices = cfg.trainer.get("devices", 1)
     many = devices in (-1, "auto") or (isinstance(devices, int) and devices > 1) or isinstance(devices, (list, str))
     started_outside = any(k in os.environ for k in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
-    if HydraConfig.get().mode == RunMode.MULTIRUN and "ddp" in str(cfg.trainer.get("strategy")) and many \
-            and not started_outside:
+    if (
+        HydraConfig.get().mode == RunMode.MULTIRUN
+        and "ddp" in str(cfg.trainer.get("strategy"))
+        and many
+        and not started_outside
+    ):
         launcher = HydraConfig.get().runtime.choices.get("hydra/launcher")
-        raise ConfigError(f"trainer.strategy={cfg.trainer.strategy} with devices={devices} inside a multirun that "
-                          f"runs trials in this process (hydra/launcher={launcher}): DDP would re-run the whole sweep "
-                          "in every rank. Use the default hydra/launcher=trials (each trial its own process) or "
-                          "hydra/launcher=parallel.")
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.strategy} with devices={devices} inside a multirun that "
+            f"runs trials in this process (hydra/launcher={launcher}): DDP would re-run the whole sweep "
+            "in every rank. Use the default hydra/launcher=trials (each trial its own process) or "
+            "hydra/launcher=parallel."
+        )
 
 
 def check_slurm(cfg: DictConfig):
@@ -355,15 +402,19 @@ def check_slurm(cfg: DictConfig):
         return
     ntasks, nodes = int(env["SLURM_NTASKS"]), int(env.get("SLURM_NNODES", "1"))
     if "SLURM_STEP_ID" not in env:
-        raise ConfigError(f"this SLURM job has {ntasks} tasks, but train.py runs in the batch script itself: start "
-                          "it with `srun python train.py ...`, which starts one process per task (scripts/slurm/)")
+        raise ConfigError(
+            f"this SLURM job has {ntasks} tasks, but train.py runs in the batch script itself: start "
+            "it with `srun python train.py ...`, which starts one process per task (scripts/slurm/)"
+        )
     devices, num_nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1) or 1
     if isinstance(devices, int) and devices > 0 and (devices * num_nodes != ntasks or num_nodes != nodes):
-        raise ConfigError(f"the SLURM job has {nodes} node(s) x {ntasks // nodes} task(s) per node, but the trainer "
-                          f"asks for trainer.num_nodes={num_nodes} x trainer.devices={devices}: Lightning runs one "
-                          f"process per device, each a SLURM task. Submit with --nodes={num_nodes} "
-                          f"--ntasks-per-node={devices} (and as many GPUs per node), or set trainer.num_nodes={nodes} "
-                          f"trainer.devices={ntasks // nodes}.")
+        raise ConfigError(
+            f"the SLURM job has {nodes} node(s) x {ntasks // nodes} task(s) per node, but the trainer "
+            f"asks for trainer.num_nodes={num_nodes} x trainer.devices={devices}: Lightning runs one "
+            f"process per device, each a SLURM task. Submit with --nodes={num_nodes} "
+            f"--ntasks-per-node={devices} (and as many GPUs per node), or set trainer.num_nodes={nodes} "
+            f"trainer.devices={ntasks // nodes}."
+        )
 
 
 def check_pairing(cfg: DictConfig, net: str):
@@ -392,8 +443,11 @@ class RunRecord(L.Callback):
         self.choices, self.resolved, self.logged = choices, resolved, False
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        checkpoint["nnlab"] = {"choices": self.choices, "run_id": self.resolved.get("run_id"),
-                               "data": self.resolved.get("data")}
+        checkpoint["nnlab"] = {
+            "choices": self.choices,
+            "run_id": self.resolved.get("run_id"),
+            "data": self.resolved.get("data"),
+        }
 
     def _log_config(self, trainer):
         if not self.logged:
@@ -439,8 +493,10 @@ class WeightsDigest(L.Callback):
         for name, tensor in sorted(pl_module.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        log.info(f"rank {trainer.global_rank}/{trainer.world_size} on {socket.gethostname()}: "
-                 f"weights {digest.hexdigest()[:16]}")
+        log.info(
+            f"rank {trainer.global_rank}/{trainer.world_size} on {socket.gethostname()}: "
+            f"weights {digest.hexdigest()[:16]}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------- the run
@@ -478,8 +534,10 @@ class Run:
             if self.stop is not None and self.stop.received == signal.SIGINT and not self.stop.training:
                 # Ctrl-C before training started (Lightning turns the KeyboardInterrupt into SystemExit(1))
                 self.finish_wandb(1)
-                print("Interrupted before training started: nothing to resume; run the command again to start",
-                      file=sys.stderr)
+                print(
+                    "Interrupted before training started: nothing to resume; run the command again to start",
+                    file=sys.stderr,
+                )
                 raise SystemExit(130) from None
             if isinstance(e, KeyboardInterrupt):
                 raise SystemExit(130) from None
@@ -488,9 +546,11 @@ class Run:
             self.fail(e, one_line=not os.environ.get("HYDRA_FULL_ERROR"))
         except MissingMandatoryValue as e:  # a `???` in the config (data.path of your own data) left unset
             key = e.full_key or "a key"
-            self.fail(ConfigError(f"{key} has no value: give it on the command line ({key}=...)"),
-                      one_line=not os.environ.get("HYDRA_FULL_ERROR"))
-        except BaseException as e:
+            self.fail(
+                ConfigError(f"{key} has no value: give it on the command line ({key}=...)"),
+                one_line=not os.environ.get("HYDRA_FULL_ERROR"),
+            )
+        except BaseException as e:  # noqa: BLE001  a bug: its traceback into train.log, then raised again
             self.fail(e, one_line=False)
         finally:
             if self.stop is not None:
@@ -514,8 +574,11 @@ class Run:
         self.attach_log_file()
         count_agent_start(self.out, self.restarts)
         if self.restarts:  # a requeued job (ours, or SLURM's after a preemption or node failure) continues
-            who = f"SLURM restarted job {job_id()}" if self.slurm_job and os.environ.get("SLURM_RESTART_COUNT") \
+            who = (
+                f"SLURM restarted job {job_id()}"
+                if self.slurm_job and os.environ.get("SLURM_RESTART_COUNT")
                 else "torchrun restarted the workers"
+            )
             log.info(f"{who} (restart {self.restarts}): resuming")
         logging.getLogger("lightning").handlers.clear()  # its own console handler: every line twice otherwise
         for handler in logging.getLogger().handlers:
@@ -537,19 +600,31 @@ class Run:
         would read the addresses its peers had in the round before and be refused there. Lightning then finds the
         group initialized and uses it. The first start is Lightning's own."""
         env = os.environ
-        if not self.restarts or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(env.get("WORLD_SIZE", 1)) < 2 \
-                or torch.distributed.is_initialized() or not hasattr(trainer.strategy, "_get_process_group_backend"):
+        if (
+            not self.restarts
+            or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+            or int(env.get("WORLD_SIZE", 1)) < 2
+            or torch.distributed.is_initialized()
+            or not hasattr(trainer.strategy, "_get_process_group_backend")
+        ):
             return
         from datetime import timedelta
 
         rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
         timeout = getattr(trainer.strategy, "_timeout", None) or timedelta(minutes=30)
-        store = torch.distributed.PrefixStore(f"/nnlab/round_{self.restarts}", torch.distributed.TCPStore(
-            env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout))
-        log.info(f"Initializing distributed: GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/{world} (torchrun round "
-                 f"{self.restarts + 1})")
-        torch.distributed.init_process_group(trainer.strategy._get_process_group_backend(), store=store, rank=rank,
-                                             world_size=world, timeout=timeout)
+        store = torch.distributed.PrefixStore(
+            f"/nnlab/round_{self.restarts}",
+            torch.distributed.TCPStore(
+                env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout
+            ),
+        )
+        log.info(
+            f"Initializing distributed: GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/{world} (torchrun round "
+            f"{self.restarts + 1})"
+        )
+        torch.distributed.init_process_group(
+            trainer.strategy._get_process_group_backend(), store=store, rank=rank, world_size=world, timeout=timeout
+        )
 
     # ------------------------------------------------------------------------------------------------ config
     def settled(self, cfg: DictConfig) -> tuple[DictConfig, dict | None]:
@@ -573,15 +648,20 @@ class Run:
                 if HydraConfig.get().runtime.choices.get("data") == trained_on or "data" not in given:
                     # the data settings it was trained with (a tokenizer's vocabulary, say), unless given now
                     for key, value in recorded.items():
-                        if key in cfg.data.keys() and key not in WHERE_DATA_IS and f"data.{key}" not in given:
+                        if key in cfg.data and key not in WHERE_DATA_IS and f"data.{key}" not in given:
                             cfg.data[key] = value
             elif cfg.data.get("num_classes", 0) is None:  # a data set that finds its classes (word or class folders)
                 cfg.data.num_classes = len(instantiate(cfg.data, _convert_="all").class_names_found())
-            if cfg.train and cfg.get("sweep") is not None and cfg.sweep.trial is not None \
-                    and "wandb" in cfg.get("logger", {}):  # a sweep trial's overrides as W&B tags
+            if (
+                cfg.train
+                and cfg.get("sweep") is not None
+                and cfg.sweep.trial is not None
+                and "wandb" in cfg.get("logger", {})
+            ):  # a sweep trial's overrides as W&B tags
                 skip = ("sweep.", "hydra.", "run_id=", "run_name=", "resume=", "paths.")
-                tags = [o.lstrip("+~")[:64] for o in HydraConfig.get().overrides.task
-                        if not o.lstrip("+~").startswith(skip)]
+                tags = [
+                    o.lstrip("+~")[:64] for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(skip)
+                ]
                 cfg.logger.wandb.tags = [*cfg.logger.wandb.tags, *tags]
         check_pairing(cfg, cfg.model.net)
         return cfg, evaluated
@@ -593,8 +673,10 @@ class Run:
         try:
             return json.loads((self.out / "run.json").read_text())["run_id"]
         except (ValueError, KeyError) as e:
-            log.warning(f"cannot read the run id from {self.out / 'run.json'} ({type(e).__name__}): W&B records "
-                        "the resumed run under a new id")
+            log.warning(
+                f"cannot read the run id from {self.out / 'run.json'} ({type(e).__name__}): W&B records "
+                "the resumed run under a new id"
+            )
             return None
 
     # ------------------------------------------------------------------------------------------------ resume
@@ -608,8 +690,10 @@ class Run:
             raise CheckpointError(f"resume=true ckpt_path={cfg.ckpt_path}: that checkpoint does not exist")
         chosen = Path(cfg.ckpt_path) if cfg.ckpt_path else self.last_ckpt
         if not chosen.is_file():
-            log.warning(f"{'resume=true' if cfg.resume else 'restarted'} but {chosen} does not exist: starting from "
-                        f"scratch in {self.out}")
+            log.warning(
+                f"{'resume=true' if cfg.resume else 'restarted'} but {chosen} does not exist: starting from "
+                f"scratch in {self.out}"
+            )
             return None, None
         try:
             return str(chosen), read_checkpoint(chosen, RESUME_KEYS)
@@ -622,12 +706,16 @@ class Run:
         if best != damaged and best.is_file():
             try:
                 state = read_checkpoint(best, RESUME_KEYS)
-                return (f"best.ckpt (after epoch {state['epoch'] + 1}, step {state['global_step']}) is intact: "
-                        f"continue from it with {shell_command([f'ckpt_path={best}'], ('ckpt_path=',))}")
+                return (
+                    f"best.ckpt (after epoch {state['epoch'] + 1}, step {state['global_step']}) is intact: "
+                    f"continue from it with {shell_command([f'ckpt_path={best}'], ('ckpt_path=',))}"
+                )
             except CheckpointError:
                 pass
-        return (f"No intact checkpoint is left in {damaged.parent}: start again in a new directory (leave out "
-                "resume=true and hydra.run.dir)")
+        return (
+            f"No intact checkpoint is left in {damaged.parent}: start again in a new directory (leave out "
+            "resume=true and hydra.run.dir)"
+        )
 
     # ------------------------------------------------------------------------------------------------ record
     @rank_zero_only
@@ -637,10 +725,14 @@ class Run:
         directory's lock and checks)."""
         out, hc = self.out, HydraConfig.get()
         write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        start = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": [sys.executable, *sys.argv],
-                 "host": socket.gethostname(), "cpus": sorted(os.sched_getaffinity(0)),
-                 "torch_threads": self.threads,
-                 "slurm": {k[6:].lower(): os.environ[k] for k in SLURM_FACTS if k in os.environ}}
+        start = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": [sys.executable, *sys.argv],
+            "host": socket.gethostname(),
+            "cpus": sorted(os.sched_getaffinity(0)),
+            "torch_threads": self.threads,
+            "slurm": {k[6:].lower(): os.environ[k] for k in SLURM_FACTS if k in os.environ},
+        }
         try:
             previous = json.loads((out / "run.json").read_text()) if resumed_from else {}
         except (OSError, ValueError):
@@ -655,8 +747,10 @@ class Run:
             "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "git": git_state(),
-            "packages": {d.metadata["Name"]: d.version
-                         for d in sorted(metadata.distributions(), key=lambda d: d.metadata["Name"].lower())},
+            "packages": {
+                d.metadata["Name"]: d.version
+                for d in sorted(metadata.distributions(), key=lambda d: d.metadata["Name"].lower())
+            },
         }
         write_atomic(out / "run.json", json.dumps(info, indent=2))
         write_atomic(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
@@ -702,11 +796,17 @@ class Run:
         signal: 130 for Ctrl-C, 143 for SIGTERM)."""
         stop, cfg = self.stop, self.cfg
         requeue = stop.requeue_requested and cfg.slurm.requeue
-        how = ("" if requeue else "; continue with: " + shell_command(
-            ["resume=true", f"hydra.run.dir={self.out}"], ("resume=", "hydra.run.dir=")))
+        how = (
+            ""
+            if requeue
+            else "; continue with: "
+            + shell_command(["resume=true", f"hydra.run.dir={self.out}"], ("resume=", "hydra.run.dir="))
+        )
         name = "Ctrl-C" if stop.received == signal.SIGINT else stop.received.name
-        log.warning(f"{name} received: training stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-                    f"checkpoint {stop.checkpoint if stop.saved else 'not needed (fit was over)'}{how}")
+        log.warning(
+            f"{name} received: training stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+            f"checkpoint {stop.checkpoint if stop.saved else 'not needed (fit was over)'}{how}"
+        )
         try:
             self.finish_wandb(0 if requeue else 1, preempted=True)
         except Exception as e:  # noqa: BLE001  SLURM signals every process of the job: W&B's service may be gone

@@ -81,8 +81,10 @@ class Classifier(L.LightningModule):
         check_model_settings(optimizer, lr, weight_decay, scheduler, warmup_pct, arch)
         self.net = net_class(**arch)
         if adversarial and "return_embedding" not in inspect.signature(self.net.forward).parameters:
-            raise ConfigError(f"model.adversarial={adversarial} perturbs word embeddings, which model.net={net!r} "
-                             "has none of; set model.adversarial=0 (it works with lstm)")
+            raise ConfigError(
+                f"model.adversarial={adversarial} perturbs word embeddings, which model.net={net!r} "
+                "has none of; set model.adversarial=0 (it works with lstm)"
+            )
         # One output is a binary classifier; metrics and reports see it as two classes.
         self.binary = arch["num_classes"] == 1
         num_classes = max(arch["num_classes"], 2)
@@ -222,9 +224,12 @@ class Classifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         checkpoint["val_acc_best"] = self.val_acc_best
         # The running epoch's sums, so an epoch resumed from a checkpoint written inside it reports the whole epoch.
-        checkpoint["epoch_sums"] = {"loss": self.train_loss_sum.detach().cpu(), "steps": self.train_steps,
-                                    "train_acc": {k: v.detach().cpu() for k, v in self.train_acc.metric_state.items()},
-                                    "train_acc_updates": self.train_acc._update_count}
+        checkpoint["epoch_sums"] = {
+            "loss": self.train_loss_sum.detach().cpu(),
+            "steps": self.train_steps,
+            "train_acc": {k: v.detach().cpu() for k, v in self.train_acc.metric_state.items()},
+            "train_acc_updates": self.train_acc._update_count,
+        }
         # The datamodule's preprocessing (a text model's tokenizer, say) travels with the weights, so
         # `nnlab.predict` needs the checkpoint alone.
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -263,13 +268,17 @@ class Classifier(L.LightningModule):
             warmup = hp.warmup_pct
             if warmup * total <= 1:  # torch divides by (warm-up steps - 1): a warm-up under one step fails there
                 if total < 2:  # fast_dev_run, say: nothing to schedule
-                    rank_zero_warn(f"model.scheduler=onecycle: this run has {total} training step; it runs at "
-                                   f"model.lr={hp.lr:g} without a schedule")
+                    rank_zero_warn(
+                        f"model.scheduler=onecycle: this run has {total} training step; it runs at "
+                        f"model.lr={hp.lr:g} without a schedule"
+                    )
                     return optimizer
                 warmup = 1.5 / total
-                rank_zero_warn(f"model.scheduler=onecycle: model.warmup_pct={hp.warmup_pct} of this run's {total} "
-                               "training steps is under one step; it warms up over one step instead (train longer "
-                               "for the configured warm-up, or set model.scheduler=cosine or none)")
+                rank_zero_warn(
+                    f"model.scheduler=onecycle: model.warmup_pct={hp.warmup_pct} of this run's {total} "
+                    "training steps is under one step; it warms up over one step instead (train longer "
+                    "for the configured warm-up, or set model.scheduler=cosine or none)"
+                )
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer, max_lr=hp.lr, total_steps=total, pct_start=warmup
             )

@@ -130,8 +130,10 @@ class LSTM(nn.Module):
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         # rnns[layer][direction]: one-directional LSTMs, so each direction can read its own order.
         self.rnns = nn.ModuleList(
-            nn.ModuleList(nn.LSTM(embed_dim if i == 0 else hidden * directions, hidden, batch_first=True)
-                          for _ in range(directions))
+            nn.ModuleList(
+                nn.LSTM(embed_dim if i == 0 else hidden * directions, hidden, batch_first=True)
+                for _ in range(directions)
+            )
             for i in range(layers)
         )
         self.dropout = nn.Dropout(dropout)
@@ -224,21 +226,31 @@ class SpeechRNN(nn.Module):
         if cell not in ("gru", "lstm"):
             raise ConfigError(f"model.arch.cell={cell!r} is not one of gru, lstm")
         win, hop = round(sample_rate * win_ms / 1000), round(sample_rate * hop_ms / 1000)
-        self.mel = T.MelSpectrogram(sample_rate, n_fft=1 << (win - 1).bit_length(), win_length=win, hop_length=hop,
-                                    f_min=20.0, n_mels=n_mels)
+        self.mel = T.MelSpectrogram(
+            sample_rate, n_fft=1 << (win - 1).bit_length(), win_length=win, hop_length=hop, f_min=20.0, n_mels=n_mels
+        )
         self.norm = nn.BatchNorm1d(n_mels)
         self.spec_masks = spec_masks
         self.freq_masking = T.FrequencyMasking(freq_mask, iid_masks=True)
         self.time_masking = T.TimeMasking(time_mask, iid_masks=True)
         blocks, channels, bands = [], 1, n_mels
         for width in conv:
-            blocks += [nn.Conv2d(channels, width, 3, stride=(2, 1), padding=1, bias=False), nn.BatchNorm2d(width),
-                       nn.ReLU(inplace=True)]
+            blocks += [
+                nn.Conv2d(channels, width, 3, stride=(2, 1), padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
             channels, bands = width, (bands + 1) // 2
         self.front = nn.Sequential(*blocks)
         rnn = nn.GRU if cell == "gru" else nn.LSTM
-        self.rnn = rnn(channels * bands, hidden, layers, batch_first=True, bidirectional=bidirectional,
-                       dropout=dropout if layers > 1 else 0.0)
+        self.rnn = rnn(
+            channels * bands,
+            hidden,
+            layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,
+        )
         self.pooling, self.directions = pooling, 2 if bidirectional else 1
         width = hidden * self.directions
         self.attention = nn.Linear(width, heads) if pooling == "attention" else None
@@ -284,9 +296,13 @@ def network(name: str) -> type[nn.Module]:
         except ImportError:
             found = None
     if not (isinstance(found, type) and issubclass(found, nn.Module)):
-        raise ConfigError(f"model.net={name!r} is not a network; choose one of {sorted(NETS)}, or give the import "
-                          "path of an nn.Module of your own (mypackage.nets.MyNet)")
+        raise ConfigError(
+            f"model.net={name!r} is not a network; choose one of {sorted(NETS)}, or give the import "
+            "path of an nn.Module of your own (mypackage.nets.MyNet)"
+        )
     if not isinstance(getattr(found, "reads", None), str):
-        raise ConfigError(f"model.net={name!r} does not say what it reads: give the class a `reads` attribute, the "
-                          "kind of data it takes (image, text, audio)")
+        raise ConfigError(
+            f"model.net={name!r} does not say what it reads: give the class a `reads` attribute, the "
+            "kind of data it takes (image, text, audio)"
+        )
     return found

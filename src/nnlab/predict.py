@@ -32,8 +32,10 @@ def load(path) -> tuple[Classifier, dict]:
     checkpoint = read_checkpoint(path)
     preprocessing = checkpoint.get("preprocessing")
     if preprocessing is None:
-        raise PredictError(f"{path} records no preprocessing (it was written before its data module stored one), "
-                           "so it cannot classify raw inputs; train it again with this version.")
+        raise PredictError(
+            f"{path} records no preprocessing (it was written before its data module stored one), "
+            "so it cannot classify raw inputs; train it again with this version."
+        )
     return model_from_checkpoint(checkpoint, path), preprocessing
 
 
@@ -62,8 +64,10 @@ def read_inputs(args, takes_paths: bool) -> list[str]:
         if not takes_paths:
             paths = [t for t in args.text if len(t) < 4096 and "\n" not in t and Path(t).is_file()]
             if paths:
-                raise PredictError(f"{paths[0]!r} is a file path, not a review: a text model classifies the text "
-                                   f"given; to classify the lines of a file use --file {paths[0]}")
+                raise PredictError(
+                    f"{paths[0]!r} is a file path, not a review: a text model classifies the text "
+                    f"given; to classify the lines of a file use --file {paths[0]}"
+                )
         return args.text
     if args.file == "-":
         raw = sys.stdin.buffer.read()
@@ -74,8 +78,10 @@ def read_inputs(args, takes_paths: bool) -> list[str]:
             raise PredictError(f"--file {path} is not a file of texts, one per line")
         raw, name = path.read_bytes(), str(path)
     if b"\0" in raw[:8192]:
-        raise PredictError(f"--file {name} is a binary file (it holds NUL bytes), not text: give a UTF-8 text file "
-                           "with one input per line")
+        raise PredictError(
+            f"--file {name} is a binary file (it holds NUL bytes), not text: give a UTF-8 text file "
+            "with one input per line"
+        )
     lines, undecodable = [], []
     for number, line in enumerate(raw.splitlines(), 1):
         try:
@@ -86,9 +92,11 @@ def read_inputs(args, takes_paths: bool) -> list[str]:
         if text.strip():
             lines.append(text)
     if undecodable:
-        print(f"warning: {len(undecodable)} line(s) of {name} are not valid UTF-8 and were decoded with replacement "
-              f"characters (lines {', '.join(map(str, undecodable[:5]))}{', ...' if len(undecodable) > 5 else ''})",
-              file=sys.stderr)
+        print(
+            f"warning: {len(undecodable)} line(s) of {name} are not valid UTF-8 and were decoded with replacement "
+            f"characters (lines {', '.join(map(str, undecodable[:5]))}{', ...' if len(undecodable) > 5 else ''})",
+            file=sys.stderr,
+        )
     return lines
 
 
@@ -104,12 +112,22 @@ def at_least_one(value: str) -> int:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m nnlab.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a checkpoint written by train.py (for example <run dir>/checkpoints/best.ckpt)")
-    parser.add_argument("text", nargs="*", metavar="input",
-                        help="texts to classify (a text model), or audio or image files, one per argument")
+    parser.add_argument(
+        "checkpoint", help="a checkpoint written by train.py (for example <run dir>/checkpoints/best.ckpt)"
+    )
+    parser.add_argument(
+        "text",
+        nargs="*",
+        metavar="input",
+        help="texts to classify (a text model), or audio or image files, one per argument",
+    )
     parser.add_argument("--file", help="a UTF-8 file with one input per line (empty lines skipped); - for stdin")
-    parser.add_argument("--top", type=at_least_one, default=None,
-                        help="print the TOP most probable classes (default 1 for two classes, else 3)")
+    parser.add_argument(
+        "--top",
+        type=at_least_one,
+        default=None,
+        help="print the TOP most probable classes (default 1 for two classes, else 3)",
+    )
     args = parser.parse_args(argv)
     if bool(args.text) == (args.file is not None):
         parser.error("give texts as arguments or --file, one of the two")
@@ -134,8 +152,9 @@ def main(argv=None):
         text = reader.shown(text)
         for i, p in enumerate(probs):
             top = p.topk(min(k, len(p)))
-            guesses = "  ".join(f"{names[c] if names else c} {v:.3f}"
-                                for v, c in zip(top.values.tolist(), top.indices.tolist()))
+            guesses = "  ".join(
+                f"{names[c] if names else c} {v:.3f}" for v, c in zip(top.values.tolist(), top.indices.tolist())
+            )
             where = "" if spans is None or len(spans) == 1 else f" [{spans[i][0]:.1f}-{spans[i][1]:.1f} s]"
             print(f"{guesses}\t{printable(text)}{where}")  # a file's path is shown whole
     if failed:

@@ -43,13 +43,17 @@ def in_slurm_batch_job() -> bool:
 def requeue_signal(configured: str) -> signal.Signals:
     """The signal that asks for a requeue: submitit's under the submitit launcher (it submitted the job with
     `--signal=<its signal>@<signal_delay_s>`), else `slurm.signal`."""
-    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2") if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" \
+    name = (
+        os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
         else configured
+    )
     try:
         return signal.Signals[f"SIG{name.upper().removeprefix('SIG')}"]
     except KeyError:
-        raise ConfigError(f"slurm.signal={name!r} is not a signal name: use USR1, USR2, ... as in sbatch "
-                         "--signal=USR2@120") from None
+        raise ConfigError(
+            f"slurm.signal={name!r} is not a signal name: use USR1, USR2, ... as in sbatch --signal=USR2@120"
+        ) from None
 
 
 class SignalStop(L.Callback):
@@ -162,8 +166,10 @@ def requeue_job() -> bool:
         log.error(f"could not requeue SLURM job {job}: {e}")
         return False
     if proc.returncode != 0:
-        log.error(f"could not requeue SLURM job {job}: {proc.stderr.strip()} (a job submitted with --no-requeue "
-                  "cannot be requeued); rerun it with resume=true and the same hydra.run.dir")
+        log.error(
+            f"could not requeue SLURM job {job}: {proc.stderr.strip()} (a job submitted with --no-requeue "
+            "cannot be requeued); rerun it with resume=true and the same hydra.run.dir"
+        )
         return False
     log.warning(f"requeued SLURM job {job}: it resumes from its last checkpoint when it starts again")
     return True

@@ -34,8 +34,10 @@ class PruneTrial(L.Callback):
         if trainer.is_global_zero:
             monitor = self.trial.study.user_attrs.get("prune_monitor", "val/acc")
             if monitor not in trainer.callback_metrics:
-                raise KeyError(f"hydra.sweeper.prune_monitor={monitor!r} is not a logged metric; "
-                               f"logged: {', '.join(sorted(trainer.callback_metrics))}")
+                raise KeyError(
+                    f"hydra.sweeper.prune_monitor={monitor!r} is not a logged metric; "
+                    f"logged: {', '.join(sorted(trainer.callback_metrics))}"
+                )
             value = float(trainer.callback_metrics[monitor])
             if math.isfinite(value):
                 self.trial.report(value, step=trainer.current_epoch)

@@ -62,8 +62,10 @@ class SearchSpace:
         if set(self.distributions) - set(self.grid):
             continuous = sorted(set(self.distributions) - set(self.grid))
             what = f"{', '.join(continuous)} {'is an interval' if len(continuous) == 1 else 'are intervals'}"
-            raise ValueError(f"a grid sweep needs a list of values for every parameter; {what}. "
-                             "Use hydra/sweeper=optuna to search intervals.")
+            raise ValueError(
+                f"a grid sweep needs a list of values for every parameter; {what}. "
+                "Use hydra/sweeper=optuna to search intervals."
+            )
         keys = list(self.grid)
         return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(self.grid[k] for k in keys))]
 
@@ -211,16 +213,18 @@ def summary_rows(study: optuna.Study) -> list[dict]:
         pass
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        rows.append({
-            "trial": t.number,
-            "best": "*" if t.number == best else "",
-            "state": t.state.name.lower(),
-            "value": "" if t.value is None else f"{t.value:.6g}",
-            "epochs": t.last_step + 1 if t.last_step is not None else "",
-            "overrides": " ".join(f"{k}={as_override_value(v)}" for k, v in t.params.items()),
-            "run_dir": t.user_attrs.get("run_dir", ""),
-            "error": t.user_attrs.get("error", ""),
-        })
+        rows.append(
+            {
+                "trial": t.number,
+                "best": "*" if t.number == best else "",
+                "state": t.state.name.lower(),
+                "value": "" if t.value is None else f"{t.value:.6g}",
+                "epochs": t.last_step + 1 if t.last_step is not None else "",
+                "overrides": " ".join(f"{k}={as_override_value(v)}" for k, v in t.params.items()),
+                "run_dir": t.user_attrs.get("run_dir", ""),
+                "error": t.user_attrs.get("error", ""),
+            }
+        )
     return rows
 
 
@@ -249,8 +253,9 @@ def write_summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
 RECIPE_GROUPS = ("experiment", "hparams_search")  # groups whose configs are whole recipes (@package _global_)
 
 
-def write_best_experiment(study: optuna.Study, sweep_dir: Path, fixed: list[str], groups: set[str],
-                          metric: str) -> Path | None:
+def write_best_experiment(
+    study: optuna.Study, sweep_dir: Path, fixed: list[str], groups: set[str], metric: str
+) -> Path | None:
     """<sweep dir>/experiment/best.yaml: the sweep's fixed overrides plus the best trial's parameters, as an
     experiment config (`python train.py -cd <sweep dir> experiment=best`)."""
     try:
@@ -278,9 +283,11 @@ def write_best_experiment(study: optuna.Study, sweep_dir: Path, fixed: list[str]
     from omegaconf import OmegaConf
 
     body = OmegaConf.to_yaml(OmegaConf.create(values)) if values else ""
-    text = (f"# @package _global_\n"
-            f"# Best trial {best.number} of sweep {study.study_name}: {metric} = {best.value:.6g}\n"
-            f"# python train.py -cd {sweep_dir} experiment=best\n")
+    text = (
+        f"# @package _global_\n"
+        f"# Best trial {best.number} of sweep {study.study_name}: {metric} = {best.value:.6g}\n"
+        f"# python train.py -cd {sweep_dir} experiment=best\n"
+    )
     if includes or defaults:
         text += "defaults:\n" + "\n".join(includes + ["  - _self_"] + defaults) + "\n"
     text += body

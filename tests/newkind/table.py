@@ -56,13 +56,17 @@ class TableDataModule(L.LightningDataModule):
         self.save_hyperparameters(logger=False)
 
     def setup(self, stage=None):
-        rows = list(csv.reader(open(self.hparams.path)))[1:]
+        with open(self.hparams.path) as f:
+            rows = list(csv.reader(f))[1:]
         x = torch.tensor([[float(v) for v in r[:-1]] for r in rows])
         y = torch.tensor([int(r[-1]) for r in rows])
         self.class_names = ("low", "high")
         n = len(y)
-        self.splits = {"train": (x[: n // 2], y[: n // 2]), "val": (x[n // 2 :], y[n // 2 :]),
-                       "test": (x[n // 2 :], y[n // 2 :])}
+        self.splits = {
+            "train": (x[: n // 2], y[: n // 2]),
+            "val": (x[n // 2 :], y[n // 2 :]),
+            "test": (x[n // 2 :], y[n // 2 :]),
+        }
 
     def preprocessing(self):
         return {"kind": "table", "class_names": list(self.class_names)}

@@ -20,8 +20,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import optuna
 from hydra.core.hydra_config import HydraConfig
@@ -44,8 +45,15 @@ class TrialFailed(RuntimeError):
 
 # ------------------------------------------------------------------------------------------------------- launcher
 class TrialLauncher(Launcher):
-    def __init__(self, n_jobs: int = 1, gpus_per_job: int = 1, devices: Sequence[int] | None = None,
-                 cpus_per_job: int | None = None, echo: bool | None = None, kill_timeout_s: float = 60):
+    def __init__(
+        self,
+        n_jobs: int = 1,
+        gpus_per_job: int = 1,
+        devices: Sequence[int] | None = None,
+        cpus_per_job: int | None = None,
+        echo: bool | None = None,
+        kill_timeout_s: float = 60,
+    ):
         if n_jobs < 1:
             raise ValueError(f"hydra.launcher.n_jobs={n_jobs}: must be at least 1")
         self.n_jobs, self.gpus_per_job, self.devices, self.cpus_per_job = n_jobs, gpus_per_job, devices, cpus_per_job
@@ -70,17 +78,21 @@ class TrialLauncher(Launcher):
         if gpus:
             need = self.n_jobs * self.gpus_per_job
             if need > len(gpus):
-                raise ValueError(f"hydra.launcher.n_jobs={self.n_jobs} x gpus_per_job={self.gpus_per_job} needs {need} "
-                                 f"GPUs but {len(gpus)} are available ({gpus}); lower n_jobs or gpus_per_job")
+                raise ValueError(
+                    f"hydra.launcher.n_jobs={self.n_jobs} x gpus_per_job={self.gpus_per_job} needs {need} "
+                    f"GPUs but {len(gpus)} are available ({gpus}); lower n_jobs or gpus_per_job"
+                )
             g = self.gpus_per_job
-            return [{"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus[i * g:(i + 1) * g]))} for i in range(self.n_jobs)]
+            return [{"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus[i * g : (i + 1) * g]))} for i in range(self.n_jobs)]
         cpus = sorted(os.sched_getaffinity(0))
         per = self.cpus_per_job or max(1, len(cpus) // self.n_jobs)
         if per * self.n_jobs > len(cpus):
             log.warning(f"n_jobs={self.n_jobs} x cpus_per_job={per} is more than the {len(cpus)} cores: slices overlap")
         slices = [[cpus[(i * per + k) % len(cpus)] for k in range(per)] for i in range(self.n_jobs)]
-        return [{"NNLAB_CPUS": ",".join(map(str, s)), "OMP_NUM_THREADS": str(per), "CUDA_VISIBLE_DEVICES": ""}
-                for s in slices]
+        return [
+            {"NNLAB_CPUS": ",".join(map(str, s)), "OMP_NUM_THREADS": str(per), "CUDA_VISIBLE_DEVICES": ""}
+            for s in slices
+        ]
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         results: list[JobReturn | None] = [None] * len(job_overrides)
@@ -119,8 +131,17 @@ class TrialLauncher(Launcher):
         else:
             cmd = [sys.executable, str(Path(self.config.hydra.runtime.cwd, sys.argv[0]))]
         cmd += _config_arguments(sys.argv[1:])
-        consumed = ("hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher", "hydra.mode",
-                    "hydra.run", "hydra.job.num", "hydra.job.id")
+        consumed = (
+            "hydra.sweep",
+            "hydra.sweeper",
+            "hydra/sweeper",
+            "hydra.launcher",
+            "hydra/launcher",
+            "hydra.mode",
+            "hydra.run",
+            "hydra.job.num",
+            "hydra.job.id",
+        )
         hydra_overrides = [o for o in self.config.hydra.overrides.hydra if not o.lstrip("+~").startswith(consumed)]
         task = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
         return cmd + hydra_overrides + task + [f"hydra.run.dir='{out}'"]
@@ -129,8 +150,11 @@ class TrialLauncher(Launcher):
         out, cfg = self.trial_dir(overrides, idx)
         out.mkdir(parents=True, exist_ok=True)
         cmd = self.command(overrides, out)
-        ret = JobReturn(overrides=[o for o in overrides if not o.startswith("hydra.")], working_dir=str(out),
-                        task_name=str(cfg.hydra.job.name))
+        ret = JobReturn(
+            overrides=[o for o in overrides if not o.startswith("hydra.")],
+            working_dir=str(out),
+            task_name=str(cfg.hydra.job.name),
+        )
         slot = self._slots.get()
         try:
             env = {**os.environ, **slot, "PYTHONUNBUFFERED": "1"}
@@ -139,8 +163,14 @@ class TrialLauncher(Launcher):
             log.info(f"#{idx} {' '.join(ret.overrides)} -> {out}{'  (' + pinned + ')' if pinned else ''}")
             tail: deque[str] = deque(maxlen=30)
             with open(out / "console.log", "ab") as console:
-                proc = subprocess.Popen(cmd, cwd=self.config.hydra.runtime.cwd, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                proc = subprocess.Popen(
+                    cmd,
+                    cwd=self.config.hydra.runtime.cwd,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
                 with self._procs_lock:
                     self._procs.add(proc)
                 try:
@@ -167,8 +197,10 @@ class TrialLauncher(Launcher):
             ret.status = JobStatus.FAILED
             why = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
             error = _last_error(tail)
-            ret.return_value = TrialFailed(f"{error or why} (trial #{idx} ended with {why}; its output is in "
-                                           f"{out / 'console.log'}), ending:\n{''.join(tail)}")
+            ret.return_value = TrialFailed(
+                f"{error or why} (trial #{idx} ended with {why}; its output is in "
+                f"{out / 'console.log'}), ending:\n{''.join(tail)}"
+            )
         return ret
 
     def terminate(self, procs=None):
@@ -219,7 +251,7 @@ def _last_error(lines) -> str:
     train.log), else the exception line of a Python traceback ('ValueError: ...'), if any."""
     import re
 
-    said = [ln.strip()[len("Error: "):].split(" (details: ")[0] for ln in lines if ln.startswith("Error: ")]
+    said = [ln.strip()[len("Error: ") :].split(" (details: ")[0] for ln in lines if ln.startswith("Error: ")]
     if said:
         return said[-1]
     found = [ln.strip() for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*", ln)]
@@ -240,10 +272,20 @@ def _read_metric(out: Path, metric: str | None):
 
 # -------------------------------------------------------------------------------------------------------- sweeper
 class StudySweeper(Sweeper):
-    def __init__(self, study_name: str | None = None, storage: str | None = None, direction: str = "maximize",
-                 n_trials: int | None = None, sampler: Any = None, pruner: Any = None, prune_monitor: str = "val/acc",
-                 params: dict | None = None, heartbeat_s: float = 15, stale_after_s: float = 90,
-                 max_batch_size: int | None = None):
+    def __init__(
+        self,
+        study_name: str | None = None,
+        storage: str | None = None,
+        direction: str = "maximize",
+        n_trials: int | None = None,
+        sampler: Any = None,
+        pruner: Any = None,
+        prune_monitor: str = "val/acc",
+        params: dict | None = None,
+        heartbeat_s: float = 15,
+        stale_after_s: float = 90,
+        max_batch_size: int | None = None,
+    ):
         self.study_name, self.storage, self.direction, self.n_trials = study_name, storage, direction, n_trials
         self.sampler_cfg, self.pruner_cfg, self.prune_monitor = sampler, pruner, prune_monitor
         self.params = dict(params or {})
@@ -262,8 +304,10 @@ class StudySweeper(Sweeper):
         self.grid = self.sampler_cfg is None
         self.points = self.space.grid_points() if self.grid else None
         if not self.space.distributions:
-            raise ValueError("nothing to sweep: give a parameter several values (model.lr=1e-3,3e-3), a range or an "
-                             "interval (with hydra/sweeper=optuna), or set hydra.sweeper.params")
+            raise ValueError(
+                "nothing to sweep: give a parameter several values (model.lr=1e-3,3e-3), a range or an "
+                "interval (with hydra/sweeper=optuna), or set hydra.sweeper.params"
+            )
         self.target = self.n_trials or (len(self.points) if self.grid else None)
         if not self.target:
             raise ValueError("hydra.sweeper.n_trials is not set: say how many trials the study should have")
@@ -278,8 +322,14 @@ class StudySweeper(Sweeper):
         sampler = S.make_sampler(None if self.grid else OmegaConf.to_container(self.sampler_cfg, resolve=True))
         pruner_cfg = OmegaConf.to_container(self.pruner_cfg, resolve=True) if self.pruner_cfg else None
         pruner = instantiate(pruner_cfg) if pruner_cfg else optuna.pruners.NopPruner()
-        self.study = optuna.create_study(study_name=name, storage=S.open_storage(self.url), sampler=sampler,
-                                         pruner=pruner, direction=self.direction, load_if_exists=True)
+        self.study = optuna.create_study(
+            study_name=name,
+            storage=S.open_storage(self.url),
+            sampler=sampler,
+            pruner=pruner,
+            direction=self.direction,
+            load_if_exists=True,
+        )
         self.check_same_sweep()
         # Trial processes read the pruner and what it watches from the study itself.
         self.study.set_user_attr("pruner", pruner_cfg)
@@ -292,15 +342,19 @@ class StudySweeper(Sweeper):
         """A stored study continues only with the settings it was started with: trials run under other fixed
         overrides or another search space would not be comparable."""
         machine = ("paths.", "hydra.", "+paths.", "++paths.")
-        signature = {"fixed": [o for o in self.space.fixed if not o.startswith(machine)],
-                     "space": {k: repr(d) for k, d in self.space.distributions.items()}}
+        signature = {
+            "fixed": [o for o in self.space.fixed if not o.startswith(machine)],
+            "space": {k: repr(d) for k, d in self.space.distributions.items()},
+        }
         stored = self.study.user_attrs.get("signature")
         if stored is not None and stored != signature:
             was = " ".join(stored["fixed"] + [f"{k}~{v}" for k, v in stored["space"].items()])
             now = " ".join(signature["fixed"] + [f"{k}~{v}" for k, v in signature["space"].items()])
-            raise ValueError(f"study {self.study.study_name} in {self.url} was started with\n  {was}\nbut this command "
-                             f"asks for\n  {now}\nRerun with the original overrides to continue it, or name a new "
-                             "study: hydra.sweeper.study_name=<new name>")
+            raise ValueError(
+                f"study {self.study.study_name} in {self.url} was started with\n  {was}\nbut this command "
+                f"asks for\n  {now}\nRerun with the original overrides to continue it, or name a new "
+                "study: hydra.sweeper.study_name=<new name>"
+            )
         self.study.set_user_attr("signature", signature)
 
     def next_trial(self):
@@ -314,7 +368,8 @@ class StudySweeper(Sweeper):
             return None
         if self.grid:
             taken = {tuple(sorted(t.params.items())) for t in trials} | {
-                tuple(sorted(t.system_attrs.get("fixed_params", {}).items())) for t in trials}
+                tuple(sorted(t.system_attrs.get("fixed_params", {}).items())) for t in trials
+            }
             todo = [p for p in self.points if tuple(sorted(p.items())) not in taken]
             if not todo:
                 return None
@@ -339,11 +394,20 @@ class StudySweeper(Sweeper):
         self.study._storage.set_trial_user_attr(trial._trial_id, "run_id", run_id)
         self.study._storage.set_trial_user_attr(trial._trial_id, "run_dir", str(self.trial_dir(trial)))
         params = [f"{k}={S.as_override_value(v)}" for k, v in trial.params.items()]
-        return self.space.fixed + params + [
-            f"hydra.sweep.dir='{self.sweep_dir}'", f"hydra.sweep.subdir={trial.number}",
-            f"sweep.name={self.study.study_name}", f"sweep.storage='{self.url}'", f"sweep.trial={trial.number}",
-            f"run_id='{run_id}'", f"run_name={self.study.study_name}-{trial.number}",
-        ] + (["resume=true"] if resumed else [])
+        return (
+            self.space.fixed
+            + params
+            + [
+                f"hydra.sweep.dir='{self.sweep_dir}'",
+                f"hydra.sweep.subdir={trial.number}",
+                f"sweep.name={self.study.study_name}",
+                f"sweep.storage='{self.url}'",
+                f"sweep.trial={trial.number}",
+                f"run_id='{run_id}'",
+                f"run_name={self.study.study_name}-{trial.number}",
+            ]
+            + (["resume=true"] if resumed else [])
+        )
 
     def record(self, trial: optuna.trial.FrozenTrial, ret: JobReturn):
         now = self.study._storage.get_trial(trial._trial_id)
@@ -365,11 +429,14 @@ class StudySweeper(Sweeper):
     # ------------------------------------------------------------------------------------------------------- sweep
     def sweep(self, arguments: list[str]) -> Any:
         self.open_study(arguments)
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=self.hydra_context,
-                                                                task_function=self.task_function, config=self.config)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=self.hydra_context, task_function=self.task_function, config=self.config
+        )
         done = len([t for t in self.study.get_trials(deepcopy=False) if t.state in S.FINISHED])
-        log.info(f"Study {self.study.study_name} in {self.url}: {done} of {self.target} trials finished; "
-                 f"sweep directory {self.sweep_dir}")
+        log.info(
+            f"Study {self.study.study_name} in {self.url}: {done} of {self.target} trials finished; "
+            f"sweep directory {self.sweep_dir}"
+        )
         lock, stop, in_flight, returns = threading.Lock(), threading.Event(), {}, []
 
         streaming = hasattr(self.launcher, "n_jobs")  # the trial launchers run one trial per launch, n_jobs at once
@@ -417,8 +484,9 @@ class StudySweeper(Sweeper):
         stop_signals = {signal.SIGTERM}
         if in_slurm_batch_job():
             stop_signals.add(requeue_signal(self.config.slurm.signal))
-        previous = {sig: signal.signal(sig, lambda signum, frame: _raise_interrupt(signum, received))
-                    for sig in stop_signals}
+        previous = {
+            sig: signal.signal(sig, lambda signum, frame: _raise_interrupt(signum, received)) for sig in stop_signals
+        }
         try:
             if slots == 1:
                 worker()
@@ -478,8 +546,10 @@ class StudySweeper(Sweeper):
         groups = set(self.config.hydra.runtime.choices)
         best = S.write_best_experiment(self.study, self.sweep_dir, self.space.fixed, groups, metric)
         if best:
-            print(f"Best parameters as an experiment config: {best}\n"
-                  f"  reproduce: python train.py -cd {self.sweep_dir} experiment=best")
+            print(
+                f"Best parameters as an experiment config: {best}\n"
+                f"  reproduce: python train.py -cd {self.sweep_dir} experiment=best"
+            )
         if any(self.sweep_dir.glob("*/wandb/offline-run-*")):
             print(f"W&B ran offline; upload the whole sweep with: wandb sync {self.sweep_dir}/*/wandb/offline-run-*")
         print(f"Summary: {self.sweep_dir / 'summary.md'}  (rerun the same command to continue the study)", flush=True)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from omegaconf import OmegaConf
+
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from omegaconf import OmegaConf
 
 log = logging.getLogger("nnlab.sweep")
 
@@ -27,17 +28,20 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         super().__init__(**params)
         timeout_s, lead_s = self.params.get("timeout_min", 0) * 60, self.params.get("signal_delay_s", 0)
         if lead_s >= timeout_s:
-            raise ValueError(f"hydra.launcher.signal_delay_s={lead_s} is not under hydra.launcher.timeout_min="
-                             f"{self.params.get('timeout_min')} ({timeout_s} s): the trial would be told to stop before "
-                             "it starts. Lower signal_delay_s (SLURM may send the signal up to a minute early too) or "
-                             "raise timeout_min.")
+            raise ValueError(
+                f"hydra.launcher.signal_delay_s={lead_s} is not under hydra.launcher.timeout_min="
+                f"{self.params.get('timeout_min')} ({timeout_s} s): the trial would be told to stop before "
+                "it starts. Lower signal_delay_s (SLURM may send the signal up to a minute early too) or "
+                "raise timeout_min."
+            )
 
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
         import submitit
 
         params = dict(self.params)
-        executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
-                                         slurm_max_num_timeout=params.pop("max_num_timeout"))
+        executor = submitit.AutoExecutor(
+            cluster="slurm", folder=params.pop("submitit_folder"), slurm_max_num_timeout=params.pop("max_num_timeout")
+        )
         shared = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in shared else f"slurm_{k}": v for k, v in params.items()})
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -56,8 +60,10 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         except Exception as e:  # noqa: BLE001  (submitit's UncompletedJobError, FailedJobError: this trial's failure)
             ret = JobReturn(overrides=overrides)
             ret.status = JobStatus.FAILED
-            ret.return_value = RuntimeError(f"SLURM job {job.job_id} ended without a result ({job.state}): "
-                                            f"{str(e).strip().splitlines()[0]}; its output: {job.paths.stdout}")
+            ret.return_value = RuntimeError(
+                f"SLURM job {job.job_id} ended without a result ({job.state}): "
+                f"{str(e).strip().splitlines()[0]}; its output: {job.paths.stdout}"
+            )
             return ret
 
     def terminate(self):

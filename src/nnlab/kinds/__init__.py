@@ -90,6 +90,6 @@ def kind(name: str) -> Kind:
 
 
 # Each module registers its kind.
-import nnlab.kinds.audio  # noqa: E402, F401
-import nnlab.kinds.image  # noqa: E402, F401
+import nnlab.kinds.audio  # noqa: E402
+import nnlab.kinds.image  # noqa: E402
 import nnlab.kinds.text  # noqa: E402, F401

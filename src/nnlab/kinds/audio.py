@@ -28,8 +28,13 @@ class AudioKind(Kind):
             true, predicted, confidence = names[label], names[int(p.argmax())], round(float(p.max()), 4)
             with atomic_open(folder / f"{i:02d}_{'wrong' if wrong else 'right'}_{true}_as_{predicted}.wav") as f:
                 sf.write(f, wave.float().clamp(-1, 1).numpy(), rate, format="WAV", subtype="PCM_16")
-            clips.append((wave.float(), f"true {true}, predicted {predicted} ({confidence})",
-                          [true, predicted, confidence, not wrong]))
+            clips.append(
+                (
+                    wave.float(),
+                    f"true {true}, predicted {predicted} ({confidence})",
+                    [true, predicted, confidence, not wrong],
+                )
+            )
         if not clips:
             return {}
 

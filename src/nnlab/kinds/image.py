@@ -55,8 +55,9 @@ class ImageKind(Kind):
 
         if not Path(path).is_file():
             raise PredictError(f"{path} is not a file; give the paths of image files (PNG, JPEG, BMP, ...)")
-        pixels, problem, _, _ = load_image(path, preprocessing["channels"], preprocessing["image_size"],
-                                     preprocessing.get("fit", "stretch"))
+        pixels, problem, _, _ = load_image(
+            path, preprocessing["channels"], preprocessing["image_size"], preprocessing.get("fit", "stretch")
+        )
         if problem:
             raise PredictError(f"{path} is {problem}: it cannot be classified")
         mean = torch.tensor(preprocessing["mean"])[:, None, None]

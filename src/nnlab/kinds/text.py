@@ -15,7 +15,7 @@ class TextKind(Kind):
         return net(*x)
 
     def count(self, x):
-        tokens, lengths = x
+        _, lengths = x
         return len(lengths), int(lengths.sum())  # the lengths stay on the CPU
 
     def keep(self, x, rows):
@@ -34,8 +34,16 @@ class TextKind(Kind):
         from nnlab.atomic import atomic_open
 
         tokenizer = Tokenizer.from_str(preprocessing["tokenizer"])
-        rows = [[tokenizer.decode([int(i) for i in x], skip_special_tokens=False), names[label],
-                 names[int(p.argmax())], round(float(p.max()), 4), not wrong] for x, label, p, wrong in samples]
+        rows = [
+            [
+                tokenizer.decode([int(i) for i in x], skip_special_tokens=False),
+                names[label],
+                names[int(p.argmax())],
+                round(float(p.max()), 4),
+                not wrong,
+            ]
+            for x, label, p, wrong in samples
+        ]
         table = io.StringIO()
         csv.writer(table).writerows([COLUMNS] + rows)
         with atomic_open(Path(out_dir) / "test_samples.csv") as f:
@@ -60,8 +68,12 @@ class TextKind(Kind):
     def predict(self, model, preprocessing, inputs, batch_size=256):
         import torch
 
-        probs = torch.cat([model.probabilities(model(self.encode(preprocessing, inputs[i : i + batch_size])))
-                           for i in range(0, len(inputs), batch_size)])
+        probs = torch.cat(
+            [
+                model.probabilities(model(self.encode(preprocessing, inputs[i : i + batch_size])))
+                for i in range(0, len(inputs), batch_size)
+            ]
+        )
         return [(p[None], None) for p in probs]
 
     def shown(self, text):

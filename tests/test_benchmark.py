@@ -1,0 +1,63 @@
+"""scripts/benchmark.py runs end to end on the tests' small data, for each kind of data (the figures are the
+README's, measured with nothing else running; here only that the script works and prints its table)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def benchmark(data_dir, *args: str) -> str:
+    """`python scripts/benchmark.py --data-dir <data_dir> --rounds 1 --no-time-to-acc args...`; its output."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "benchmark.py"),
+            "--data-dir",
+            str(data_dir),
+            "--rounds",
+            "1",
+            "--no-time-to-acc",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "WANDB_MODE": "offline"},
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_benchmark_script_runs(mnist_dir):
+    assert "| mlp | 128 |" in benchmark(mnist_dir, "--models", "mlp", "data.val_size=100")
+
+
+def test_benchmark_script_runs_the_lstm(imdb_dir):
+    out = benchmark(
+        imdb_dir,
+        "--models",
+        "lstm",
+        "--batches",
+        "2",
+        "data.val_size=8",
+        "data.batch_size=8",
+        "data.vocab_size=200",
+        "data.min_frequency=1",
+    )
+    row = next(line for line in out.splitlines() if line.startswith("| lstm | 8 |"))
+    assert "tokens/s" in out and row.count("|") == 9
+
+
+def test_benchmark_script_runs_the_speech_rnn(speech_dir):
+    out = benchmark(
+        speech_dir, "--models", "speech_rnn", "data.batch_size=16", "data.max_bad_share=0.05", "data.workers=1"
+    )
+    row = next(line for line in out.splitlines() if line.startswith("| speech_rnn | 16 |"))
+    assert "samples/s" in out and row.count("|") == 9
