@@ -36,13 +36,15 @@ def train(cfg: DictConfig, run) -> float | None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from nnlab.callbacks import Throughput, steady_rate
+    from nnlab.callbacks import Throughput, controls_report, profiler_reports, steady_rate
     from nnlab.checkpoint import RandomState, check_fits
-    from nnlab.lifecycle import EpochLog, RunRecord, WeightsDigest, leave_process_group, write_atomic
+    from nnlab.lifecycle import EpochLog, RunRecord, WeightsDigest, leave_process_group, show_config, write_atomic
     from nnlab.memory import keep_freed_memory
 
     keep_freed_memory()  # before the first training step: see nnlab/memory.py
     cfg, evaluated = run.settled(cfg)  # what is computed once: run id, classes, W&B tags, the evaluated model
+    if cfg.print_config:
+        show_config(cfg)
     ckpt_path, start = run.resume_from() if cfg.train else (None, None)
     L.seed_everything(cfg.seed, workers=True)
     model = instantiate(cfg.model, _convert_="all") if cfg.train else evaluated
@@ -72,6 +74,7 @@ def train(cfg: DictConfig, run) -> float | None:
         if cfg.train:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
             fitted = {k: v.item() for k, v in trainer.callback_metrics.items()}
+            fitted |= controls_report(trainer, callbacks, fitted)  # parameter counts, early stopping, overfit check
             test_ckpt = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else "") or None
         pruned = pruning is not None and pruning.pruned_at is not None
         test = [{}] if pruned else trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt)
@@ -90,6 +93,7 @@ def train(cfg: DictConfig, run) -> float | None:
         "wall_time_s": run.elapsed(),
         "checkpoint": test_ckpt or cfg.ckpt_path,
         "resumed_from": ckpt_path if run.resuming else None,
+        **profiler_reports(trainer),
     }
     leave_process_group()
     if trainer.is_global_zero:

@@ -6,6 +6,8 @@
     python scripts/benchmark.py --models lstm --rounds 3 --batches 60 --data-dir /path/holding/aclImdb
     python scripts/benchmark.py --models speech_rnn --rounds 3 --data-dir /path/holding/SpeechCommands
     python scripts/benchmark.py --ddp-cpu --rounds 3   # train.py trainer=ddp_cpu against trainer=cpu instead
+    python scripts/benchmark.py --compare model.compile=false model.compile=true --models mlp cnn   # our pipeline
+    python scripts/benchmark.py --compare callbacks/progress_bar=none callbacks/progress_bar=tqdm --models mlp
 
 Both sides train the same network (the default model config) with the same optimizer, batch size and
 gradient clipping on the same data in memory, augmentation (what the data module lists in its
@@ -23,6 +25,11 @@ several rounds and the median of the per-round ratios is reported.
 each with the same data.batch_size, so the global batch is twice as large, and each with its share of the cores)
 against `trainer=cpu` (one process, all cores), with the same overrides (augmentation and schedule off, one
 validation batch); samples per second over both processes, from each run's metrics.json.
+
+--compare A B ... trains our pipeline under each set of overrides in turn (alternating, every round), with the same
+settings as above, and reports per variant the first epoch's time (warm-up: torch.compile compiles there, with a
+fresh inductor cache per benchmark run), the steady throughput, the time per step, and the ratio to the first
+variant. A variant of several overrides is one quoted argument: "trainer=cpu_bf16 data.batch_size=256".
 """
 
 import argparse
@@ -92,7 +99,13 @@ def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
 
 
 def ours(cfg, dm, epochs: int) -> tuple[float, float]:
-    """The pipeline train.py builds, with the config's own callbacks and logger."""
+    """The pipeline train.py builds, with the config's own callbacks and logger: steady (samples/s, tokens/s)."""
+    throughput = run_ours(cfg, dm, epochs)
+    return steady_rate(throughput.samples_per_s), steady_rate(throughput.tokens_per_s) or 0.0
+
+
+def run_ours(cfg, dm, epochs: int) -> Throughput:
+    """Train the pipeline train.py builds for `epochs` epochs; its Throughput callback, which measured each."""
     L.seed_everything(cfg.seed, verbose=False)
     model = instantiate(cfg.model, _convert_="all")
     loggers = [instantiate(c) for c in cfg.logger.values()]
@@ -110,8 +123,7 @@ def ours(cfg, dm, epochs: int) -> tuple[float, float]:
     for lg in loggers:
         if hasattr(lg, "experiment") and hasattr(lg.experiment, "finish"):
             lg.experiment.finish()
-    throughput = next(c for c in callbacks if isinstance(c, Throughput))
-    return steady_rate(throughput.samples_per_s), steady_rate(throughput.tokens_per_s) or 0.0
+    return next(c for c in callbacks if isinstance(c, Throughput))
 
 
 class StopAtAccuracy(L.Callback):
@@ -193,6 +205,7 @@ def ddp_cpu_against_cpu(args, extra: list[str], out: str):
         overrides = [
             *augmentation_off(name, extra, out),
             "model.scheduler=none",
+            "budget.min_steps=0",  # the epochs asked for, also on small data (the budget would add epochs)
             f"trainer.max_epochs={args.epochs}",
             "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1",
@@ -215,8 +228,52 @@ def ddp_cpu_against_cpu(args, extra: list[str], out: str):
         print(f"| {name} | {one:,.0f} | {two:,.0f} | {ratio:.2f} |")
 
 
+def compare(args, extra: list[str], out: str):
+    """--compare: our pipeline under each variant's overrides, alternating every round."""
+    rows = []
+    for name in args.models:
+        limit = [f"trainer.limit_train_batches={args.batches}"] if args.batches else []
+        base = [
+            *augmentation_off(name, extra, out),
+            "model.scheduler=none",
+            "budget.min_steps=0",  # the epochs asked for, also on small data (the budget would add epochs)
+            *extra,
+            *limit,
+            "trainer.limit_val_batches=1",
+        ]
+        cfgs = {v: load_cfg(name, [*base, *v.split()], out) for v in args.compare}
+        dm = instantiate(cfgs[args.compare[0]].data, _convert_="all")  # the variants share the data
+        for cfg in cfgs.values():
+            if cfg.data.get("num_classes", 0) is None:
+                cfg.data.num_classes = len(dm.class_names_found())
+        dm.prepare_data()
+        dm.setup()
+        rates, first = {v: [] for v in args.compare}, {}
+        for r in range(args.rounds):
+            for v, cfg in cfgs.items():
+                throughput = run_ours(cfg, dm, args.epochs)
+                rates[v].append(steady_rate(throughput.samples_per_s))
+                first.setdefault(v, throughput.seconds[0])  # round 1: a cold start (compilation, caches)
+                seconds = throughput.seconds[0]
+                print(f"{name} round {r + 1}, {v}: first epoch {seconds:.1f} s, {rates[v][-1]:,.0f} samples/s")
+        batch = cfgs[args.compare[0]].data.batch_size
+        for v in args.compare:
+            rate = statistics.median(rates[v])
+            ratios = [a / b for a, b in zip(rates[v], rates[args.compare[0]])]
+            rows.append((name, v, first[v], rate, 1000 * batch / rate, statistics.median(ratios)))
+    print(f"\n{args.rounds} rounds of {args.epochs} epochs a variant; steady: the epochs after the first, medians:")
+    print(
+        "| model | variant | first epoch | steady samples/s | ms per step | ratio (median of rounds) |\n"
+        "|---|---|---|---|---|---|"
+    )
+    for name, v, first_s, rate, ms, ratio in rows:
+        print(f"| {name} | `{v}` | {first_s:.1f} s | {rate:,.0f} | {ms:.2f} | {ratio:.2f} |")
+
+
 def main():
     keep_freed_memory()  # as train.py does
+    # torch.compile's first epoch is measured cold: an inductor cache of this run's own, not one an earlier run left
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="nnlab-bench-inductor-"))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["mlp", "cnn"])
     p.add_argument("--epochs", type=int, default=2, help="epochs per side and round; the first is warm-up")
@@ -231,6 +288,7 @@ def main():
     p.add_argument("--no-time-to-acc", action="store_true")
     p.add_argument("--target", type=float, default=0.99)
     p.add_argument("--ddp-cpu", action="store_true", help="train.py trainer=ddp_cpu against trainer=cpu instead")
+    p.add_argument("--compare", nargs="+", metavar="OVERRIDES", help="our pipeline under each set of overrides")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for both sides, e.g. data.batch_size=256")
     args = p.parse_args()
     extra = ([f"paths.data_dir={args.data_dir}"] if args.data_dir else []) + args.overrides
@@ -239,6 +297,8 @@ def main():
     print(f"device {device}, torch threads {torch.get_num_threads()}, run files in {out}")
     if args.ddp_cpu:
         return ddp_cpu_against_cpu(args, extra, out)
+    if args.compare:
+        return compare(args, extra, out)
 
     rows = []
     for name in args.models:
@@ -248,6 +308,7 @@ def main():
             [
                 *augmentation_off(name, extra, out),
                 "model.scheduler=none",
+                "budget.min_steps=0",  # the epochs asked for, also on small data (the budget would add epochs)
                 *extra,
                 *limit,
                 "trainer.limit_val_batches=1",

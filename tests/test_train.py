@@ -333,7 +333,7 @@ def test_eval_mode_matches_training_test_accuracy(trained_run, mnist_dir, tmp_pa
 def test_wandb_offline_files_hold_the_metrics(trained_run, mnist_dir):
     run_dir, _ = trained_run
     (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    history, config, exit_code = [], {}, None
+    history, config, summary, exit_code = [], {}, {}, None
     for record in read_wandb_records(run_file):
         kind = record.WhichOneof("record_type")
         if kind == "history":
@@ -342,6 +342,8 @@ def test_wandb_offline_files_hold_the_metrics(trained_run, mnist_dir):
             )
         elif kind == "config":
             config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+        elif kind == "summary":
+            summary.update({item.key: json.loads(item.value_json) for item in record.summary.update})
         elif kind == "exit":
             exit_code = record.exit.exit_code
     test_acc = [h["test/acc"] for h in history if "test/acc" in h]
@@ -354,6 +356,9 @@ def test_wandb_offline_files_hold_the_metrics(trained_run, mnist_dir):
     assert config["model"]["lr"] == 0.1 and config["model"]["arch"]["hidden"] == [100, 100]
     assert config["data"]["data_dir"] == str(mnist_dir) and config["trainer"]["max_epochs"] == 2
     assert exit_code == 0
+    # The model summary's parameter counts, in the W&B summary and metrics.json
+    params = sum(p.numel() for p in Classifier.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt").parameters())
+    assert summary["model/params"] == params == json.loads((run_dir / "metrics.json").read_text())["model/params"]
 
 
 def stop_in_second_epoch(args, run_dir, sig) -> tuple[subprocess.Popen, str]:
@@ -460,5 +465,6 @@ def test_ddp_cpu_end_to_end(tmp_path, mnist_dir):
     assert metrics["epochs"] == 2 and metrics["test/acc"] > 0.3
     assert "distributed_backend=gloo" in proc.stdout + proc.stderr
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1  # only rank zero logs
+    assert proc.stdout.count("├── model") == 1  # and prints the config tree
     assert not list(tmp_path.glob("**/.hydra/config.yaml"))[1:]  # one .hydra, the launcher's
     Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import lightning.pytorch.callbacks
 import lightning.pytorch.loggers
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
@@ -39,6 +40,7 @@ class Throughput(L.Callback):
     def __init__(self):
         self.samples_per_s: list[float] = []
         self.tokens_per_s: list[float] = []
+        self.seconds: list[float] = []  # each epoch's training time
 
     def _now(self, trainer):
         if trainer.strategy.root_device.type == "cuda":
@@ -67,6 +69,7 @@ class Throughput(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         seconds = self._now(trainer) - self.start - self.paused
+        self.seconds.append(seconds)
         rate = self.samples * trainer.world_size / seconds
         self.samples_per_s.append(rate)
         pl_module.log("train/samples_per_s", rate, rank_zero_only=True)
@@ -238,9 +241,9 @@ class WandbLogger(lightning.pytorch.loggers.WandbLogger):
         return super().experiment
 
 
-class ProgressBar(TQDMProgressBar):
-    """TQDM's bar showing the epoch's running training loss from the first step on (read from the module's sum on
-    the device only when the bar redraws, every `refresh_rate` steps), without W&B's run id."""
+class RunningLoss:
+    """A progress bar's metrics with the epoch's running training loss from the first step on (read from the module's
+    sum on the device, so only when the bar redraws), without W&B's run id."""
 
     def get_metrics(self, trainer, pl_module):
         items = super().get_metrics(trainer, pl_module)
@@ -249,7 +252,143 @@ class ProgressBar(TQDMProgressBar):
             items = {"loss": f"{loss:.4g}", **items}
         return items
 
+
+class ProgressBar(RunningLoss, TQDMProgressBar):
+    """TQDM's bar (callbacks/progress_bar=tqdm), redrawn every `refresh_rate` steps, with the running loss."""
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if batch_idx == 0 and self.is_enabled and not self.train_progress_bar.disable:
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
+class RichProgressBar(RunningLoss, lightning.pytorch.callbacks.RichProgressBar):
+    """Rich's bar (callbacks/progress_bar=rich) with the running loss. Lightning's reads the metrics after every
+    training step; here only on the first step and every `refresh_rate`-th, like TQDM's (reading the loss waits for
+    the device)."""
+
+    def __init__(self, refresh_rate: int = 20, **kwargs):
+        super().__init__(refresh_rate=refresh_rate, **kwargs)
+
+    def _update_metrics(self, trainer, pl_module):
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if trainer.training and done > 1 and done % self.refresh_rate:
+            return
+        super()._update_metrics(trainer, pl_module)
+
+
+class ModelSummary(lightning.pytorch.callbacks.ModelSummary):
+    """Lightning's table of layers and parameters when fit starts; the counts (`counts`) also go into metrics.json
+    (train.py) and the W&B run's summary."""
+
+    counts: dict | None = None
+
+    def _summary(self, trainer, pl_module):
+        summary = super()._summary(trainer, pl_module)
+        self.counts = {"model/params": summary.total_parameters,
+                       "model/params_trainable": summary.trainable_parameters}  # fmt: skip
+        return summary
+
+    def on_train_end(self, trainer, pl_module):
+        if not trainer.is_global_zero:  # only rank zero has the W&B run
+            return
+        for logger in trainer.loggers:  # the W&B run is open once training has started
+            if isinstance(logger, lightning.pytorch.loggers.WandbLogger) and self.counts:
+                logger.experiment.summary.update(self.counts)
+
+
+class TestsAveragedWeights:
+    """Lightning's weight averaging, tested with the averaged weights.
+
+    Lightning's WeightAveraging writes the averaged weights as a checkpoint's `state_dict` and the raw ones as
+    `current_model_state`, and on loading any checkpoint while its averaged model exists it loads the raw ones into
+    the module. `trainer.test(ckpt_path=best)` after fit in the same process therefore tested the raw weights of the
+    best epoch, not the averaged weights that were validated and chosen. Here a checkpoint loaded outside fit (test,
+    validate, predict) keeps its `state_dict`: the averaged weights.
+
+    And until the average holds a first update (SWA's start_epoch, say) the raw weights are validated, saved and
+    kept at the end: Lightning's would validate, save and end with the initial weights it copied."""
+
+    def _averaged(self) -> bool:
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        if trainer.state.fn == TrainerFn.FITTING:  # resuming: the raw weights train on, the average is restored
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._swapped = self._averaged()
+        if self._swapped:
+            self._swap_models(pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if getattr(self, "_swapped", False):
+            self._swap_models(pl_module)
+            self._swapped = False
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if self._averaged():
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_train_end(self, trainer, pl_module):
+        if self._averaged():
+            super().on_train_end(trainer, pl_module)
+
+
+class EMAWeightAveraging(TestsAveragedWeights, lightning.pytorch.callbacks.EMAWeightAveraging):
+    """An exponential moving average of the weights after every optimizer step (callbacks/weight_averaging=ema)."""
+
+
+class SWAWeightAveraging(TestsAveragedWeights, lightning.pytorch.callbacks.WeightAveraging):
+    """Stochastic weight averaging (callbacks/weight_averaging=swa): the equal average of the weights at the end of
+    every epoch from `start_epoch` (0-based) on."""
+
+    def __init__(self, start_epoch: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.start_epoch = start_epoch
+
+    def should_update(self, step_idx=None, epoch_idx=None):
+        return epoch_idx is not None and epoch_idx >= self.start_epoch
+
+
+def controls_report(trainer, callbacks: list, fitted: dict) -> dict:
+    """What the controls a run was given did in fit, for metrics.json, said in the log too: the parameter counts, when
+    early stopping stopped training, whether an overfit run learnt its batches. Read right after fit: testing the best
+    checkpoint restores the callbacks' states as they were when it was written."""
+    from lightning.pytorch.utilities import rank_zero_info
+
+    report = next((c.counts for c in callbacks if isinstance(c, ModelSummary) and c.counts), {})
+    if (stopper := trainer.early_stopping_callback) is not None:
+        stopped = stopper.stopped_epoch > 0
+        report["early_stopping"] = {
+            "stopped": stopped,
+            "epoch": stopper.stopped_epoch + 1 if stopped else None,  # 1-based, as the log counts epochs
+            "reason": stopper.stopping_reason_message,
+            "monitor": stopper.monitor,
+            "best": float(stopper.best_score),
+            "patience": stopper.patience,
+        }
+        if stopped:
+            rank_zero_info(f"early stopping: stopped after epoch {stopper.stopped_epoch + 1} of {trainer.max_epochs}: "
+                           f"{stopper.stopping_reason_message}")  # fmt: skip
+    if trainer.overfit_batches and "train/acc" in fitted:
+        acc = fitted["train/acc"]
+        report["overfit_check"] = {"batches": trainer.overfit_batches, "train/acc": acc, "passed": acc >= 0.99}
+        verdict = "passed (>= 0.99)" if acc >= 0.99 else "NOT passed: the network, loss or data does not learn"
+        rank_zero_info(f"overfit check: training accuracy {acc:.4f} on {trainer.overfit_batches} batch(es) after "
+                       f"{trainer.current_epoch} epochs: {verdict}")  # fmt: skip
+    return report
+
+
+def profiler_reports(trainer) -> dict:
+    """Where the profiler (debug=profiler, trainer.profiler) wrote its reports, named in the log and metrics.json."""
+    from lightning.pytorch.utilities import rank_zero_info
+
+    profiler = trainer.profiler
+    if not (getattr(profiler, "dirpath", None) and getattr(profiler, "filename", None)):
+        return {}
+    reports = sorted(str(p) for p in Path(profiler.dirpath).glob(f"*{profiler.filename}*.txt"))
+    rank_zero_info("profiler report: " + ", ".join(reports))
+    return {"profiler_reports": reports}

@@ -236,7 +236,9 @@ class RunLock:
 
 
 # Keys that may differ when a run is resumed: where things are, not what is trained.
-RESUMABLE_DIFFERENCES = ("data.data_dir", "data.cache_dir", "data.download", "data.workers", "data.eval_batch_size")
+RESUMABLE_DIFFERENCES = (
+    "data.data_dir", "data.cache_dir", "data.download", "data.workers", "data.eval_batch_size", "model.compile",
+)  # fmt: skip
 
 
 # What sets the number of training steps, over which a learning-rate schedule runs.
@@ -361,6 +363,14 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
             "CUDA GPU that torch can use: leave out trainer= (the default uses a GPU when there is one, "
             "else the CPU), or trainer=cpu / trainer=ddp_cpu"
         )
+    precision = str(t.get("precision"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if precision.startswith("bf16") and on_cpu and not cpu_has_bf16():
+        raise ConfigError(
+            f"trainer.precision={precision} on a CPU without bf16 instructions ({cpu_name()}: no AVX512_BF16 or AMX "
+            "on x86, no BF16 on Arm): autocast would emulate bf16, several times slower than 32-true (README, "
+            "Controls). Use trainer=cpu, or trainer=cpu_bf16 on a CPU that has them"
+        )
     devices = t.get("devices")
     if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
         raise ConfigError(
@@ -369,6 +379,33 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
         )
     m = cfg.model  # the model checks them itself when it is built; here before any data is read or downloaded
     check_model_settings(m.optimizer, m.lr, m.weight_decay, m.scheduler, m.warmup_pct, m.arch)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (x86 `flags`, Arm `Features`); empty elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    return set(line.partition(":")[2].split())
+
+
+def cpu_name() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    line = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
+    return line.partition(":")[2].strip() or platform.machine()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes in bf16 natively: AVX512_BF16 or AMX on x86, BF16 on Arm (Apple's M2 and later)."""
+    if sys.platform == "darwin":
+        out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True)
+        return out.stdout.strip() == "1"
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def check_launch(cfg: DictConfig):
@@ -433,6 +470,54 @@ def check_pairing(cfg: DictConfig, net: str):
         )
 
 
+def without_regularisation(cfg: DictConfig) -> list[str]:
+    """For trainer.overfit_batches: turn off in `cfg` what keeps a network from learning its batches by heart (the
+    data module's augmentation, as it lists it in `augmentation_off`; every dropout rate of the network; adversarial
+    training). Returns what it changed, as overrides."""
+    import yaml
+    from hydra.utils import get_class
+
+    changes = [f"data.{o}" for o in getattr(get_class(cfg.data._target_), "augmentation_off", ())]
+    changes += [f"model.arch.{k}=0" for k, v in cfg.model.arch.items() if str(k).endswith("dropout") and v]
+    changes += ["model.adversarial=0"] if cfg.model.get("adversarial") else []
+    changed = []
+    for change in changes:
+        key, value = change.split("=", 1)
+        value = yaml.safe_load(value)
+        if OmegaConf.select(cfg, key) not in (None, value):
+            OmegaConf.update(cfg, key, value, merge=False)
+            changed.append(change)
+    return changed
+
+
+@rank_zero_only
+def show_config(cfg: DictConfig):
+    """The run's resolved config as a tree on the terminal: the groups first, then the run's own settings."""
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    groups = [k for k in ("model", "data", "trainer", "callbacks", "logger", "paths") if k in config]
+    groups += [k for k, v in config.items() if isinstance(v, dict) and k not in groups]
+    tree = Tree("config", guide_style="dim")
+    for key in groups:
+        tree.add(key).add(Syntax(OmegaConf.to_yaml(config[key]).rstrip(), "yaml", background_color="default"))
+    rest = {k: v for k, v in config.items() if k not in groups}
+    tree.add("run").add(Syntax(OmegaConf.to_yaml(rest).rstrip(), "yaml", background_color="default"))
+    Console(soft_wrap=True).print(tree)
+
+
+def describe(batch) -> str:
+    """A batch's tensors as `(128, 1, 28, 28) float32 in [-0.42, 2.82]`, nested as the batch is."""
+    if isinstance(batch, (tuple, list)):
+        return "(" + ", ".join(describe(b) for b in batch) + ")"
+    if isinstance(batch, torch.Tensor) and batch.numel():
+        low, high = batch.min().item(), batch.max().item()
+        return f"{tuple(batch.shape)} {str(batch.dtype).removeprefix('torch.')} in [{low:.4g}, {high:.4g}]"
+    return repr(batch)
+
+
 # ------------------------------------------------------------------------------------------------------ callbacks
 class RunRecord(L.Callback):
     """What the run is, in every checkpoint (the config groups it was composed from, so evaluating a checkpoint
@@ -463,7 +548,12 @@ class RunRecord(L.Callback):
 
 
 class EpochLog(L.Callback):
-    """One line per epoch in the log (and train.log): epoch, training loss, validation loss and accuracy, time."""
+    """One line per epoch in the log (and train.log): epoch, training loss, validation loss and accuracy, time. With
+    DEBUG logging (debug=anomaly) also each epoch's first training batch: shapes, types and value ranges."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0 and log.isEnabledFor(logging.DEBUG):
+            log.debug(f"epoch {trainer.current_epoch + 1}, first training batch: {describe(batch)}")
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.start = time.perf_counter()
@@ -652,6 +742,12 @@ class Run:
                             cfg.data[key] = value
             elif cfg.data.get("num_classes", 0) is None:  # a data set that finds its classes (word or class folders)
                 cfg.data.num_classes = len(instantiate(cfg.data, _convert_="all").class_names_found())
+            if cfg.train and cfg.trainer.get("overfit_batches"):
+                off = without_regularisation(cfg)
+                log.info(
+                    f"trainer.overfit_batches={cfg.trainer.overfit_batches}: the same batches every epoch, with "
+                    f"augmentation, dropout and adversarial training off ({' '.join(off) or 'none was on'})"
+                )
             if (
                 cfg.train
                 and cfg.get("sweep") is not None

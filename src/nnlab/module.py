@@ -57,6 +57,8 @@ class Classifier(L.LightningModule):
         of `adversarial_length` tokens; a text of L tokens gets adversarial * sqrt(L / adversarial_length), the
         same strength per token (None: this norm for every text, as Miyato et al.). Text networks only; each step
         costs about twice as much.
+    compile: compile the network with torch.compile when fit starts (nn.Module.compile: the state dict's keys stay
+        those of the plain network, so checkpoints load either way); predict and load_from_checkpoint run it eagerly
     input: ignored; checkpoints written before networks declared what they read recorded it here
     """
 
@@ -72,6 +74,7 @@ class Classifier(L.LightningModule):
         warmup_pct: float,
         adversarial: float = 0.0,
         adversarial_length: int | None = None,
+        compile: bool = False,
         input: str | None = None,
     ):
         super().__init__()
@@ -100,6 +103,10 @@ class Classifier(L.LightningModule):
         self.register_buffer("train_loss_sum", torch.tensor(0.0), persistent=False)
         self.train_steps = 0
         self.test_samples: dict[bool, list] = {True: [], False: []}
+
+    def setup(self, stage):
+        if stage == "fit" and self.hparams.compile and not getattr(self.net, "_compiled_call_impl", None):
+            self.net.compile()  # in place: parameter names unchanged
 
     def forward(self, x):
         return self.reads.feed(self.net, x)  # the kind knows its batch: a tensor, or (tokens, lengths)

@@ -25,7 +25,10 @@ def placement(trainer) -> dict:
     seed = torch.initial_seed() % 2**62
     if trainer is None:
         return {"seed": seed, "epoch": lambda: 0, "rank": 0, "world": 1}
-    return {"seed": seed, "epoch": lambda: trainer.current_epoch,
+    # trainer.overfit_batches: Lightning takes the first batches of every epoch; the same epoch's order each time
+    # makes them the same batches (Lightning's own fix, a sequential sampler, is for DataLoaders)
+    epoch = (lambda: 0) if trainer.overfit_batches else (lambda: trainer.current_epoch)
+    return {"seed": seed, "epoch": epoch,
             "finished": lambda: trainer.fit_loop.epoch_loop.batch_progress.current.ready,
             "rank": trainer.global_rank, "world": trainer.world_size}
 
