@@ -10,7 +10,11 @@
 # 7.   scripts/benchmark.py for the MLP and the CNN (ratio to a plain PyTorch loop), then the CNN's time to 99% test
 #      accuracy;
 # 8.   python -m nnlab.predict on the CPU (CUDA_VISIBLE_DEVICES="") from the LSTM's and the keyword spotter's
-#      checkpoints that the GPU trained.
+#      checkpoints that the GPU trained;
+# 9.   model.compile=true against the plain CNN on the GPU (benchmark.py --compare: first epoch with compilation,
+#      steady samples/s);
+# 10.  this machine's CPU: whether it has bf16 instructions, and trainer=cpu_bf16 against trainer=cpu for the MLP and
+#      the CNN (benchmark.py --compare, on the CPU).
 #
 # Results go to one JSON file, GPU_CHECK_OUT (default outputs/gpu_check/results.json): per step its command, exit
 # code, seconds and figures. The first failing step stops the script with exit code 1 and its name; its log is in
@@ -38,12 +42,16 @@ if [ "$device" = gpu ]; then
     trainer=(trainer=gpu); ddp=(trainer=ddp trainer.devices=1)
     short=(trainer.max_epochs=1)
     bench=(--rounds 3)
+    compiled=(--models cnn --rounds 2)
+    cpu_bench=(--models mlp cnn --rounds 2 --batches 50)
     target=0.99
     "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU: GPU_CHECK_DEVICE=cpu checks the steps on the CPU')"
 elif [ "$device" = cpu ]; then
     trainer=(trainer=cpu); ddp=(trainer=ddp_cpu trainer.devices=1)
     short=(trainer.max_epochs=1 trainer.limit_train_batches=20 trainer.limit_val_batches=2 trainer.limit_test_batches=2)
     bench=(--rounds 1 trainer.limit_train_batches=20 trainer.limit_val_batches=1)
+    compiled=(--models mlp --rounds 1 --batches 5)
+    cpu_bench=(--models mlp --rounds 1 --batches 5)
     target=${GPU_CHECK_TARGET:-0.5}  # the CPU's check: the step runs and reports, not the GPU's figure
     export CUDA_VISIBLE_DEVICES=""
 else
@@ -100,14 +108,14 @@ for s in steps:
         s["metrics"] = {k: m[k] for k in ("test/acc", "test/loss", "train/samples_per_s", "epochs", "wall_time_s")
                         if k in m}
     log = Path(s["log"]).read_text(errors="replace") if Path(s["log"]).is_file() else ""
-    if s["step"] == "benchmark":
+    if s["step"].startswith("benchmark"):
         s["table"] = [line for line in log.splitlines() if line.startswith("|")]
         s["time_to_accuracy"] = next((line.strip() for line in log.splitlines() if "s of training" in line or
                                       "not reached" in line), None)
     if s["step"] == "sweep_trials":
         import csv
         s["trials"] = list(csv.DictReader(open(s["command"][-1])))
-    if s["step"].startswith("predict"):
+    if s["step"].startswith("predict") or s["step"] == "cpu_bf16":
         s["output"] = log.splitlines()[-6:]
 try:
     import torch
@@ -144,5 +152,10 @@ step predict_text env CUDA_VISIBLE_DEVICES= "$python" -m nnlab.predict "$runs/ls
     "A gripping, beautifully acted film." "Two hours I will never get back."
 step predict_audio env CUDA_VISIBLE_DEVICES= "$python" -m nnlab.predict "$runs/speech_rnn/checkpoints/best.ckpt" \
     "$(find "$speech" -name '*.wav' -path '*nohash*' | sort | head -n 1)"
+step benchmark_compile "$python" scripts/benchmark.py --data-dir "$mnist" "${compiled[@]}" "${mnist_extra[@]}" \
+    --compare model.compile=false model.compile=true
+step cpu_bf16 "$python" -c "from nnlab.lifecycle import cpu_has_bf16, cpu_name; print(cpu_name(), 'bf16:', cpu_has_bf16())"
+step benchmark_cpu_bf16 env CUDA_VISIBLE_DEVICES= "$python" scripts/benchmark.py --data-dir "$mnist" "${cpu_bench[@]}" \
+    "${mnist_extra[@]}" --compare trainer=cpu trainer=cpu_bf16
 finish
 echo "gpu_check: every step passed ($device)"

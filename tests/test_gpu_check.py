@@ -47,7 +47,13 @@ def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path, mnist_dir, imdb_dir,
         "benchmark",
         "predict_text",
         "predict_audio",
+        "benchmark_compile",
+        "cpu_bf16",
+        "benchmark_cpu_bf16",
     ]
+    assert any("`model.compile=true`" in row for row in steps["benchmark_compile"]["table"])
+    assert any("`trainer=cpu_bf16`" in row for row in steps["benchmark_cpu_bf16"]["table"])
+    assert "bf16:" in steps["cpu_bf16"]["output"][-1]
     for name in ("mlp", "cnn", "lstm", "speech_rnn", "ddp"):
         assert steps[name]["metrics"]["epochs"] == 1 and 0 <= steps[name]["metrics"]["test/acc"] <= 1
     assert [t["state"] for t in steps["sweep_trials"]["trials"]] == ["complete", "complete"]
