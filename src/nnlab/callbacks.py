@@ -338,7 +338,28 @@ class TestsAveragedWeights:
 
 
 class EMAWeightAveraging(TestsAveragedWeights, lightning.pytorch.callbacks.EMAWeightAveraging):
-    """An exponential moving average of the weights after every optimizer step (callbacks/weight_averaging=ema)."""
+    """An exponential moving average of the weights after every optimizer step (callbacks/weight_averaging=ema).
+
+    warmup: the decay grows with the number of updates n, min(decay, (1 + n) / (10 + n)) (TensorFlow's
+    ExponentialMovingAverage with num_updates, timm's EMA warm-up), so the first weights, far from trained, fade
+    fast. Without it a decay of 0.999 still gives the initial weights 0.999^n of the average: 70% after the 352 steps
+    of an LSTM epoch, 12% after its 2,112 steps of training."""
+
+    def __init__(self, decay: float = 0.999, warmup: bool = True, **kwargs):
+        super().__init__(decay=decay, **kwargs)
+        if warmup:
+            self._kwargs["avg_fn"] = ema_with_warmup(decay)  # what Lightning passes to torch's AveragedModel
+
+
+def ema_with_warmup(decay: float):
+    """AveragedModel's avg_fn for an EMA of decay min(decay, (1 + n) / (10 + n)) after n updates (n, a tensor on the
+    device: no wait for it)."""
+
+    def update(averaged, current, n):
+        d = ((1 + n) / (10 + n)).clamp(max=decay).to(averaged.dtype) if averaged.is_floating_point() else decay
+        return averaged + (current - averaged) * (1 - d)
+
+    return update
 
 
 class SWAWeightAveraging(TestsAveragedWeights, lightning.pytorch.callbacks.WeightAveraging):
