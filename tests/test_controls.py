@@ -77,7 +77,7 @@ def test_debug_runs_log_to_csv_in_outputs_debug_unless_wandb_is_asked_for():
     for option in ("default", "fdr", "limit", "overfit", "profiler", "anomaly"):
         cfg = compose_train([f"debug={option}"])
         assert list(cfg.logger) == ["csv"], option
-        assert "/debug/" in cfg.hydra.run.dir, option
+        assert "/debug/" in cfg.hydra.run.dir and "/debug/sweeps/" in cfg.hydra.sweep.dir, option
     assert list(compose_train(["debug=fdr", "logger=wandb"]).logger) == ["wandb"]
 
 
