@@ -12,14 +12,17 @@ from tests.helpers import ROOT
 pytestmark = pytest.mark.slow
 
 
-def benchmark(data_dir, *args: str) -> str:
-    """`python scripts/benchmark.py --data-dir <data_dir> --rounds 1 --no-time-to-acc args...`; its output."""
+def benchmark(data_dir, model: str, *args: str) -> str:
+    """`python scripts/benchmark.py --data-dir <data_dir> --models <model> --rounds 1 --no-time-to-acc args...` (after
+    the option that takes several values); its output."""
     proc = subprocess.run(
         [
             sys.executable,
             str(ROOT / "scripts" / "benchmark.py"),
             "--data-dir",
             str(data_dir),
+            "--models",
+            model,
             "--rounds",
             "1",
             "--no-time-to-acc",
@@ -36,13 +39,12 @@ def benchmark(data_dir, *args: str) -> str:
 
 
 def test_benchmark_script_runs(mnist_dir):
-    assert "| mlp | 128 |" in benchmark(mnist_dir, "--models", "mlp", "data.val_size=100")
+    assert "| mlp | 128 |" in benchmark(mnist_dir, "mlp", "data.val_size=100")
 
 
 def test_benchmark_script_runs_the_lstm(imdb_dir):
     out = benchmark(
         imdb_dir,
-        "--models",
         "lstm",
         "--batches",
         "2",
@@ -56,8 +58,6 @@ def test_benchmark_script_runs_the_lstm(imdb_dir):
 
 
 def test_benchmark_script_runs_the_speech_rnn(speech_dir):
-    out = benchmark(
-        speech_dir, "--models", "speech_rnn", "data.batch_size=16", "data.max_bad_share=0.05", "data.workers=1"
-    )
+    out = benchmark(speech_dir, "speech_rnn", "data.batch_size=16", "data.max_bad_share=0.05", "data.workers=1")
     row = next(line for line in out.splitlines() if line.startswith("| speech_rnn | 16 |"))
     assert "samples/s" in out and row.count("|") == 9

@@ -733,7 +733,9 @@ class Run:
                 if HydraConfig.get().runtime.choices.get("data") == trained_on or "data" not in given:
                     # the data settings it was trained with (a tokenizer's vocabulary, say), unless given now
                     for key, value in recorded.items():
-                        if key in cfg.data and key not in WHERE_DATA_IS and f"data.{key}" not in given:
+                        # .keys(): `in` on a DictConfig is False for a ??? value (data.path), which this fills in
+                        known = key in cfg.data.keys()  # noqa: SIM118
+                        if known and key not in WHERE_DATA_IS and f"data.{key}" not in given:
                             cfg.data[key] = value
             elif cfg.data.get("num_classes", 0) is None:  # a data set that finds its classes (word or class folders)
                 cfg.data.num_classes = len(instantiate(cfg.data, _convert_="all").class_names_found())
