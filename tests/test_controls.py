@@ -13,7 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 import nnlab.config  # noqa: F401
-from nnlab.lifecycle import cpu_has_bf16
+from nnlab.lifecycle import cpu_has_bf16, without_regularisation
 from nnlab.module import Classifier
 from tests.helpers import ROOT, train
 from tests.test_data import datamodule
@@ -107,6 +107,27 @@ def test_debug_runs(tmp_path, mnist_dir):
     log = (run_dir / "train.log").read_text()
     assert "[DEBUG] - epoch 1, first training batch: ((64, 1, 28, 28) float32 in [" in log
     assert "detect_anomaly=True" in output
+
+
+@pytest.mark.parametrize(
+    "model,expected",
+    [
+        ("cnn", ["data.augment.rotate=0", "data.augment.scale=0", "data.augment.translate=0", "model.arch.dropout=0"]),
+        ("mlp", ["data.augment.rotate=0", "data.augment.scale=0", "data.augment.translate=0", "model.arch.dropout=0"]),
+        ("lstm", ["model.arch.dropout=0", "model.arch.word_dropout=0", "model.adversarial=0"]),
+        (
+            "speech_rnn",
+            ["data.time_shift_ms=0", "data.noise_prob=0", "model.arch.spec_masks=0", "model.arch.dropout=0"],
+        ),
+    ],
+)
+def test_overfitting_turns_off_every_regulariser_of_each_model(model, expected):
+    """The data module's augmentation, the network's own (SpecAugment), dropout and adversarial training."""
+    cfg = compose_train(
+        [f"model={model}", "debug=overfit", *(["data.num_classes=10"] if model == "speech_rnn" else [])]
+    )
+    assert without_regularisation(cfg) == expected
+    assert without_regularisation(cfg) == []  # nothing left on
 
 
 @pytest.mark.slow

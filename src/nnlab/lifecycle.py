@@ -467,12 +467,15 @@ def check_pairing(cfg: DictConfig, net: str):
 
 def without_regularisation(cfg: DictConfig) -> list[str]:
     """For trainer.overfit_batches: turn off in `cfg` what keeps a network from learning its batches by heart (the
-    data module's augmentation, as it lists it in `augmentation_off`; every dropout rate of the network; adversarial
-    training). Returns what it changed, as overrides."""
+    augmentation the data module and the network list in their `augmentation_off`; every dropout rate of the network;
+    adversarial training). Returns what it changed, as overrides."""
     import yaml
     from hydra.utils import get_class
 
+    from nnlab.nets import network
+
     changes = [f"data.{o}" for o in getattr(get_class(cfg.data._target_), "augmentation_off", ())]
+    changes += [f"model.arch.{o}" for o in getattr(network(cfg.model.net), "augmentation_off", ())]  # SpecAugment
     changes += [f"model.arch.{k}=0" for k, v in cfg.model.arch.items() if str(k).endswith("dropout") and v]
     changes += ["model.adversarial=0"] if cfg.model.get("adversarial") else []
     changed = []

@@ -198,6 +198,7 @@ class SpeechRNN(nn.Module):
     """
 
     reads = "audio"  # the kind of data (nnlab.kinds)
+    augmentation_off = ("spec_masks=0",)  # the augmentation it does itself (trainer.overfit_batches turns it off)
 
     def __init__(
         self,
