@@ -41,12 +41,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from torch.utils.flop_counter import FlopCounterMode
 
 import nnlab.config  # noqa: F401  (registers the resolvers conf/ uses)
 from nnlab.callbacks import AtomicCheckpointIO, Throughput, steady_rate
@@ -57,14 +59,23 @@ CONF = str(ROOT / "conf")
 os.environ.setdefault("WANDB_SILENT", "true")  # keep the report readable; the offline run is written all the same
 
 
-def load_cfg(model: str, overrides: list[str], out: str):
+def load_cfg(model: str | None, overrides: list[str], out: str):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("train", overrides=[f"model={model}", f"paths.output_dir={out}", *overrides])
+        chosen = [f"model={model}"] if model else []
+        return compose("train", overrides=[*chosen, f"paths.output_dir={out}", *overrides])
 
 
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def training_loss(model, x, y):
+    """The loss training_step computes: label smoothing as configured; with model.adversarial, plus the loss under
+    the perturbation."""
+    if model.hparams.adversarial:
+        return model.adversarial_step(x, y)[1]
+    return model.loss(model(x), y, model.hparams.label_smoothing)
 
 
 def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
@@ -78,12 +89,12 @@ def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
     for epoch in range(epochs):
         loader = dm.train_dataloader()
         loader.epoch = lambda epoch=epoch: epoch
+        loader.finished = lambda: 0  # the whole epoch, whatever a pipeline run left in the data module's trainer
         sync(device)
         start, n, t = time.perf_counter(), 0, 0
         for batch in itertools.islice(loader, limit):
             x, y = dm.on_after_batch_transfer(batch, 0)  # int16 clips to float, say (no augmentation: no trainer)
-            # The same loss as training: with model.adversarial, plus the loss under the perturbation.
-            loss = model.adversarial_step(x, y)[1] if model.hparams.adversarial else model.loss(model(x), y)
+            loss = training_loss(model, x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
@@ -96,6 +107,60 @@ def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
         samples.append(n / seconds)
         tokens.append(t / seconds)
     return steady_rate(samples), steady_rate(tokens)
+
+
+def training_flops(cfg, dm, device, batches: int) -> tuple[float, float]:
+    """FLOPs of training per sample and per token (0 without tokens): forward, loss and backward, counted by PyTorch's
+    FlopCounterMode over the data module's first `batches` training batches (padding included: it is computed). The
+    optimizer's few FLOPs per parameter and the FFT of log-mel features are not counted. oneDNN is off while counting:
+    its fused LSTM and GRU kernels are invisible to the counter; the plain implementation does the same products."""
+    torch.manual_seed(cfg.seed)
+    model = instantiate(cfg.model, _convert_="all").to(device).train()
+    loader = dm.train_dataloader()
+    loader.epoch, loader.finished = (lambda: 0), (lambda: 0)  # epoch 0, from its first batch
+    flops = samples = tokens = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # oneDNN's flags warn about Intel GPUs
+        off = torch.backends.mkldnn.flags(enabled=False)
+    with off:
+        for batch in itertools.islice(loader, batches):
+            x, y = dm.on_after_batch_transfer(batch, 0)
+            with FlopCounterMode(display=False) as counter:
+                loss = training_loss(model, x, y)
+                loss.backward()
+            model.zero_grad(set_to_none=True)
+            flops += counter.get_total_flops()
+            counted = model.reads.count(x)
+            samples, tokens = samples + counted[0], tokens + counted[1]
+    return flops / samples, (flops / tokens if tokens else 0.0)
+
+
+def matmul_peak(device, dtype, seconds: float = 2.0) -> tuple[float, int]:
+    """The machine's practical peak in GFLOP/s: the fastest of repeated n x n matrix products (2 n^3 FLOPs each), at
+    least three, for about `seconds`; n doubles from 256 until one product takes 50 ms (up to 2048 on a CPU, 8192 on a
+    GPU), so a type the CPU only emulates (bf16 without its instructions: 0.3 GFLOP/s) is measured small. Returns
+    (GFLOP/s, n)."""
+    timed = lambda: _timed(device, torch.mm, a, b)
+    n, cap = 256, 8192 if device.type == "cuda" else 2048
+    while True:
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        timed()  # warm-up: the library picks its kernel
+        if n >= cap or timed() >= 0.05:
+            break
+        n *= 2
+    best, spent, reps = float("inf"), 0.0, 0
+    while reps < 3 or spent < seconds:
+        took = timed()
+        best, spent, reps = min(best, took), spent + took, reps + 1
+    return 2 * n**3 / best / 1e9, n
+
+
+def _timed(device, fn, *args) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn(*args)
+    sync(device)
+    return time.perf_counter() - start
 
 
 def ours(cfg, dm, epochs: int) -> tuple[float, float]:
@@ -284,9 +349,17 @@ def main():
         help="folder holding MNIST/raw/, aclImdb/ or SpeechCommands/ (default: the config's)",
     )
     p.add_argument("--batches", type=int, default=0, help="batches per epoch, both sides (0: the whole epoch)")
-    p.add_argument("--time-to-acc", default="cnn", help="the model whose time to --target test accuracy is measured")
+    p.add_argument(
+        "--time-to-acc",
+        nargs="+",
+        default=["model=cnn", "experiment=mnist_speedrun"],
+        metavar="OVERRIDES",
+        help="recipes (each one quoted set of overrides) whose training time to --target test accuracy is measured",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds 1..N for each time-to-accuracy recipe")
     p.add_argument("--no-time-to-acc", action="store_true")
     p.add_argument("--target", type=float, default=0.99)
+    p.add_argument("--flop-batches", type=int, default=3, help="training batches whose FLOPs are counted")
     p.add_argument("--ddp-cpu", action="store_true", help="train.py trainer=ddp_cpu against trainer=cpu instead")
     p.add_argument("--compare", nargs="+", metavar="OVERRIDES", help="our pipeline under each set of overrides")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for both sides, e.g. data.batch_size=256")
@@ -300,7 +373,13 @@ def main():
     if args.compare:
         return compare(args, extra, out)
 
-    rows = []
+    # The practical peak, before the models heat the machine: fraction of it below is against fp32, or bf16 where the
+    # trainer computes in bf16.
+    found = {name: matmul_peak(device, dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    peaks = {name: gflops for name, (gflops, _) in found.items()}
+    told = ", ".join(f"{name} {gflops:,.1f} GFLOP/s ({n} x {n})" for name, (gflops, n) in found.items())
+    print(f"matmul peak: {told}")
+    rows, usage = [], []
     for name in args.models:
         limit = [f"trainer.limit_train_batches={args.batches}"] if args.batches else []
         cfg = load_cfg(
@@ -347,6 +426,14 @@ def main():
                 epoch_s,
             )
         )
+        per_sample, per_token = training_flops(cfg, dm, device, args.flop_batches)
+        # GFLOP/s: FLOPs per token times tokens/s for text (lengths vary from batch to batch), else per sample
+        gflops = [
+            (per_token * tok if per_token else per_sample * smp) / 1e9
+            for smp, tok in ((rows[-1][2], rows[-1][4]), (rows[-1][3], rows[-1][5]))
+        ]
+        peak = "bf16" if "bf16" in str(cfg.trainer.precision) else "fp32"
+        usage.append((name, per_sample, per_token, *gflops, peak, peaks[peak]))
 
     print(
         f"\n{args.rounds} rounds of {args.epochs} epochs a side; medians (samples: images, texts or clips; "
@@ -360,17 +447,53 @@ def main():
         tok = f"{plain_tok:,.0f} | {our_tok:,.0f}" if plain_tok else "- | -"
         print(f"| {name} | {bs} | {plain:,.0f} | {our:,.0f} | {tok} | {ratio:.2f} | {epoch_s:.0f} s |")
 
+    print(
+        f"\nTraining FLOPs (forward and backward, FlopCounterMode over {args.flop_batches} batches) against the "
+        "machine's matmul peak:"
+    )
+    print(
+        "| model | training MFLOP per sample | plain loop GFLOP/s | nnlab GFLOP/s | peak GFLOP/s | plain loop, share "
+        "of peak | nnlab, share of peak |\n|---|---|---|---|---|---|---|"
+    )
+    for name, per_sample, per_token, plain_g, our_g, peak, peak_g in usage:
+        per = f"{per_sample / 1e6:,.1f}" + (f" ({per_token / 1e6:,.2f} a token)" if per_token else "")
+        print(
+            f"| {name} | {per} | {plain_g:,.1f} | {our_g:,.1f} | {peak_g:,.0f} ({peak}) | {plain_g / peak_g:.1%} "
+            f"| {our_g / peak_g:.1%} |"
+        )
+
     if not args.no_time_to_acc:
-        cfg = load_cfg(args.time_to_acc, extra, out)
-        dm = instantiate(cfg.data, _convert_="all")
-        dm.prepare_data()
-        print(f"\nmodel={args.time_to_acc} (default config) time to {args.target:.1%} test accuracy:")
-        reached = time_to_accuracy(cfg, dm, args.target)
-        if reached is None:
-            print(f"  not reached in {cfg.trainer.max_epochs} epochs")
+        time_to_accuracy_table(args, extra, out, device)
+
+
+def time_to_accuracy_table(args, extra: list[str], out: str, device):
+    """Each recipe's training time to the target test accuracy, seeds 1..N: median and range."""
+    rows = []
+    for recipe in args.time_to_acc:
+        times, epochs, missed = [], [], 0
+        for seed in range(1, args.seeds + 1):
+            cfg = load_cfg(None, [*recipe.split(), *extra, f"seed={seed}"], out)
+            dm = instantiate(cfg.data, _convert_="all")
+            dm.prepare_data()
+            print(f"\n{recipe} seed={seed}: time to {args.target:.1%} test accuracy")
+            reached = time_to_accuracy(cfg, dm, args.target)
+            if reached is None:
+                missed += 1
+                print(f"  not reached in {cfg.trainer.max_epochs} epochs")
+            else:
+                times.append(reached[0])
+                epochs.append(reached[1])
+        rows.append((recipe, times, epochs, missed))
+    print(f"\nTraining time to {args.target:.1%} test accuracy (validation and the test passes excluded) on {device}:")
+    print("| recipe | seeds | reached | median | range | epochs |\n|---|---|---|---|---|---|")
+    for recipe, times, epochs, missed in rows:
+        n = len(times) + missed
+        if times:
+            spread = f"{min(times):.1f}-{max(times):.1f} s"
+            told = f"{statistics.median(times):.1f} s | {spread} | {min(epochs)}-{max(epochs)}"
         else:
-            spent, epochs, acc = reached
-            print(f"  {spent:.0f} s of training ({epochs} epochs, test/acc {acc:.4f}) on {device}")
+            told = "- | - | -"
+        print(f"| `{recipe}` | 1-{n} | {len(times)} of {n} | {told} |")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@
 # 1-4. each of the four models for one short epoch, trainer=gpu (bf16, the data held on the GPU), on real data;
 # 5.   trainer=ddp with trainer.devices=1 (DDP's process group and sampler on one GPU);
 # 6.   a 2-trial sweep through hydra/launcher=parallel on one GPU;
-# 7.   scripts/benchmark.py for the MLP and the CNN (ratio to a plain PyTorch loop), then the CNN's time to 99% test
-#      accuracy;
+# 7.   scripts/benchmark.py for the MLP and the CNN (ratio to a plain PyTorch loop, training GFLOP/s and the share of
+#      the GPU's matmul peak), then the training time to 99% test accuracy of the default CNN and of
+#      experiment=mnist_speedrun (3 seeds each); the same throughput and utilisation for the LSTM and the keyword
+#      spotter (30 batches an epoch);
 # 8.   python -m nnlab.predict on the CPU (CUDA_VISIBLE_DEVICES="") from the LSTM's and the keyword spotter's
 #      checkpoints that the GPU trained;
 # 9.   model.compile=true against the plain CNN on the GPU (benchmark.py --compare: first epoch with compilation,
@@ -41,7 +43,8 @@ steps=$logs/steps.jsonl
 if [ "$device" = gpu ]; then
     trainer=(trainer=gpu); ddp=(trainer=ddp trainer.devices=1)
     short=(trainer.max_epochs=1)
-    bench=(--rounds 3)
+    bench=(--rounds 3 --seeds 3)
+    bench_seq=(--rounds 2 --batches 30)
     compiled=(--models cnn --rounds 2)
     cpu_bench=(--models mlp cnn --rounds 2 --batches 50)
     target=0.99
@@ -49,7 +52,8 @@ if [ "$device" = gpu ]; then
 elif [ "$device" = cpu ]; then
     trainer=(trainer=cpu); ddp=(trainer=ddp_cpu trainer.devices=1)
     short=(trainer.max_epochs=1 trainer.limit_train_batches=20 trainer.limit_val_batches=2 trainer.limit_test_batches=2)
-    bench=(--rounds 1 trainer.limit_train_batches=20 trainer.limit_val_batches=1)
+    bench=(--rounds 1 --seeds 1 trainer.limit_train_batches=20 trainer.limit_val_batches=1)
+    bench_seq=(--rounds 1 --batches 2)
     compiled=(--models mlp --rounds 1 --batches 5)
     cpu_bench=(--models mlp --rounds 1 --batches 5)
     target=${GPU_CHECK_TARGET:-0.5}  # the CPU's check: the step runs and reports, not the GPU's figure
@@ -110,8 +114,7 @@ for s in steps:
     log = Path(s["log"]).read_text(errors="replace") if Path(s["log"]).is_file() else ""
     if s["step"].startswith("benchmark"):
         s["table"] = [line for line in log.splitlines() if line.startswith("|")]
-        s["time_to_accuracy"] = next((line.strip() for line in log.splitlines() if "s of training" in line or
-                                      "not reached" in line), None)
+        s["time_to_accuracy"] = [line for line in log.splitlines() if line.startswith("| `")]
     if s["step"] == "sweep_trials":
         import csv
         s["trials"] = list(csv.DictReader(open(s["command"][-1])))
@@ -148,6 +151,10 @@ sys.exit(None if [r['state'] for r in rows] == ['complete'] * 2 else f'trials: {
     "$runs/sweep/sweeps/gpu_check/summary.csv"
 step benchmark "$python" scripts/benchmark.py --models mlp cnn --data-dir "$mnist" --target "$target" "${bench[@]}" \
     "${mnist_extra[@]}"
+step benchmark_sequences "$python" scripts/benchmark.py --models lstm --no-time-to-acc "${bench_seq[@]}" \
+    paths.data_dir="$imdb" paths.cache_dir="$work/cache" "${imdb_extra[@]}"
+step benchmark_speech "$python" scripts/benchmark.py --models speech_rnn --no-time-to-acc "${bench_seq[@]}" \
+    paths.data_dir="$speech" paths.cache_dir="$work/cache" "${speech_extra[@]}"
 step predict_text env CUDA_VISIBLE_DEVICES= "$python" -m nnlab.predict "$runs/lstm/checkpoints/best.ckpt" \
     "A gripping, beautifully acted film." "Two hours I will never get back."
 step predict_audio env CUDA_VISIBLE_DEVICES= "$python" -m nnlab.predict "$runs/speech_rnn/checkpoints/best.ckpt" \

@@ -39,7 +39,14 @@ def benchmark(data_dir, model: str, *args: str) -> str:
 
 
 def test_benchmark_script_runs(mnist_dir):
-    assert "| mlp | 128 |" in benchmark(mnist_dir, "mlp", "data.val_size=100")
+    out = benchmark(mnist_dir, "mlp", "data.val_size=100")
+    assert "| mlp | 128 |" in out
+    # Training FLOPs per sample of the default MLP, 784-1024-1024-10: forward 2 x (784 + 1024 + 10) x 1024 FLOPs,
+    # the weights' gradients as many, the inputs' gradients of the second and third layer 2 x (1024 + 10) x 1024:
+    # 9.56 MFLOP; then its share of the matmul peak measured in the same run.
+    usage = next(line for line in out.splitlines() if line.startswith("| mlp |") and "(fp32)" in line)
+    cells = [c.strip() for c in usage.split("|")[1:-1]]
+    assert cells[1] == "9.6" and cells[-1].endswith("%") and "matmul peak: fp32" in out
 
 
 def test_benchmark_script_runs_the_lstm(imdb_dir):

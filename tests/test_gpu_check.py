@@ -45,6 +45,8 @@ def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path, mnist_dir, imdb_dir,
         "sweep",
         "sweep_trials",
         "benchmark",
+        "benchmark_sequences",
+        "benchmark_speech",
         "predict_text",
         "predict_audio",
         "benchmark_compile",
@@ -57,8 +59,13 @@ def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path, mnist_dir, imdb_dir,
     for name in ("mlp", "cnn", "lstm", "speech_rnn", "ddp"):
         assert steps[name]["metrics"]["epochs"] == 1 and 0 <= steps[name]["metrics"]["test/acc"] <= 1
     assert [t["state"] for t in steps["sweep_trials"]["trials"]] == ["complete", "complete"]
-    assert [row.split("|")[1].strip() for row in steps["benchmark"]["table"][2:]] == ["mlp", "cnn"]
-    assert "s of training" in steps["benchmark"]["time_to_accuracy"]
+    # the throughput table, then training GFLOP/s against the matmul peak, for each model
+    models = [row.split("|")[1].strip() for row in steps["benchmark"]["table"] if not row.startswith("| `")]
+    assert [m for m in models if m in ("mlp", "cnn")] == ["mlp", "cnn", "mlp", "cnn"]
+    recipes = [row.split("|")[1].strip() for row in steps["benchmark"]["time_to_accuracy"]]
+    assert recipes == ["`model=cnn`", "`experiment=mnist_speedrun`"]
+    for name in ("benchmark_sequences", "benchmark_speech"):
+        assert any("(fp32)" in row for row in steps[name]["table"])
     assert len(steps["predict_text"]["output"]) == 2 and steps["predict_audio"]["output"][0].endswith(".wav")
 
 

@@ -378,7 +378,9 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
             "give trainer.devices=-1 for all of them"
         )
     m = cfg.model  # the model checks them itself when it is built; here before any data is read or downloaded
-    check_model_settings(m.optimizer, m.lr, m.weight_decay, m.scheduler, m.warmup_pct, m.arch)
+    check_model_settings(
+        m.optimizer, m.lr, m.weight_decay, m.scheduler, m.warmup_pct, m.arch, m.get("label_smoothing", 0.0)
+    )
 
 
 def cpuinfo(field: str | tuple[str, ...]) -> str:

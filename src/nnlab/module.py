@@ -24,7 +24,15 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "onecycle")
 
 
-def check_model_settings(optimizer: str, lr: float, weight_decay: float, scheduler: str, warmup_pct: float, arch: dict):
+def check_model_settings(
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    scheduler: str,
+    warmup_pct: float,
+    arch: dict,
+    label_smoothing: float = 0.0,
+):
     """The optimisation settings and dropout rates, checked when the model is built (before any data is read),
     naming the key: an unknown name or a rate out of range would fail deep inside torch, or silently train badly."""
     for key, value, allowed in (("optimizer", optimizer, OPTIMIZERS), ("scheduler", scheduler, SCHEDULERS)):
@@ -36,6 +44,8 @@ def check_model_settings(optimizer: str, lr: float, weight_decay: float, schedul
         raise ConfigError(f"model.weight_decay={weight_decay}: weight decay must be 0 or more")
     if scheduler == "onecycle" and not 0 < warmup_pct < 1:
         raise ConfigError(f"model.warmup_pct={warmup_pct}: the warm-up share of one-cycle must be between 0 and 1")
+    if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
+        raise ConfigError(f"model.label_smoothing={label_smoothing}: the share of smoothing is at least 0 and below 1")
     for key in ("dropout", "word_dropout"):
         if key in arch and not 0 <= arch[key] < 1:
             raise ConfigError(f"model.arch.{key}={arch[key]}: a dropout rate is at least 0 and below 1")
@@ -59,6 +69,8 @@ class Classifier(L.LightningModule):
         costs about twice as much.
     compile: compile the network with torch.compile when fit starts (nn.Module.compile: the state dict's keys stay
         those of the plain network, so checkpoints load either way); predict and load_from_checkpoint run it eagerly
+    label_smoothing: the share of each training target spread evenly over the classes (cross-entropy's
+        label_smoothing; for one sigmoid output, targets 1 - s/2 and s/2); validation and test losses are plain
     input: ignored; checkpoints written before networks declared what they read recorded it here
     """
 
@@ -75,13 +87,14 @@ class Classifier(L.LightningModule):
         adversarial: float = 0.0,
         adversarial_length: int | None = None,
         compile: bool = False,
+        label_smoothing: float = 0.0,
         input: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False, ignore=["input"])
         net_class = network(net)
         self.reads = kind(net_class.reads)
-        check_model_settings(optimizer, lr, weight_decay, scheduler, warmup_pct, arch)
+        check_model_settings(optimizer, lr, weight_decay, scheduler, warmup_pct, arch, label_smoothing)
         self.net = net_class(**arch)
         if adversarial and "return_embedding" not in inspect.signature(self.net.forward).parameters:
             raise ConfigError(
@@ -111,10 +124,13 @@ class Classifier(L.LightningModule):
     def forward(self, x):
         return self.reads.feed(self.net, x)  # the kind knows its batch: a tensor, or (tokens, lengths)
 
-    def loss(self, logits, y):
+    def loss(self, logits, y, smoothing: float = 0.0):
         if self.binary:
-            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype))
-        return F.cross_entropy(logits, y)
+            target = y.to(logits.dtype)
+            if smoothing:
+                target = target * (1 - smoothing) + smoothing / 2
+            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), target)
+        return F.cross_entropy(logits, y, label_smoothing=smoothing)
 
     def probabilities(self, logits):
         """(B, classes) class probabilities; a binary classifier's one logit becomes [1 - p, p]."""
@@ -129,7 +145,7 @@ class Classifier(L.LightningModule):
             logits, loss = self.adversarial_step(x, y)
         else:
             logits = self(x)
-            loss = self.loss(logits, y)
+            loss = self.loss(logits, y, self.hparams.label_smoothing)
         self._watch_loss(loss)
         self.train_acc.update(self.probabilities(logits.detach()), y)
         self.train_loss_sum += loss.detach()
@@ -144,10 +160,11 @@ class Classifier(L.LightningModule):
     def adversarial_step(self, x, y):
         """Adversarial training on word embeddings (Miyato et al., 2017): the loss plus the loss under the
         perturbation of norm `adversarial` (per review) that raises it most, to first order."""
+        smoothing = self.hparams.label_smoothing
         logits, embedded = self.net(*x, return_embedding=True)
-        loss = self.loss(logits, y)
+        loss = self.loss(logits, y, smoothing)
         (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)
-        return logits, loss + self.loss(self.net(*x, perturbation=self.perturbation(grad, x[1])), y)
+        return logits, loss + self.loss(self.net(*x, perturbation=self.perturbation(grad, x[1])), y, smoothing)
 
     def perturbation(self, grad, lengths):
         """The gradient's direction, each text's scaled to its norm: `adversarial`, times sqrt(L / adversarial_length)

@@ -28,21 +28,29 @@ class ImageKind(Kind):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import torch
 
+        # One picture of all the tiles, in one set of axes: 64 axes of their own took seconds to lay out and save.
         cols = 8
         rows = math.ceil(len(mistakes) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.4), squeeze=False)
-        for ax in axes.flat:
-            ax.set_axis_off()
-        for ax, (img, t, p, _) in zip(axes.flat, mistakes):
-            pixels = unnormalise(img, preprocessing)
-            if pixels.shape[-1] == 1:
-                ax.imshow(pixels.squeeze(-1), cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(pixels)
-            ax.set_title(f"{names[t]}→{names[int(p.argmax())]} {p.max():.2f}", fontsize=7)
+        tiles = [unnormalise(img, preprocessing) for img, _, _, _ in mistakes]
+        h, w, c = tiles[0].shape
+        gap = max(2, h // 7)  # the room for each tile's caption, and between tiles
+        sheet = torch.ones(rows * (h + 2 * gap), cols * (w + gap), c)
+        for i, pixels in enumerate(tiles):
+            top, left = (i // cols) * (h + 2 * gap) + 2 * gap, (i % cols) * (w + gap)
+            sheet[top : top + h, left : left + w] = pixels
+        fig, ax = plt.subplots(figsize=(cols * 1.2, rows * 1.4 + 0.4))
+        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.4 / (rows * 1.4 + 0.4))
+        ax.set_axis_off()
+        if c == 1:
+            ax.imshow(sheet.squeeze(-1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(sheet, interpolation="nearest")
+        for i, (_, t, p, _) in enumerate(mistakes):
+            x, y = (i % cols) * (w + gap) + w / 2, (i // cols) * (h + 2 * gap) + 1.8 * gap
+            ax.text(x, y, f"{names[t]}→{names[int(p.argmax())]} {p.max():.2f}", fontsize=7, ha="center", va="bottom")
         fig.suptitle("misclassified test images: true→predicted, confidence", fontsize=9)
-        fig.tight_layout()
         path = Path(out_dir) / "misclassified.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)

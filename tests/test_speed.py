@@ -1,0 +1,72 @@
+"""The speed recipe and the settings it is made of: experiment=mnist_speedrun trains (its figures are the README's,
+measured on real MNIST with nothing else running; here only that it composes, trains and reports its time),
+channels-last convolutions keep the plain state dict, label smoothing is cross-entropy's."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnlab.errors import ConfigError
+from nnlab.module import Classifier
+from nnlab.nets import CNN
+from tests.helpers import train
+
+ARCH = dict(in_channels=1, image_size=28, num_classes=10, conv=[8, "M", 16, "M"], kernel_size=3, padding=1)
+
+
+@pytest.mark.slow
+def test_the_speedrun_recipe_trains_one_epoch_and_reports_its_training_time(tmp_path, mnist_dir):
+    proc = train(
+        "experiment=mnist_speedrun",
+        f"hydra.run.dir={tmp_path}",
+        f"paths.data_dir={mnist_dir}",
+        "data.val_size=100",
+        "logger=csv",
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and 0 < metrics["train/seconds"] < metrics["wall_time_s"]
+    assert f"training {metrics['train/seconds']:.1f} s" in proc.stdout + proc.stderr
+    checkpoint = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
+    hp = checkpoint["hyper_parameters"]
+    assert hp["arch"]["channels_last"] is True and hp["label_smoothing"] == 0.1 and hp["arch"]["conv"][-2] == 128
+    plain = CNN(**{**hp["arch"], "channels_last": False})  # the weights load into the NCHW network too
+    plain.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()})
+
+
+@pytest.mark.parametrize("trained", [True, False])
+def test_a_channels_last_cnn_computes_and_saves_what_the_plain_one_does(trained):
+    torch.manual_seed(0)
+    nhwc = CNN(**ARCH, batch_norm=True, hidden=[32], dropout=0.0, channels_last=True)
+    nchw = CNN(**ARCH, batch_norm=True, hidden=[32], dropout=0.0, channels_last=False)
+    (nchw if trained else nhwc).load_state_dict((nhwc if trained else nchw).state_dict())
+    assert nhwc.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert nchw.features[0].weight.is_contiguous()
+    assert nhwc.state_dict().keys() == nchw.state_dict().keys()
+    x = torch.randn(4, 1, 28, 28)
+    nhwc.eval(), nchw.eval()
+    torch.testing.assert_close(nhwc(x), nchw(x), rtol=1e-4, atol=1e-5)
+
+
+def classifier(num_classes: int, smoothing: float) -> Classifier:
+    arch = dict(in_channels=1, image_size=4, num_classes=num_classes, hidden=[8], batch_norm=False, dropout=0.0)
+    return Classifier("mlp", arch, "adamw", 1e-3, 0.0, 0.9, "none", 0.2, label_smoothing=smoothing)
+
+
+def test_label_smoothing_is_cross_entropys_in_training_only():
+    torch.manual_seed(0)
+    logits, y = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    model = classifier(10, 0.1)
+    torch.testing.assert_close(model.loss(logits, y, 0.1), F.cross_entropy(logits, y, label_smoothing=0.1))
+    torch.testing.assert_close(model.loss(logits, y), F.cross_entropy(logits, y))  # validation and test: plain
+    binary, one = classifier(1, 0.2), torch.randn(6, 1)
+    target = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0, 0.0])
+    expected = F.binary_cross_entropy_with_logits(one.squeeze(-1), target * 0.8 + 0.1)
+    torch.testing.assert_close(binary.loss(one, target.long(), 0.2), expected)
+
+
+@pytest.mark.parametrize("smoothing", [1.0, -0.1])
+def test_a_label_smoothing_out_of_range_is_named(smoothing):
+    with pytest.raises(ConfigError, match=f"model.label_smoothing={smoothing}"):
+        classifier(10, smoothing)
