@@ -414,23 +414,14 @@ def main():
         samples = statistics.median(o[0] for o in our)
         train_size = sum(len(y) for _, y in dm.train_dataloader())  # one whole epoch
         epoch_s = train_size / samples
-        rows.append(
-            (
-                name,
-                cfg.data.batch_size,
-                statistics.median(p[0] for p in plain),
-                samples,
-                statistics.median(p[1] for p in plain),
-                statistics.median(o[1] for o in our),
-                ratio,
-                epoch_s,
-            )
-        )
+        plain_samples, plain_tokens = (statistics.median(p[k] for p in plain) for k in (0, 1))
+        our_tokens = statistics.median(o[1] for o in our)
+        rows.append((name, cfg.data.batch_size, plain_samples, samples, plain_tokens, our_tokens, ratio, epoch_s))
         per_sample, per_token = training_flops(cfg, dm, device, args.flop_batches)
         # GFLOP/s: FLOPs per token times tokens/s for text (lengths vary from batch to batch), else per sample
         gflops = [
             (per_token * tok if per_token else per_sample * smp) / 1e9
-            for smp, tok in ((rows[-1][2], rows[-1][4]), (rows[-1][3], rows[-1][5]))
+            for smp, tok in ((plain_samples, plain_tokens), (samples, our_tokens))
         ]
         peak = "bf16" if "bf16" in str(cfg.trainer.precision) else "fp32"
         usage.append((name, per_sample, per_token, *gflops, peak, peaks[peak]))
@@ -470,11 +461,12 @@ def time_to_accuracy_table(args, extra: list[str], out: str, device):
     """Each recipe's training time to the target test accuracy, seeds 1..N: median and range."""
     rows = []
     for recipe in args.time_to_acc:
-        times, epochs, missed = [], [], 0
+        times, epochs, missed, dm = [], [], 0, None
         for seed in range(1, args.seeds + 1):
             cfg = load_cfg(None, [*recipe.split(), *extra, f"seed={seed}"], out)
-            dm = instantiate(cfg.data, _convert_="all")
-            dm.prepare_data()
+            if dm is None:  # the seeds share the data (its split has a seed of its own): read it once
+                dm = instantiate(cfg.data, _convert_="all")
+                dm.prepare_data()
             print(f"\n{recipe} seed={seed}: time to {args.target:.1%} test accuracy")
             reached = time_to_accuracy(cfg, dm, args.target)
             if reached is None:
