@@ -3,6 +3,12 @@ import signal
 
 import pytest
 
+# pytest-xdist runs the tests in several workers at once (pyproject.toml: `-n auto`, a worker per core): each worker and
+# every process it starts gets one thread, as torchrun gives each of several processes on a machine. Two-thread torch
+# processes on the same cores spin against each other and run many times slower. Set before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 from tests.helpers import make_aclimdb, make_mnist, make_speech_commands
 
 # A SLURM client without a configuration asks DNS for its controller: every process of the test session has one.

@@ -14,7 +14,8 @@ import torch
 
 from tests.helpers import ROOT, read_wandb_records
 
-pytestmark = pytest.mark.slow
+# One cluster for these tests: pytest-xdist gives them all to the same worker, which starts it once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 TINY = ["model=mlp", "data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100"]
 # What scripts/slurm/*.sbatch ask for: USR2 before the limit, requeueable, one output file across restarts.
 PREEMPTIBLE = ["#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --open-mode=append"]
