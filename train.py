@@ -11,6 +11,9 @@ import os
 import sys
 from pathlib import Path
 
+from nnlab import timeline  # first: its clock starts before the heavy imports
+
+# isort: split
 import hydra
 from omegaconf import DictConfig
 
@@ -24,6 +27,7 @@ if os.environ.get("NNLAB_CPUS"):  # hydra/launcher=parallel pins each trial (and
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     # torch, Lightning and W&B load only now: --help, --cfg and a mistyped key answer without them.
+    timeline.mark("config")
     from nnlab.lifecycle import Run
 
     return Run(cfg).execute(train)
@@ -38,9 +42,18 @@ def train(cfg: DictConfig, run) -> float | None:
 
     from nnlab.callbacks import Throughput, controls_report, profiler_reports, steady_rate
     from nnlab.checkpoint import RandomState, check_fits
-    from nnlab.lifecycle import EpochLog, RunRecord, WeightsDigest, leave_process_group, show_config, write_atomic
+    from nnlab.lifecycle import (
+        EpochLog,
+        PhaseMarks,
+        RunRecord,
+        WeightsDigest,
+        leave_process_group,
+        show_config,
+        write_atomic,
+    )
     from nnlab.memory import keep_freed_memory
 
+    timeline.mark("imports")
     keep_freed_memory()  # before the first training step: see nnlab/memory.py
     cfg, evaluated = run.settled(cfg)  # what is computed once: run id, classes, W&B tags, the evaluated model
     if cfg.print_config:
@@ -61,11 +74,12 @@ def train(cfg: DictConfig, run) -> float | None:
     callbacks = (
         [instantiate(c) for c in cfg.callbacks.values()]
         + ([pruning] if pruning else [])
-        + [RandomState(), record, EpochLog(), WeightsDigest(), run.stop]
+        + [RandomState(), record, EpochLog(), WeightsDigest(), PhaseMarks(), run.stop]
     )
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=run.loggers or False, callbacks=callbacks, plugins=run.plugins()
     )
+    timeline.mark("built")
     run.describe(cfg, ckpt_path if run.resuming else None)
     run.join_restarted_group(trainer)
 
@@ -81,6 +95,7 @@ def train(cfg: DictConfig, run) -> float | None:
         if pruned:
             end_pruned_trial(pruning, run.loggers)
     run.finish_wandb(0)
+    timeline.mark("loggers_closed")
 
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     metrics = {
@@ -96,6 +111,9 @@ def train(cfg: DictConfig, run) -> float | None:
         "checkpoint": test_ckpt or cfg.ckpt_path,
         "resumed_from": ckpt_path if run.resuming else None,
         **profiler_reports(trainer),
+        # seconds from the launch (a sweep's start of this trial, or this process's start) to each phase's end
+        "timeline": timeline.timeline(),
+        "launched_at": timeline.launched_at(),
     }
     leave_process_group()
     if trainer.is_global_zero:

@@ -8,6 +8,7 @@
     python scripts/benchmark.py --ddp-cpu --rounds 3   # train.py trainer=ddp_cpu against trainer=cpu instead
     python scripts/benchmark.py --compare model.compile=false model.compile=true --models mlp cnn   # our pipeline
     python scripts/benchmark.py --compare callbacks/progress_bar=none callbacks/progress_bar=tqdm --models mlp
+    python scripts/benchmark.py --trial-overhead 5 --models mlp   # a sweep of one-batch trials: the fixed cost
 
 Both sides train the same network (the default model config) with the same optimizer, batch size and
 gradient clipping on the same data in memory, augmentation (what the data module lists in its
@@ -30,6 +31,11 @@ validation batch); samples per second over both processes, from each run's metri
 settings as above, and reports per variant the first epoch's time (warm-up: torch.compile compiles there, with a
 fresh inductor cache per benchmark run), the steady throughput, the time per step, and the ratio to the first
 variant. A variant of several overrides is one quoted argument: "trainer=cpu_bf16 data.batch_size=256".
+
+--trial-overhead N runs a sweep as a user does (`train.py -m`, default launcher, W&B offline) of N trials that train
+one batch, and breaks a trial's fixed cost into its phases: from the sweeper's launch of the trial to the end of its
+first training step, and from the end of its last step to the sweeper holding its result (metrics.json's
+`timeline`; the study's `startup_s` and `wind_down_s`).
 """
 
 import argparse
@@ -335,6 +341,83 @@ def compare(args, extra: list[str], out: str):
         print(f"| {name} | `{v}` | {first_s:.1f} s | {rate:,.0f} | {ms:.2f} | {ratio:.2f} |")
 
 
+# A trial's phases, from its metrics.json `timeline` (nnlab.timeline): each row ends at its mark.
+STARTUP_PHASES = (
+    ("python", "process and interpreter start"),
+    ("config", "Hydra: import, compose the config"),
+    ("imports", "import torch, Lightning, W&B, nnlab"),
+    ("built", "build the model, data module, loggers, trainer"),
+    ("data", "load the data"),
+    ("train_start", "start W&B, sanity check"),
+    ("first_step", "the first training step"),
+)
+WIND_DOWN_PHASES = (
+    ("tested", "last validation, checkpoints, test and its report"),
+    ("loggers_closed", "close W&B"),
+)
+
+
+def trial_overhead(args, extra: list[str], out: str):
+    """--trial-overhead N: a grid sweep of N trials of one training batch each (seeds 1..N, the first --models), as a
+    user starts it (`train.py -m`, the default launcher and logger); each phase of a trial's fixed cost, median over
+    the trials, from their metrics.json timelines and the study's record of when each result arrived."""
+    import optuna
+
+    sweep_dir = Path(out) / "sweep"
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        f"model={args.models[0]}",
+        f"seed={','.join(str(s) for s in range(1, args.trial_overhead + 1))}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "budget.min_steps=0",
+        *extra,
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweeper.study_name=overhead",
+    ]
+    started = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    study = optuna.load_study(study_name="overhead", storage=f"sqlite:///{sweep_dir / 'study.db'}")
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    marks, seen = [], []
+    for t in trials:
+        metrics = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
+        tl = metrics["timeline"]
+        marks.append(tl)
+        seen.append(metrics["launched_at"] + tl["last_step"] + t.user_attrs["wind_down_s"])
+    launches = [json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())["launched_at"] for t in trials]
+    gaps = [b - a for a, b in zip(seen, launches[1:])]
+
+    def median(values) -> float:
+        return statistics.median(values) if values else float("nan")
+
+    print(f"\n{len(trials)} trials of one training batch (`{' '.join(cmd[3:])}`), {wall:.1f} s in all; medians:")
+    print("| phase | seconds |\n|---|---|")
+    before = "launch"
+    for key, what in STARTUP_PHASES:
+        print(f"| {what} | {median([m[key] - m.get(before, 0.0) for m in marks]):.2f} |")
+        before = key
+    startup = median([t.user_attrs["startup_s"] for t in trials])
+    print(f"| **start-up: the sweeper's launch to the end of the first training step** | **{startup:.2f}** |")
+    before = "last_step"
+    for key, what in WIND_DOWN_PHASES:
+        print(f"| {what} | {median([m[key] - m[before] for m in marks]):.2f} |")
+        before = key
+    rest = [w - (m[before] - m["last_step"]) for m, w in zip(marks, (t.user_attrs["wind_down_s"] for t in trials))]
+    print(f"| write metrics.json, exit, the sweeper reads the result | {median(rest):.2f} |")
+    wind_down = median([t.user_attrs["wind_down_s"] for t in trials])
+    what = "wind-down: the end of the last training step to the sweeper holding the result"
+    print(f"| **{what}** | **{wind_down:.2f}** |")
+    print(f"| the sweeper: record the result in the study, launch the next trial | {median(gaps):.2f} |")
+
+
 def main():
     keep_freed_memory()  # as train.py does
     # torch.compile's first epoch is measured cold: an inductor cache of this run's own, not one an earlier run left
@@ -362,6 +445,9 @@ def main():
     p.add_argument("--flop-batches", type=int, default=3, help="training batches whose FLOPs are counted")
     p.add_argument("--ddp-cpu", action="store_true", help="train.py trainer=ddp_cpu against trainer=cpu instead")
     p.add_argument("--compare", nargs="+", metavar="OVERRIDES", help="our pipeline under each set of overrides")
+    p.add_argument(
+        "--trial-overhead", type=int, metavar="N", help="a sweep of N one-batch trials: the phases of its fixed cost"
+    )
     p.add_argument("overrides", nargs="*", help="Hydra overrides for both sides, e.g. data.batch_size=256")
     args = p.parse_args()
     extra = ([f"paths.data_dir={args.data_dir}"] if args.data_dir else []) + args.overrides
@@ -372,6 +458,8 @@ def main():
         return ddp_cpu_against_cpu(args, extra, out)
     if args.compare:
         return compare(args, extra, out)
+    if args.trial_overhead:
+        return trial_overhead(args, extra, out)
 
     # The practical peak, before the models heat the machine: fraction of it below is against fp32, or bf16 where the
     # trainer computes in bf16.

@@ -161,7 +161,7 @@ step predict_audio env CUDA_VISIBLE_DEVICES= "$python" -m nnlab.predict "$runs/s
     "$(find "$speech" -name '*.wav' -path '*nohash*' | sort | head -n 1)"
 step benchmark_compile "$python" scripts/benchmark.py --data-dir "$mnist" "${compiled[@]}" "${mnist_extra[@]}" \
     --compare model.compile=false model.compile=true
-step cpu_bf16 "$python" -c "from nnlab.lifecycle import cpu_has_bf16, cpu_name; print(cpu_name(), 'bf16:', cpu_has_bf16())"
+step cpu_bf16 "$python" -c "from nnlab.cpu import cpu_has_bf16, cpu_name; print(cpu_name(), 'bf16:', cpu_has_bf16())"
 step benchmark_cpu_bf16 env CUDA_VISIBLE_DEVICES= "$python" scripts/benchmark.py --data-dir "$mnist" "${cpu_bench[@]}" \
     "${mnist_extra[@]}" --compare trainer=cpu trainer=cpu_bf16
 finish

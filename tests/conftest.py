@@ -16,6 +16,12 @@ from tests.helpers import make_aclimdb, make_mnist, make_speech_commands
 os.environ["SLURM_CONF"] = "/nonexistent/nnlab-tests/slurm.conf"
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: a worker per core and one more, at most 8. Many tests wait (on SLURM's scheduler, on a sweep's trial,
+    on a run slowed to be signalled mid-epoch), so one worker per core leaves cores idle."""
+    return min(len(os.sched_getaffinity(0)) + 1, 8)
+
+
 @pytest.fixture(autouse=True)
 def ctrl_c_as_a_user_has_it():
     """Every test starts with Python's own Ctrl-C handler: Lightning sets SIGINT to ignored for good after a

@@ -216,8 +216,9 @@ def test_a_damaged_checkpoint_is_named_in_evaluation_predict_and_resume(how, mlp
     assert after == before
     command = line.split("continue from it with ", 1)[1].split(" (details:")[0]
     assert command.startswith("python train.py ") and f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}" in command
-    train(*command.split()[2:])  # the command it gives works
-    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
+    if how == "truncate":  # the command it gives works (the same command whatever the damage)
+        train(*command.split()[2:])
+        assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
 
 
 # ------------------------------------------------------------------------------------------------- evaluation

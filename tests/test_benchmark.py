@@ -68,3 +68,16 @@ def test_benchmark_script_runs_the_speech_rnn(speech_dir):
     out = benchmark(speech_dir, "speech_rnn", "data.batch_size=16", "data.max_bad_share=0.05", "data.workers=1")
     row = next(line for line in out.splitlines() if line.startswith("| speech_rnn | 16 |"))
     assert "samples/s" in out and row.count("|") == 9
+
+
+def test_benchmark_breaks_a_sweep_trials_fixed_cost_into_its_phases(mnist_dir):
+    out = benchmark(mnist_dir, "mlp", "--trial-overhead", "2", "data.val_size=100")
+    assert "2 trials of one training batch" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "phase" not in line]
+    seconds = {what.strip().strip("*"): float(value.strip().strip("*")) for what, value in rows}
+    startup = seconds.pop("start-up: the sweeper's launch to the end of the first training step")
+    wind_down = seconds.pop("wind-down: the end of the last training step to the sweeper holding the result")
+    assert all(v >= 0 for v in seconds.values()) and startup > 0 and wind_down > 0
+    # two trials: each median is a mean, so the phases add up to the totals (to the printed rounding)
+    phases = list(seconds.values())
+    assert abs(sum(phases[:7]) - startup) < 0.05 and abs(sum(phases[7:10]) - wind_down) < 0.05

@@ -13,7 +13,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 import nnlab.config  # noqa: F401
-from nnlab.lifecycle import cpu_has_bf16, without_regularisation
+from nnlab.cpu import cpu_has_bf16
+from nnlab.lifecycle import without_regularisation
 from nnlab.module import Classifier
 from tests.helpers import ROOT, train
 from tests.test_data import datamodule

@@ -48,8 +48,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E40
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 
+from nnlab import timeline  # noqa: E402
 from nnlab.atomic import atomic_open  # noqa: E402
 from nnlab.checkpoint import RESUME_KEYS, model_from_checkpoint, read_checkpoint  # noqa: E402
+from nnlab.cpu import cpu_has_bf16, cpu_name  # noqa: E402
 from nnlab.errors import CheckpointError, ConfigError, UserError  # noqa: E402
 from nnlab.module import check_model_settings  # noqa: E402
 from nnlab.preemption import SignalStop, Stopped, in_slurm_batch_job, job_id, requeue_job, requeue_signal  # noqa: E402
@@ -383,28 +385,6 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
     )
 
 
-def cpuinfo(field: str | tuple[str, ...]) -> str:
-    """The first value of `field` in Linux's /proc/cpuinfo (`model name`; `flags` on x86, `Features` on Arm); empty
-    elsewhere."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    return next((ln.partition(":")[2].strip() for ln in lines if ln.startswith(field)), "")
-
-
-def cpu_name() -> str:
-    return cpuinfo("model name") or platform.processor() or platform.machine()
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU computes in bf16 natively: AVX512_BF16 or AMX on x86, BF16 on Arm (Apple's M2 and later)."""
-    if sys.platform == "darwin":
-        out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True)
-        return out.stdout.strip() == "1"
-    return bool(set(cpuinfo(("flags", "Features")).split()) & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
 def check_launch(cfg: DictConfig):
     """DDP that Lightning starts itself re-runs this process's command line: inside an in-process multirun that is
     the whole sweep again (Lightning issue 11300). The default trial launcher gives each trial its own command."""
@@ -570,6 +550,25 @@ class EpochLog(L.Callback):
             parts.append(f"train/loss {loss:.4f}")
         parts += [f"{k} {float(metrics[k]):.4f}" for k in ("val/loss", "val/acc") if k in metrics]
         log.info("  ".join(parts) + f"  {time.perf_counter() - self.start:.1f} s")
+
+
+class PhaseMarks(L.Callback):
+    """metrics.json's `timeline` (nnlab.timeline): when the data was set up, training started (loggers started, sanity
+    check done), its first and last steps ended and testing ended."""
+
+    def setup(self, trainer, pl_module, stage):
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn: "fit", "test", ...
+        timeline.mark("data" if stage == "fit" else f"data_{stage}")
+
+    def on_train_start(self, trainer, pl_module):
+        timeline.mark("train_start")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        timeline.mark("first_step", again=False)
+        timeline.mark("last_step")
+
+    def on_test_end(self, trainer, pl_module):
+        timeline.mark("tested")
 
 
 class WeightsDigest(L.Callback):
