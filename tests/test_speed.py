@@ -49,6 +49,20 @@ def test_a_channels_last_cnn_computes_and_saves_what_the_plain_one_does(trained)
     torch.testing.assert_close(nhwc(x), nchw(x), rtol=1e-4, atol=1e-5)
 
 
+def test_pooling_first_pools_where_a_convolution_is_followed_by_a_pool_and_keeps_its_function_without_batchnorm():
+    torch.manual_seed(0)
+    arch = {**ARCH, "conv": [8, "M", 16, 16, "M"], "hidden": [], "dropout": 0.0}
+    first = CNN(**arch, batch_norm=True, pool_first=True)
+    kinds = " ".join(type(m).__name__ for m in first.features)
+    assert kinds == "Conv2d MaxPool2d BatchNorm2d ReLU Conv2d BatchNorm2d ReLU Conv2d MaxPool2d BatchNorm2d ReLU"
+    assert first(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    # without BatchNorm, max-pooling then ReLU is ReLU then max-pooling: the same network, the same state dict
+    plain, pooled = CNN(**arch, batch_norm=False), CNN(**arch, batch_norm=False, pool_first=True)
+    pooled.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(pooled(x), plain(x))
+
+
 def classifier(num_classes: int, smoothing: float) -> Classifier:
     arch = dict(in_channels=1, image_size=4, num_classes=num_classes, hidden=[8], batch_norm=False, dropout=0.0)
     return Classifier("mlp", arch, "adamw", 1e-3, 0.0, 0.9, "none", 0.2, label_smoothing=smoothing)
