@@ -487,6 +487,7 @@ def main():
             cfg.data.num_classes = len(dm.class_names_found())
         dm.prepare_data()
         dm.setup()
+        train_size = sum(len(y) for _, y in dm.train_dataloader())  # one whole epoch, before a trainer has used it
         plain, our = [], []
         for r in range(args.rounds):
             plain.append(plain_loop(cfg, dm, args.epochs, device))
@@ -500,7 +501,6 @@ def main():
         i = 1 if plain[-1][1] else 0
         ratio = statistics.median(o[i] / p[i] for o, p in zip(our, plain))
         samples = statistics.median(o[0] for o in our)
-        train_size = sum(len(y) for _, y in dm.train_dataloader())  # one whole epoch
         epoch_s = train_size / samples
         plain_samples, plain_tokens = (statistics.median(p[k] for p in plain) for k in (0, 1))
         our_tokens = statistics.median(o[1] for o in our)
