@@ -669,6 +669,12 @@ class Run:
                 else "torchrun restarted the workers"
             )
             log.info(f"{who} (restart {self.restarts}): resuming")
+            if self.slurm_job and "MASTER_PORT" not in os.environ:
+                # Lightning's rendezvous port is 15000 + the job id's last 4 digits, the same for every attempt: a
+                # requeued job that starts again on the same node within seconds found it still held by the attempt
+                # before (EADDRINUSE). Each attempt takes its own, the same on every rank (SLURM_RESTART_COUNT).
+                base = int(os.environ["SLURM_JOB_ID"][-4:])  # what Lightning takes
+                os.environ["MASTER_PORT"] = str(15000 + (base + 1000 * self.restarts) % 10000)
         logging.getLogger("lightning").handlers.clear()  # its own console handler: every line twice otherwise
         for handler in logging.getLogger().handlers:
             handler.addFilter(quiet_lightning)
