@@ -361,7 +361,7 @@ def trial_overhead(args, extra: list[str], out: str):
     """--trial-overhead N: a grid sweep of N trials of one training batch each (seeds 1..N, the first --models), as a
     user starts it (`train.py -m`, the default launcher and logger); each phase of a trial's fixed cost, median over
     the trials, from their metrics.json timelines and the study's record of when each result arrived."""
-    import optuna
+    from nnlab.sweep import load_study, storage_url
 
     sweep_dir = Path(out) / "sweep"
     cmd = [
@@ -384,15 +384,15 @@ def trial_overhead(args, extra: list[str], out: str):
     wall = time.time() - started
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    study = optuna.load_study(study_name="overhead", storage=f"sqlite:///{sweep_dir / 'study.db'}")
+    study = load_study(storage_url(None, sweep_dir), "overhead")
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    marks, seen = [], []
+    marks, launches, seen = [], [], []
     for t in trials:
         metrics = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
         tl = metrics["timeline"]
         marks.append(tl)
+        launches.append(metrics["launched_at"])
         seen.append(metrics["launched_at"] + tl["last_step"] + t.user_attrs["wind_down_s"])
-    launches = [json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())["launched_at"] for t in trials]
     gaps = [b - a for a, b in zip(seen, launches[1:])]
 
     def median(values) -> float:
