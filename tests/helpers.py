@@ -224,6 +224,18 @@ class CrashOnce(L.Callback):
         os._exit(3)
 
 
+class WeightsPerRank(L.Callback):
+    """At the end of training each rank writes its parameters' sum to `<path>.<rank>`: ranks whose gradients were
+    all reduced hold the same weights."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module):
+        total = sum(p.detach().double().sum().item() for p in pl_module.parameters())
+        Path(f"{self.path}.{trainer.global_rank}").write_text(repr(total))
+
+
 def make_image_folder(root: Path, per_class: int = 30, classes: int = 3, splits: bool = False) -> Path:
     """A tiny image-folder set in torchvision's ImageFolder layout, <class>/<image> (or train/ and test/ holding
     them): learnable coloured bars, as PNG and JPEG, RGB and grey, of mixed sizes, with one file that is not an

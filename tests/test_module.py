@@ -78,6 +78,50 @@ def test_adversarial_training_adds_the_loss_under_the_worst_perturbation():
         Classifier(**{**settings, "net": "mlp"}, arch=ARCH, adversarial=1.0)
 
 
+def test_the_adversarial_step_backpropagates_the_clean_loss_once_with_the_same_gradients():
+    """The step reuses the clean pass's parameter gradients instead of backpropagating the summed losses through the
+    clean graph again; the value and every gradient equal the two-pass formula's (same dropout masks)."""
+    arch = dict(
+        vocab_size=60,
+        num_classes=2,
+        embed_dim=16,
+        hidden=8,
+        layers=2,
+        bidirectional=True,
+        dropout=0.3,
+        word_dropout=0.2,
+        pooling="max_mean",
+    )
+    torch.manual_seed(0)
+    model = Classifier(
+        net="lstm",
+        arch=arch,
+        optimizer="adamw",
+        lr=1e-3,
+        weight_decay=0.0,
+        momentum=0.9,
+        scheduler="none",
+        warmup_pct=0.1,
+        adversarial=5.0,
+        adversarial_length=256,
+    )
+    tokens, lengths, y = torch.randint(2, 60, (6, 12)), torch.tensor([12, 9, 7, 5, 3, 1]), torch.randint(0, 2, (6,))
+    torch.manual_seed(1)
+    _, loss = model.adversarial_step((tokens, lengths), y)
+    loss.backward()
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch.manual_seed(1)
+    logits, embedded = model.net(tokens, lengths, return_embedding=True)
+    clean = model.loss(logits, y)
+    (grad,) = torch.autograd.grad(clean, embedded, retain_graph=True)
+    two_pass = clean + model.loss(model.net(tokens, lengths, perturbation=model.perturbation(grad, lengths)), y)
+    two_pass.backward()
+    assert loss.item() == pytest.approx(two_pass.item(), rel=1e-6)
+    for mine, p in zip(ours, model.parameters()):
+        assert torch.allclose(mine, p.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_the_adversarial_norm_follows_the_text_length():
     arch = dict(
         vocab_size=50,

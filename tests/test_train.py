@@ -45,6 +45,25 @@ def lstm_run(tmp_path_factory, imdb_dir):
     return run_dir
 
 
+def test_adversarial_lstm_under_ddp_keeps_the_ranks_equal(tmp_path, imdb_dir):
+    """The adversarial step hands the clean loss's gradients to the backward pass Lightning runs, so DDP reduces
+    them with the rest: two gloo ranks end with the same weights (and DDP finds every parameter's gradient)."""
+    train(
+        "model=lstm",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=2",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"paths.data_dir={imdb_dir}",
+        *TINY_TEXT,
+        "+callbacks.ranks._target_=tests.helpers.WeightsPerRank",
+        f"+callbacks.ranks.path={tmp_path / 'weights'}",
+        timeout=400,
+    )
+    sums = [float((tmp_path / f"weights.{rank}").read_text()) for rank in (0, 1)]
+    assert sums[0] == sums[1], sums
+
+
 def predict(*args, check=True):
     proc = subprocess.run(
         [sys.executable, "-m", "nnlab.predict", *map(str, args)],

@@ -163,8 +163,19 @@ class Classifier(L.LightningModule):
         smoothing = self.hparams.label_smoothing
         logits, embedded = self.net(*x, return_embedding=True)
         loss = self.loss(logits, y, smoothing)
-        (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)
-        return logits, loss + self.loss(self.net(*x, perturbation=self.perturbation(grad, x[1])), y, smoothing)
+        # One backward pass through the clean loss gives both the direction and the clean loss's parameter gradients
+        # (backpropagating the sum afterwards would pass through the clean graph a second time: a third of the step).
+        # A GradScaler (16-mixed) scales what training_step returns; the clean pass is scaled alike against underflow.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer else None
+        scale = scaler.get_scale() if scaler is not None else 1.0
+        params = [p for p in self.parameters() if p.requires_grad]
+        grad, *clean = torch.autograd.grad(loss * scale, [embedded, *params], allow_unused=True)
+        adversarial = self.loss(self.net(*x, perturbation=self.perturbation(grad, x[1])), y, smoothing)
+        # What training_step returns has the value loss + adversarial loss, and backpropagating it adds the clean
+        # gradients to the adversarial loss's: through a term linear in the parameters whose value is 0. Lightning
+        # (and DDP's gradient reduction) see one backward pass as usual, with accumulation and scaling applied to all.
+        carried = sum((p * (g / scale if scale != 1 else g)).sum() for p, g in zip(params, clean) if g is not None)
+        return logits, loss.detach() + adversarial + (carried - carried.detach())
 
     def perturbation(self, grad, lengths):
         """The gradient's direction, each text's scaled to its norm: `adversarial`, times sqrt(L / adversarial_length)

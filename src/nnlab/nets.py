@@ -158,6 +158,18 @@ class LSTM(nn.Module):
         width = hidden * directions * (2 if pooling == "max_mean" else 1)
         self.head = nn.Linear(width, num_classes)
 
+    def _drop_words_and_features(self, x):
+        """Word dropout and feature dropout in one mask: nn.Dropout draws its mask through bernoulli_, 3 times slower
+        on a CPU than comparing uniform numbers (65 against 23 ms for 64 x 270 x 256 embeddings), and an LSTM step draws
+        it twice (adversarial training)."""
+        p, words = self.dropout.p, self.word_dropout
+        if not (p or words):
+            return x
+        keep = torch.rand_like(x) >= p if p else torch.ones_like(x, dtype=torch.bool)
+        if words:
+            keep &= torch.rand_like(x[..., :1]) >= words  # (B, T, 1): whole words
+        return x * keep * (1 / ((1 - p) * (1 - words)))
+
     def _run(self, rnn, x, lengths):
         if not self.packed:
             return rnn(x)[0]
@@ -175,10 +187,8 @@ class LSTM(nn.Module):
         x = embedded = self.embed(tokens)  # (B, T, E)
         if perturbation is not None:
             x = x + perturbation
-        if self.training and self.word_dropout > 0:
-            keep = torch.rand_like(x[..., :1]) >= self.word_dropout  # (B, T, 1): whole words
-            x = x * keep / (1 - self.word_dropout)
-        x = self.dropout(x)
+        if self.training:
+            x = self._drop_words_and_features(x)
         for i, layer in enumerate(self.rnns):
             if i:
                 x = self.dropout(x)
