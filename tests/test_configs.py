@@ -65,11 +65,12 @@ def test_model_config_picks_its_data_and_data_still_overrides(tmp_path):
 def test_a_model_on_another_dataset_gets_that_datasets_settings_and_none_of_its_default_recipe(tmp_path):
     mnist = compose_train(["model=cnn"], tmp_path)
     assert dict(mnist.data.augment) == {"rotate": 10.0, "scale": 0.1, "translate": 2.0}  # recipe/cnn_mnist.yaml
-    assert mnist.trainer.max_epochs == 15
+    assert (mnist.trainer.max_epochs, mnist.budget.min_steps) == (6, 2500)
     folder = compose_train(["model=cnn", "data=image_folder", "data.path=/x"], tmp_path)
     own = OmegaConf.load(CONF / "data" / "image_folder.yaml").augment  # its own settings
     assert folder.data.augment == own
     assert folder.trainer.max_epochs == OmegaConf.load(CONF / "trainer" / "default.yaml").max_epochs
+    assert folder.budget.min_steps == OmegaConf.load(CONF / "model" / "cnn.yaml").budget.min_steps  # 6000
     assert "flip" in folder.data.augment and folder.data._target_.endswith("ImageFolderDataModule")
 
 

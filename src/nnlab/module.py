@@ -287,12 +287,15 @@ class Classifier(L.LightningModule):
         decay = [p for p in self.parameters() if p.ndim > 1]
         no_decay = [p for p in self.parameters() if p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        # PyTorch's fused kernels update every parameter in one pass: AdamW over the LSTM's 13 million parameters took
+        # 73 ms a step on a CPU with the default (foreach) implementation, 8.5 ms fused (README, Speed).
+        fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in self.parameters()) else {}
         if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, **fused)
         elif hp.optimizer == "adam":
-            optimizer = torch.optim.Adam(groups, lr=hp.lr)
+            optimizer = torch.optim.Adam(groups, lr=hp.lr, **fused)
         else:  # adamw (the names were checked when the model was built)
-            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr, **fused)
 
         if hp.scheduler == "none":
             return optimizer
