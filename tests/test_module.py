@@ -52,9 +52,10 @@ def test_unknown_optimizer_or_schedule_is_named(field, value, mnist_dir, tmp_pat
         trainer.fit(classifier(**{field: value}), datamodule=datamodule(mnist_dir))
 
 
-def test_adversarial_training_adds_the_loss_under_the_worst_perturbation():
-    arch = dict(
-        vocab_size=50,
+def lstm_classifier(arch: dict | None = None, **settings):
+    """A small bidirectional LSTM classifier (one layer, 8 units, no dropout), changed by `arch` and `settings`."""
+    base = dict(
+        vocab_size=60,
         num_classes=2,
         embed_dim=8,
         hidden=8,
@@ -63,11 +64,13 @@ def test_adversarial_training_adds_the_loss_under_the_worst_perturbation():
         dropout=0.0,
         pooling="max_mean",
     )
-    settings = dict(
-        net="lstm", optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0, scheduler="none", warmup_pct=0.0
-    )
+    defaults = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0, scheduler="none", warmup_pct=0.0)
+    return Classifier(**{"net": "lstm", "arch": {**base, **(arch or {})}, **defaults, **settings})
+
+
+def test_adversarial_training_adds_the_loss_under_the_worst_perturbation():
     torch.manual_seed(0)
-    model = Classifier(arch=arch, adversarial=1.0, **settings)
+    model = lstm_classifier(adversarial=1.0)
     tokens, lengths = torch.randint(2, 50, (4, 7)), torch.tensor([7, 5, 3, 1])
     tokens[torch.arange(7)[None, :] >= lengths[:, None]] = 0
     y = torch.tensor([0, 1, 0, 1])
@@ -75,35 +78,25 @@ def test_adversarial_training_adds_the_loss_under_the_worst_perturbation():
     clean = model.loss(logits, y)
     assert loss > 2 * clean  # clean loss plus a larger loss under the perturbation
     with pytest.raises(ValueError, match="model.adversarial=1.0 perturbs word embeddings.*'mlp'"):
-        Classifier(**{**settings, "net": "mlp"}, arch=ARCH, adversarial=1.0)
+        Classifier(
+            net="mlp",
+            arch=ARCH,
+            optimizer="adam",
+            lr=1e-3,
+            weight_decay=0.0,
+            momentum=0.0,
+            scheduler="none",
+            warmup_pct=0.0,
+            adversarial=1.0,
+        )
 
 
 def test_the_adversarial_step_backpropagates_the_clean_loss_once_with_the_same_gradients():
     """The step reuses the clean pass's parameter gradients instead of backpropagating the summed losses through the
     clean graph again; the value and every gradient equal the two-pass formula's (same dropout masks)."""
-    arch = dict(
-        vocab_size=60,
-        num_classes=2,
-        embed_dim=16,
-        hidden=8,
-        layers=2,
-        bidirectional=True,
-        dropout=0.3,
-        word_dropout=0.2,
-        pooling="max_mean",
-    )
     torch.manual_seed(0)
-    model = Classifier(
-        net="lstm",
-        arch=arch,
-        optimizer="adamw",
-        lr=1e-3,
-        weight_decay=0.0,
-        momentum=0.9,
-        scheduler="none",
-        warmup_pct=0.1,
-        adversarial=5.0,
-        adversarial_length=256,
+    model = lstm_classifier(
+        dict(embed_dim=16, layers=2, dropout=0.3, word_dropout=0.2), adversarial=5.0, adversarial_length=256
     )
     tokens, lengths, y = torch.randint(2, 60, (6, 12)), torch.tensor([12, 9, 7, 5, 3, 1]), torch.randint(0, 2, (6,))
     torch.manual_seed(1)
@@ -123,31 +116,10 @@ def test_the_adversarial_step_backpropagates_the_clean_loss_once_with_the_same_g
 
 
 def test_the_adversarial_norm_follows_the_text_length():
-    arch = dict(
-        vocab_size=50,
-        num_classes=2,
-        embed_dim=8,
-        hidden=8,
-        layers=1,
-        bidirectional=True,
-        dropout=0.0,
-        pooling="max_mean",
-    )
-    settings = dict(
-        net="lstm",
-        arch=arch,
-        optimizer="adam",
-        lr=1e-3,
-        weight_decay=0.0,
-        momentum=0.0,
-        scheduler="none",
-        warmup_pct=0.0,
-        adversarial=2.0,
-    )
     grad, lengths = torch.randn(3, 16, 8), torch.tensor([16, 4, 1])
-    per_text = Classifier(**settings).perturbation(grad, lengths).flatten(1).norm(dim=1)
+    per_text = lstm_classifier(adversarial=2.0).perturbation(grad, lengths).flatten(1).norm(dim=1)
     assert torch.allclose(per_text, torch.full((3,), 2.0))  # Miyato et al.: one norm whatever the length
-    scaled = Classifier(**settings, adversarial_length=4).perturbation(grad, lengths).flatten(1).norm(dim=1)
+    scaled = lstm_classifier(adversarial=2.0, adversarial_length=4).perturbation(grad, lengths).flatten(1).norm(dim=1)
     assert torch.allclose(scaled, torch.tensor([4.0, 2.0, 1.0]))  # 2 * sqrt(L / 4): the same per token
 
 
@@ -177,32 +149,11 @@ def test_training_budget_follows_the_data_and_an_explicit_length_is_exact(mnist_
 
 def test_unknown_network_is_named():
     with pytest.raises(ValueError, match="model.net='rnn' is not a network"):
-        Classifier(
-            net="rnn",
-            arch={},
-            optimizer="adam",
-            lr=1e-3,
-            weight_decay=0.0,
-            momentum=0.0,
-            scheduler="none",
-            warmup_pct=0.0,
-        )
+        lstm_classifier(net="rnn")
 
 
 def test_one_output_is_a_binary_classifier():
-    arch = dict(
-        vocab_size=50, num_classes=1, embed_dim=8, hidden=8, layers=1, bidirectional=False, dropout=0.0, pooling="last"
-    )
-    model = Classifier(
-        net="lstm",
-        arch=arch,
-        optimizer="adam",
-        lr=1e-3,
-        weight_decay=0.0,
-        momentum=0.0,
-        scheduler="none",
-        warmup_pct=0.0,
-    )
+    model = lstm_classifier(dict(num_classes=1, bidirectional=False, pooling="last"))
     logits = torch.tensor([[0.0], [2.0], [-3.0]])
     y = torch.tensor([1, 1, 0])
     assert torch.allclose(model.probabilities(logits).sum(-1), torch.ones(3))
