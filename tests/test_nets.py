@@ -148,6 +148,21 @@ def test_word_dropout_drops_whole_words_in_training_only():
     assert not torch.allclose(dropping.train()(tokens, lengths), plain.train()(tokens, lengths))
 
 
+def test_word_and_feature_dropout_share_one_mask_with_the_expected_rates():
+    """The LSTM's one mask: features dropped at `dropout`, whole words at `word_dropout`, the rest scaled so the
+    expectation is kept; 1.0 drops everything (as nn.Dropout), 0 and 0 leave the embeddings as they are."""
+    arch = dict(vocab_size=50, num_classes=2, embed_dim=40, hidden=6, layers=1, bidirectional=True, pooling="last")
+    torch.manual_seed(0)
+    x = torch.ones(64, 50, 40)
+    out = NETS["lstm"](**arch, dropout=0.3, word_dropout=0.2)._drop_words_and_features(x)
+    assert (out == 0).float().mean().item() == pytest.approx(1 - 0.7 * 0.8, abs=0.01)
+    assert (out == 0).all(-1).float().mean().item() == pytest.approx(0.2, abs=0.02)  # whole words
+    assert out.mean().item() == pytest.approx(1.0, abs=0.02)
+    assert out.unique().tolist() == pytest.approx([0.0, 1 / (0.7 * 0.8)])
+    assert not NETS["lstm"](**arch, dropout=1.0)._drop_words_and_features(x).any()
+    assert NETS["lstm"](**arch, dropout=0.0)._drop_words_and_features(x) is x
+
+
 @pytest.mark.parametrize("override", ["model=speech_rnn", "experiment=seed_speech_rnn"])
 def test_speech_rnn_shape_features_and_overfit(override):
     torch.manual_seed(0)
