@@ -73,17 +73,14 @@ class CNN(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
-        pooled = False  # the "M" after a convolution, already applied (pool_first)
         for i, spec in enumerate(conv):
             if spec == "M":
-                if not pooled:
+                if not (pool_first and i > 0 and conv[i - 1] != "M"):  # pool_first: the convolution pooled already
                     layers.append(nn.MaxPool2d(2))
                 size //= 2
-                pooled = False
                 continue
             layers.append(nn.Conv2d(channels, int(spec), kernel_size, padding=padding, bias=not batch_norm))
-            pooled = pool_first and i + 1 < len(conv) and conv[i + 1] == "M"
-            if pooled:
+            if pool_first and conv[i + 1 : i + 2] == ["M"]:
                 layers.append(nn.MaxPool2d(2))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(int(spec)))
