@@ -13,7 +13,7 @@ from tests.test_data import datamodule
 ARCH = dict(in_channels=1, image_size=28, num_classes=10, hidden=[32], batch_norm=True, dropout=0.1)
 
 
-def classifier(optimizer="adamw", scheduler="onecycle"):
+def classifier(optimizer="adamw", scheduler="onecycle", **settings):
     return Classifier(
         net="mlp",
         arch=ARCH,
@@ -23,6 +23,19 @@ def classifier(optimizer="adamw", scheduler="onecycle"):
         momentum=0.9,
         scheduler=scheduler,
         warmup_pct=0.2,
+        **settings,
+    )
+
+
+def quiet_trainer(tmp_path, **settings) -> L.Trainer:
+    """A Trainer that writes nothing but what the test asks for."""
+    return L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **settings,
     )
 
 
@@ -30,19 +43,28 @@ def classifier(optimizer="adamw", scheduler="onecycle"):
     "optimizer,scheduler", list(itertools.product(["sgd", "adam", "adamw"], ["none", "cosine", "onecycle"]))
 )
 def test_every_optimizer_and_schedule_trains(optimizer, scheduler, mnist_dir, tmp_path):
-    trainer = L.Trainer(
-        max_epochs=2,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=1)
     model = classifier(optimizer, scheduler)
     trainer.fit(model, datamodule=datamodule(mnist_dir))
     assert trainer.global_step == 6 and 0.0 <= model.val_acc_best <= 1.0
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
+def test_a_schedule_ends_at_the_share_of_the_learning_rate_asked_for(scheduler, mnist_dir, tmp_path):
+    class LastRate(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.rate = trainer.optimizers[0].param_groups[0]["lr"]
+
+    def last_rate(**settings):
+        rate = LastRate()
+        trainer = quiet_trainer(tmp_path, max_steps=20, limit_val_batches=0, callbacks=[rate])
+        trainer.fit(classifier(scheduler=scheduler, **settings), datamodule=datamodule(mnist_dir))
+        return rate.rate  # the rate of the last step
+
+    assert last_rate(anneal_to=0.3) == pytest.approx(0.3e-3, rel=0.02)  # lr 1e-3; the last of 20 steps
+    assert last_rate() < 0.02e-3  # 0: all the way down, as before
+    with pytest.raises(ValueError, match=r"model.anneal_to=1.0: the schedule ends at a share of model.lr in \[0, 1\)"):
+        classifier(anneal_to=1.0)
 
 
 @pytest.mark.parametrize("field,value", [("optimizer", "rmsprop"), ("scheduler", "step")])
@@ -91,13 +113,14 @@ def test_adversarial_training_adds_the_loss_under_the_worst_perturbation():
         )
 
 
-def test_the_adversarial_step_backpropagates_the_clean_loss_once_with_the_same_gradients():
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_the_adversarial_step_equals_its_formula_with_one_backward_pass_of_the_clean_loss(share):
     """The step reuses the clean pass's parameter gradients instead of backpropagating the summed losses through the
-    clean graph again; the value and every gradient equal the two-pass formula's (same dropout masks)."""
+    clean graph again; the value and every gradient equal the formula's, computed by hand with the same random draws
+    (dropout masks; with adversarial_share=0.5 the half of the texts that takes the adversarial loss)."""
     torch.manual_seed(0)
-    model = lstm_classifier(
-        dict(embed_dim=16, layers=2, dropout=0.3, word_dropout=0.2), adversarial=5.0, adversarial_length=256
-    )
+    arch = dict(embed_dim=16, layers=2, dropout=0.3, word_dropout=0.2)
+    model = lstm_classifier(arch, adversarial=5.0, adversarial_length=256, adversarial_share=share)
     tokens, lengths, y = torch.randint(2, 60, (6, 12)), torch.tensor([12, 9, 7, 5, 3, 1]), torch.randint(0, 2, (6,))
     torch.manual_seed(1)
     _, loss = model.adversarial_step((tokens, lengths), y)
@@ -108,11 +131,19 @@ def test_the_adversarial_step_backpropagates_the_clean_loss_once_with_the_same_g
     logits, embedded = model.net(tokens, lengths, return_embedding=True)
     clean = model.loss(logits, y)
     (grad,) = torch.autograd.grad(clean, embedded, retain_graph=True)
-    two_pass = clean + model.loss(model.net(tokens, lengths, perturbation=model.perturbation(grad, lengths)), y)
-    two_pass.backward()
-    assert loss.item() == pytest.approx(two_pass.item(), rel=1e-6)
+    pick = torch.randperm(6)[:3] if share < 1 else torch.arange(6)
+    perturbation = model.perturbation(grad[pick], lengths[pick])
+    by_hand = clean + model.loss(model.net(tokens[pick], lengths[pick], perturbation=perturbation), y[pick])
+    by_hand.backward()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
     for mine, p in zip(ours, model.parameters()):
         assert torch.allclose(mine, p.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("share", [0.0, 1.5])
+def test_an_adversarial_share_outside_0_to_1_is_named(share):
+    with pytest.raises(ValueError, match=f"model.adversarial_share={share} is not a share in \\(0, 1\\]"):
+        lstm_classifier(adversarial=5.0, adversarial_share=share)
 
 
 def test_the_adversarial_norm_follows_the_text_length():

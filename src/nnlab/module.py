@@ -63,10 +63,13 @@ class Classifier(L.LightningModule):
         (nnlab.kinds). arch.num_classes=1 makes a binary classifier with one sigmoid output and binary
         cross-entropy; otherwise softmax and cross-entropy over num_classes outputs.
     optimizer: sgd (with momentum) | adam | adamw;  scheduler: none | cosine | onecycle (warmup_pct)
+    anneal_to: the share of lr the cosine or one-cycle schedule ends at (0: all the way down)
     adversarial: > 0 adds adversarial training on the word embeddings, this the perturbation's norm for a text
         of `adversarial_length` tokens; a text of L tokens gets adversarial * sqrt(L / adversarial_length), the
         same strength per token (None: this norm for every text, as Miyato et al.). Text networks only; each step
         costs about twice as much.
+    adversarial_share: the adversarial loss is taken on this share of each batch (texts drawn at random), an unbiased
+        estimate of the loss on all of them: a step costs 1 + share clean steps instead of 2.
     compile: compile the network with torch.compile when fit starts (nn.Module.compile: the state dict's keys stay
         those of the plain network, so checkpoints load either way); predict and load_from_checkpoint run it eagerly
     label_smoothing: the share of each training target spread evenly over the classes (cross-entropy's
@@ -84,8 +87,10 @@ class Classifier(L.LightningModule):
         momentum: float,
         scheduler: str,
         warmup_pct: float,
+        anneal_to: float = 0.0,
         adversarial: float = 0.0,
         adversarial_length: int | None = None,
+        adversarial_share: float = 1.0,
         compile: bool = False,
         label_smoothing: float = 0.0,
         input: str | None = None,
@@ -95,12 +100,16 @@ class Classifier(L.LightningModule):
         net_class = network(net)
         self.reads = kind(net_class.reads)
         check_model_settings(optimizer, lr, weight_decay, scheduler, warmup_pct, arch, label_smoothing)
+        if not 0 <= anneal_to < 1:
+            raise ConfigError(f"model.anneal_to={anneal_to}: the schedule ends at a share of model.lr in [0, 1)")
         self.net = net_class(**arch)
         if adversarial and "return_embedding" not in inspect.signature(self.net.forward).parameters:
             raise ConfigError(
                 f"model.adversarial={adversarial} perturbs word embeddings, which model.net={net!r} "
                 "has none of; set model.adversarial=0 (it works with lstm)"
             )
+        if not 0 < adversarial_share <= 1:
+            raise ConfigError(f"model.adversarial_share={adversarial_share} is not a share in (0, 1]; 1 takes all")
         # One output is a binary classifier; metrics and reports see it as two classes.
         self.binary = arch["num_classes"] == 1
         num_classes = max(arch["num_classes"], 2)
@@ -170,7 +179,11 @@ class Classifier(L.LightningModule):
         scale = scaler.get_scale() if scaler is not None else 1.0
         params = [p for p in self.parameters() if p.requires_grad]
         grad, *clean = torch.autograd.grad(loss * scale, [embedded, *params], allow_unused=True)
-        adversarial = self.loss(self.net(*x, perturbation=self.perturbation(grad, x[1])), y, smoothing)
+        (tokens, lengths), share = x, self.hparams.adversarial_share
+        if share < 1:  # the texts drawn: the mean of their losses estimates the batch's without bias
+            pick = torch.randperm(len(y), device=y.device)[: max(1, round(share * len(y)))]
+            tokens, lengths, grad, y = tokens[pick], lengths[pick.to(lengths.device)], grad[pick], y[pick]
+        adversarial = self.loss(self.net(tokens, lengths, perturbation=self.perturbation(grad, lengths)), y, smoothing)
         # What training_step returns has the value loss + adversarial loss, and backpropagating it adds the clean
         # gradients to the adversarial loss's: through a term linear in the parameters whose value is 0. Lightning
         # (and DDP's gradient reduction) see one backward pass as usual, with accumulation and scaling applied to all.
@@ -301,7 +314,7 @@ class Classifier(L.LightningModule):
             return optimizer
         total = self.trainer.estimated_stepping_batches
         if hp.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=hp.anneal_to * hp.lr)
         else:  # onecycle
             warmup = hp.warmup_pct
             if warmup * total <= 1:  # torch divides by (warm-up steps - 1): a warm-up under one step fails there
@@ -317,7 +330,9 @@ class Classifier(L.LightningModule):
                     "training steps is under one step; it warms up over one step instead (train longer "
                     "for the configured warm-up, or set model.scheduler=cosine or none)"
                 )
+            # torch's one-cycle ends at lr / (div_factor * final_div_factor): 25 * 1e4 by default
+            end = {"final_div_factor": 1 / (25 * hp.anneal_to)} if hp.anneal_to else {}
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=hp.lr, total_steps=total, pct_start=warmup
+                optimizer, max_lr=hp.lr, total_steps=total, pct_start=warmup, div_factor=25, **end
             )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
