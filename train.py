@@ -40,7 +40,7 @@ def train(cfg: DictConfig, run) -> float | None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from nnlab.callbacks import Throughput, controls_report, profiler_reports, steady_rate
+    from nnlab.callbacks import LearningCurves, Throughput, controls_report, profiler_reports, steady_rate
     from nnlab.checkpoint import RandomState, check_fits
     from nnlab.lifecycle import (
         EpochLog,
@@ -98,6 +98,7 @@ def train(cfg: DictConfig, run) -> float | None:
     timeline.mark("loggers_closed")
 
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
+    curves = next((c for c in callbacks if isinstance(c, LearningCurves)), None)
     metrics = {
         **(fitted if cfg.train else {}),
         **test[0],
@@ -110,6 +111,7 @@ def train(cfg: DictConfig, run) -> float | None:
         "wall_time_s": run.elapsed(),
         "checkpoint": test_ckpt or cfg.ckpt_path,
         "resumed_from": ckpt_path if run.resuming else None,
+        "history": curves.fitted if curves else None,  # per epoch, as curves.png draws it
         **profiler_reports(trainer),
         # seconds from the launch (a sweep's start of this trial, or this process's start) to each phase's end
         "timeline": timeline.timeline(),

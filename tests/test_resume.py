@@ -21,7 +21,8 @@ DEFAULTS = {
     "lstm": ("imdb_dir", ["model=lstm", "trainer.max_epochs=3", *TINY_TEXT], 6),
     "speech_rnn": ("speech_dir", ["model=speech_rnn", "trainer.max_epochs=3", *TINY_SPEECH], 8),
 }
-COMPARED = ("test/loss", "test/acc", "val/acc_best", "val/loss", "train/loss", "train/acc", "epochs")
+COMPARED = ("test/loss", "test/acc", "val/acc_best", "val/loss", "train/loss", "train/acc", "epochs", "history")
+# "history": the learning curves, one continuous record of every epoch (curves.png draws it)
 
 
 def metrics(run_dir):
@@ -67,6 +68,7 @@ def test_a_stop_mid_epoch_then_resume_is_exact(model, sig, straight, tmp_path, r
     train(*args, "resume=true")
     resumed, expected = metrics(tmp_path), straight(model, data_dir)
     assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+    assert [row["epoch"] for row in resumed["history"]] == list(range(1, expected["epochs"] + 1))
 
 
 def test_sigkill_then_resume_from_the_epoch_checkpoint_is_exact(straight, tmp_path, mnist_dir):
@@ -77,6 +79,7 @@ def test_sigkill_then_resume_from_the_epoch_checkpoint_is_exact(straight, tmp_pa
     assert "which ended without releasing it (killed?): taking it over" in proc.stdout + proc.stderr
     resumed, expected = metrics(tmp_path), straight("cnn", mnist_dir)
     assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+    assert [row["epoch"] for row in resumed["history"]] == list(range(1, expected["epochs"] + 1))
 
 
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, mnist_dir):
@@ -144,6 +147,7 @@ def test_torchrun_restarts_a_lost_worker_which_resumes_exactly(tmp_path, mnist_d
     resumed, expected = metrics(tmp_path / "restarted"), metrics(tmp_path / "straight")
     assert resumed["resumed_from"].endswith("last.ckpt")
     assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+    assert [row["epoch"] for row in resumed["history"]] == list(range(1, expected["epochs"] + 1))
 
 
 def test_ddp_ranks_each_resume_their_own_random_state(tmp_path, mnist_dir):
@@ -164,6 +168,7 @@ def test_ddp_ranks_each_resume_their_own_random_state(tmp_path, mnist_dir):
     train(*crashed, "resume=true", timeout=400)
     resumed, expected = metrics(tmp_path / "crashed"), metrics(tmp_path / "straight")
     assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+    assert [row["epoch"] for row in resumed["history"]] == list(range(1, expected["epochs"] + 1))
 
 
 def test_sigterm_to_one_ddp_rank_stops_both_at_one_step_and_resumes_exactly(tmp_path, mnist_dir):
@@ -186,3 +191,4 @@ def test_sigterm_to_one_ddp_rank_stops_both_at_one_step_and_resumes_exactly(tmp_
     train(*stopped, "resume=true", timeout=400)
     resumed, expected = metrics(tmp_path / "stopped"), metrics(tmp_path / "straight")
     assert {k: resumed[k] for k in COMPARED} == {k: expected[k] for k in COMPARED}
+    assert [row["epoch"] for row in resumed["history"]] == list(range(1, expected["epochs"] + 1))

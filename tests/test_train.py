@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import matplotlib.image as plt_image
+import numpy as np
 import pytest
 import torch
 
@@ -319,6 +321,13 @@ def test_run_directory_describes_the_run(trained_run):
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
     assert (run_dir / "confusion_matrix.png").stat().st_size > 0
     assert (run_dir / "misclassified.png").is_file() == (metrics["test/acc"] < 1.0)
+    # The learning curves: every epoch's losses, accuracies and learning rate, drawn in three non-blank panels.
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    assert all({"train/loss", "val/loss", "train/acc", "val/acc", "lr"} <= set(row) for row in metrics["history"])
+    assert metrics["history"][-1]["val/acc"] == pytest.approx(metrics["val/acc"])
+    image = plt_image.imread(run_dir / "curves.png")[..., :3]  # (height, width, RGB)
+    for panel in np.array_split(image, 3, axis=1):
+        assert len(np.unique(panel.reshape(-1, 3), axis=0)) > 20  # axes, ticks and lines, not an empty frame
     assert "wandb sync" in proc.stdout
 
 

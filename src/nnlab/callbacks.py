@@ -182,6 +182,120 @@ class TestReport(L.Callback):
                 logger.experiment.log(media)
 
 
+class LearningCurves(L.Callback):
+    """curves.png in `out_dir`: training and validation loss and accuracy per epoch, the best epoch (by the best
+    checkpoint's monitor) marked, and the learning rate over the optimizer steps (about 500 points).
+
+    The history travels in the checkpoints (this callback's state), so a resumed run, after a kill or a preemption,
+    draws one curve from its first epoch (what it trains again after its checkpoint, it records again). Drawn when fit
+    ends, also when it stops early (a signal, an error), and written at once (nnlab.atomic). `fitted` is the history
+    as fit left it, what metrics.json records: testing from best.ckpt restores the callbacks' state of that epoch.
+    """
+
+    COLUMNS = ("train/loss", "val/loss", "train/acc", "val/acc")
+
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+        self.history: list[dict] = []  # one row per epoch: epoch (1-based), the COLUMNS present, lr
+        self.rates: list[tuple[int, float]] = []  # (optimizer step, learning rate)
+        self.fitted: list[dict] | None = None
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "rates": self.rates}
+
+    def load_state_dict(self, state_dict: dict):
+        self.history = list(state_dict.get("history", []))
+        self.rates = [tuple(r) for r in state_dict.get("rates", [])]
+
+    @staticmethod
+    def _rate(trainer) -> float | None:
+        return float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
+
+    def on_train_start(self, trainer, pl_module):
+        # About 500 points of the learning rate whatever the length; a resumed run drops what it will step again.
+        total = trainer.estimated_stepping_batches  # inf for a run without an end
+        self.every = max(1, int(total // 500)) if math.isfinite(total) else 10
+        self.rates = [r for r in self.rates if r[0] <= trainer.global_step]
+        self.history = [r for r in self.history if r["epoch"] <= trainer.current_epoch]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        step = trainer.global_step + 1  # the optimizer step this batch takes part in, at the rate it will take
+        if (step % self.every == 0 or step == 1) and (not self.rates or self.rates[-1][0] != step):
+            self.rates.append((step, self._rate(trainer)))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        # Before the module logs train/loss and train/acc and before the epoch's checkpoint is written (monitoring
+        # callbacks run last), so the epoch's row is in that checkpoint: computed here as the module will log them.
+        epoch = trainer.current_epoch + 1
+        row = {"epoch": epoch}
+        if (loss := pl_module.epoch_train_loss()) is not None:
+            row["train/loss"] = loss
+        if getattr(pl_module, "train_acc", None) is not None and pl_module.train_steps:
+            row["train/acc"] = float(pl_module.train_acc.compute())  # every rank: it synchronises
+        metrics = trainer.callback_metrics
+        row |= {k: float(metrics[k]) for k in ("val/loss", "val/acc") if k in metrics and self._validated(trainer)}
+        row["lr"] = self._rate(trainer)
+        self.history.append(row)
+
+    @staticmethod
+    def _validated(trainer) -> bool:
+        """Whether validation ran at the end of this epoch (check_val_every_n_epoch, limit_val_batches=0)."""
+        every = trainer.check_val_every_n_epoch
+        return bool(sum(trainer.num_val_batches)) and (every is None or (trainer.current_epoch + 1) % every == 0)
+
+    def on_fit_end(self, trainer, pl_module):
+        self.fitted = list(self.history)
+        self.draw(trainer)
+
+    def on_exception(self, trainer, pl_module, exception):
+        if trainer.training:
+            self.draw(trainer)
+
+    def best_epoch(self, trainer) -> int | None:
+        """The epoch whose validation the best checkpoint chose (its monitor and mode), if it is in the history."""
+        ckpt = trainer.checkpoint_callback
+        monitor, mode = getattr(ckpt, "monitor", None), getattr(ckpt, "mode", "min")
+        rows = [r for r in self.history if monitor in r]
+        if not rows:
+            return None
+        pick = max if mode == "max" else min
+        return pick(rows, key=lambda r: r[monitor])["epoch"]
+
+    def draw(self, trainer):
+        if not trainer.is_global_zero or not self.history:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+
+        best = self.best_epoch(trainer)
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        for ax, kind in zip(axes[:2], ("loss", "acc")):
+            for split, style in (("train", "o-"), ("val", "s-")):
+                rows = [r for r in self.history if f"{split}/{kind}" in r]
+                if rows:
+                    ax.plot([r["epoch"] for r in rows], [r[f"{split}/{kind}"] for r in rows], style, ms=3, label=split)
+            ax.set(xlabel="epoch", title={"loss": "loss", "acc": "accuracy"}[kind])
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if best is not None:
+            for ax in axes[:2]:
+                ax.axvline(best, color="grey", ls="--", lw=1, label=f"best (epoch {best})")
+        for ax in axes[:2]:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        rates = [r for r in self.rates if r[1] is not None]
+        if rates:
+            axes[2].plot([r[0] for r in rates], [r[1] for r in rates], ".-" if len(rates) < 60 else "-", lw=1.2, ms=3)
+        axes[2].set(xlabel="optimizer step", title="learning rate")
+        axes[2].grid(alpha=0.3)
+        fig.tight_layout()
+        with atomic_open(self.out_dir / "curves.png") as f:
+            fig.savefig(f, format="png", dpi=100)
+        plt.close(fig)
+
+
 def confusion_figure(plt, confusion: torch.Tensor, names: list[str]):
     """The (true, predicted) counts as a figure whose every number is readable: shaded by log count, white text on
     the darker half of the colour scale as drawn (it spans min..max), black on the lighter."""
