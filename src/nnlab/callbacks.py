@@ -153,7 +153,8 @@ class TestReport(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         fig = confusion_figure(plt, confusion, names)
         fig.tight_layout()
-        fig.savefig(self.out_dir / "confusion_matrix.png", dpi=120)
+        with atomic_open(self.out_dir / "confusion_matrix.png") as f:  # a kill mid-write leaves the old one
+            fig.savefig(f, format="png", dpi=120)
         plt.close(fig)
 
         # Misclassified first, then correct; each most confident first.

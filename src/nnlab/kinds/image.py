@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+from nnlab.atomic import atomic_open
 from nnlab.kinds import Kind, PredictError
 
 GRID = 64  # misclassified test images drawn in misclassified.png
@@ -52,7 +53,8 @@ class ImageKind(Kind):
             ax.text(x, y, f"{names[t]}→{names[int(p.argmax())]} {p.max():.2f}", fontsize=7, ha="center", va="bottom")
         fig.suptitle("misclassified test images: true→predicted, confidence", fontsize=9)
         path = Path(out_dir) / "misclassified.png"
-        fig.savefig(path, dpi=120)
+        with atomic_open(path) as f:
+            fig.savefig(f, format="png", dpi=120)
         plt.close(fig)
         return {"test/misclassified": lambda wandb: wandb.Image(str(path))}
 
