@@ -63,8 +63,11 @@ def test_a_schedule_ends_at_the_share_of_the_learning_rate_asked_for(scheduler, 
 
     assert last_rate(anneal_to=0.3) == pytest.approx(0.3e-3, rel=0.02)  # lr 1e-3; the last of 20 steps
     assert last_rate() < 0.02e-3  # 0: all the way down, as before
-    with pytest.raises(ValueError, match=r"model.anneal_to=1.0: the schedule ends at a share of model.lr in \[0, 1\)"):
-        classifier(anneal_to=1.0)
+    for bad in (1.0, -0.1, "end"):
+        with pytest.raises(
+            ValueError, match=rf"model.anneal_to={bad}: the schedule ends at a share of model.lr in \[0, 1\)"
+        ):
+            classifier(anneal_to=bad)
 
 
 @pytest.mark.parametrize("field,value", [("optimizer", "rmsprop"), ("scheduler", "step")])
@@ -140,7 +143,7 @@ def test_the_adversarial_step_equals_its_formula_with_one_backward_pass_of_the_c
         assert torch.allclose(mine, p.grad, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("share", [0.0, 1.5])
+@pytest.mark.parametrize("share", [0.0, 1.5, "half"])
 def test_an_adversarial_share_outside_0_to_1_is_named(share):
     with pytest.raises(ValueError, match=f"model.adversarial_share={share} is not a share in \\(0, 1\\]"):
         lstm_classifier(adversarial=5.0, adversarial_share=share)

@@ -100,7 +100,7 @@ class Classifier(L.LightningModule):
         net_class = network(net)
         self.reads = kind(net_class.reads)
         check_model_settings(optimizer, lr, weight_decay, scheduler, warmup_pct, arch, label_smoothing)
-        if not 0 <= anneal_to < 1:
+        if not (isinstance(anneal_to, (int, float)) and 0 <= anneal_to < 1):
             raise ConfigError(f"model.anneal_to={anneal_to}: the schedule ends at a share of model.lr in [0, 1)")
         self.net = net_class(**arch)
         if adversarial and "return_embedding" not in inspect.signature(self.net.forward).parameters:
@@ -108,7 +108,7 @@ class Classifier(L.LightningModule):
                 f"model.adversarial={adversarial} perturbs word embeddings, which model.net={net!r} "
                 "has none of; set model.adversarial=0 (it works with lstm)"
             )
-        if not 0 < adversarial_share <= 1:
+        if not (isinstance(adversarial_share, (int, float)) and 0 < adversarial_share <= 1):
             raise ConfigError(f"model.adversarial_share={adversarial_share} is not a share in (0, 1]; 1 takes all")
         # One output is a binary classifier; metrics and reports see it as two classes.
         self.binary = arch["num_classes"] == 1
