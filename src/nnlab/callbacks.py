@@ -193,11 +193,9 @@ class LearningCurves(L.Callback):
     as fit left it, what metrics.json records: testing from best.ckpt restores the callbacks' state of that epoch.
     """
 
-    COLUMNS = ("train/loss", "val/loss", "train/acc", "val/acc")
-
     def __init__(self, out_dir: str):
         self.out_dir = Path(out_dir)
-        self.history: list[dict] = []  # one row per epoch: epoch (1-based), the COLUMNS present, lr
+        self.history: list[dict] = []  # one row per epoch: epoch (1-based), train/val loss and acc, lr
         self.rates: list[tuple[int, float]] = []  # (optimizer step, learning rate)
         self.fitted: list[dict] | None = None
 
@@ -229,8 +227,10 @@ class LearningCurves(L.Callback):
         # callbacks run last), so the epoch's row is in that checkpoint: computed here as the module will log them.
         epoch = trainer.current_epoch + 1
         row = {"epoch": epoch}
-        if (loss := pl_module.epoch_train_loss()) is not None:
-            row["train/loss"] = loss
+        if (loss := pl_module.epoch_train_loss()) is not None:  # the mean over the processes, as logged (sync_dist)
+            row["train/loss"] = float(
+                trainer.strategy.reduce(torch.tensor(loss, device=pl_module.device), reduce_op="mean")
+            )
         if getattr(pl_module, "train_acc", None) is not None and pl_module.train_steps:
             row["train/acc"] = float(pl_module.train_acc.compute())  # every rank: it synchronises
         metrics = trainer.callback_metrics

@@ -381,7 +381,15 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
         )
     m = cfg.model  # the model checks them itself when it is built; here before any data is read or downloaded
     check_model_settings(
-        m.optimizer, m.lr, m.weight_decay, m.scheduler, m.warmup_pct, m.arch, m.get("label_smoothing", 0.0)
+        m.optimizer,
+        m.lr,
+        m.weight_decay,
+        m.scheduler,
+        m.warmup_pct,
+        m.arch,
+        m.get("label_smoothing", 0.0),
+        m.get("anneal_to", 0.0),
+        m.get("adversarial_share", 1.0),
     )
 
 

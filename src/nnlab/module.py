@@ -32,6 +32,8 @@ def check_model_settings(
     warmup_pct: float,
     arch: dict,
     label_smoothing: float = 0.0,
+    anneal_to: float = 0.0,
+    adversarial_share: float = 1.0,
 ):
     """The optimisation settings and dropout rates, checked when the model is built (before any data is read),
     naming the key: an unknown name or a rate out of range would fail deep inside torch, or silently train badly."""
@@ -49,6 +51,10 @@ def check_model_settings(
     for key in ("dropout", "word_dropout"):
         if key in arch and not 0 <= arch[key] < 1:
             raise ConfigError(f"model.arch.{key}={arch[key]}: a dropout rate is at least 0 and below 1")
+    if not (isinstance(anneal_to, (int, float)) and 0 <= anneal_to < 1):
+        raise ConfigError(f"model.anneal_to={anneal_to}: the schedule ends at a share of model.lr in [0, 1)")
+    if not (isinstance(adversarial_share, (int, float)) and 0 < adversarial_share <= 1):
+        raise ConfigError(f"model.adversarial_share={adversarial_share} is not a share in (0, 1]; 1 takes all")
 
 
 # Test samples kept for the report (TestReport): misclassified ones and, to fill a table, correct ones.
@@ -99,17 +105,15 @@ class Classifier(L.LightningModule):
         self.save_hyperparameters(logger=False, ignore=["input"])
         net_class = network(net)
         self.reads = kind(net_class.reads)
-        check_model_settings(optimizer, lr, weight_decay, scheduler, warmup_pct, arch, label_smoothing)
-        if not (isinstance(anneal_to, (int, float)) and 0 <= anneal_to < 1):
-            raise ConfigError(f"model.anneal_to={anneal_to}: the schedule ends at a share of model.lr in [0, 1)")
+        check_model_settings(
+            optimizer, lr, weight_decay, scheduler, warmup_pct, arch, label_smoothing, anneal_to, adversarial_share
+        )
         self.net = net_class(**arch)
         if adversarial and "return_embedding" not in inspect.signature(self.net.forward).parameters:
             raise ConfigError(
                 f"model.adversarial={adversarial} perturbs word embeddings, which model.net={net!r} "
                 "has none of; set model.adversarial=0 (it works with lstm)"
             )
-        if not (isinstance(adversarial_share, (int, float)) and 0 < adversarial_share <= 1):
-            raise ConfigError(f"model.adversarial_share={adversarial_share} is not a share in (0, 1]; 1 takes all")
         # One output is a binary classifier; metrics and reports see it as two classes.
         self.binary = arch["num_classes"] == 1
         num_classes = max(arch["num_classes"], 2)
