@@ -132,7 +132,7 @@ def sweep_trial(cfg: DictConfig):
         return None
     from nnlab.pruning import PruneTrial
 
-    return PruneTrial(cfg.sweep.storage, cfg.sweep.name, cfg.sweep.trial)
+    return PruneTrial(cfg.sweep.storage, cfg.sweep.name, cfg.sweep.trial, cfg.sweep.get("replicate"))
 
 
 def end_pruned_trial(pruning, loggers):
@@ -185,6 +185,26 @@ def evaluated_model(argv: list[str]) -> list[str]:
     return argv + extra
 
 
+def resume_latest(argv: list[str]) -> list[str]:
+    """`resume=latest`: continue the most recent stopped or killed run of this same command (the other overrides
+    equal) under paths.log_dir, as `resume=true hydra.run.dir=<its directory>` would."""
+    args = argv[1:]
+    if not any(a.lower() == "resume=latest" for a in args) or "-m" in args or "--multirun" in args:
+        return argv
+    others = [a for a in args if a.lower() != "resume=latest"]
+    root = Path(next((a.split("=", 1)[1] for a in others if a.startswith("paths.log_dir=")), "outputs"))
+    from nnlab.runs import latest_to_resume
+
+    found = latest_to_resume(root, others)
+    if found is None:
+        sys.exit(
+            f"Error: resume=latest: no stopped or killed run of this command under {root} (python -m nnlab.runs "
+            f"--root {root} lists runs and their states); leave out resume=latest to start a new run"
+        )
+    print(f"resume=latest: continuing the {found.state} run in {found.dir} (started {found.when})", file=sys.stderr)
+    return [argv[0], *others, "resume=true", f"hydra.run.dir={found.dir}"]
+
+
 def leave():
     """End a run that returned normally without tearing the interpreter down: the exit handlers run (log files
     flushed, W&B's service stopped, temporary folders removed, worker processes joined), but not the destruction of
@@ -198,6 +218,6 @@ def leave():
 
 
 if __name__ == "__main__":
-    sys.argv = evaluated_model(sys.argv)
+    sys.argv = evaluated_model(resume_latest(sys.argv))
     main()  # errors and signal stops leave through SystemExit, with their exit codes
     leave()

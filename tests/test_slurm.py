@@ -1,5 +1,6 @@
 """train.py on a real SLURM cluster started by the test tooling (tests/slurm_cluster.py)."""
 
+import csv
 import json
 import os
 import re
@@ -254,6 +255,28 @@ def test_a_sweep_through_the_slurm_launcher_runs_its_trials_as_one_job_array(slu
         assert len(list((sweep_dir / trial / "wandb").glob("offline-run-*"))) == 1
     logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob("*/*_log.out"))
     assert {"n1", "n2"} <= set(re.findall(r"rank \d/2 on (n\d): weights", logs))
+
+
+def test_replicates_of_a_grid_go_to_slurm_as_one_job_array(slurm, tmp_path, mnist_dir):
+    """2 trials x 2 replicates: four one-task jobs in one array, each replicate with its own seed and directory."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=10",
+         "hydra.launcher.cpus_per_task=1", *TINY, "trainer.max_epochs=1", "model.lr=1e-3,3e-3",
+         "hydra.sweeper.replicates=2", f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}"],
+        cwd=ROOT, env=job_env(slurm), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (sweep_dir,) = (tmp_path / "sweeps").iterdir()
+    with open(sweep_dir / "runs.csv", newline="") as f:
+        runs = [(r["trial"], r["replicate"], r["seed"], r["state"]) for r in csv.DictReader(f)]
+    assert runs == [(t, k, str(42 + int(k)), "complete") for t in ("0", "1") for k in ("0", "1")]
+    tasks = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
+    assert len(tasks) == 4 and len({t.split("_")[0] for t in tasks}) == 1  # one array: <job>_0 .. <job>_3
+    for run in ("0-r0", "0-r1", "1-r0", "1-r1"):
+        info = json.loads((sweep_dir / run / "run.json").read_text())
+        assert (
+            info["slurm"]["job_id"] and f"seed: {42 + int(run[-1])}\n" in (sweep_dir / run / "config.yaml").read_text()
+        )
 
 
 def test_sweep_workers_of_a_job_array_share_one_study(slurm, tmp_path, mnist_dir):

@@ -250,7 +250,7 @@ def test_a_failing_trial_is_recorded_and_the_grid_goes_on(tmp_path, mnist_dir):
 def test_ddp_trials_start_from_their_own_values_one_run_each(tmp_path, mnist_dir):
     proc = sweep(tmp_path, mnist_dir, "trainer=ddp_cpu", "trainer.max_epochs=1", "model.lr=1e-3,3e-3")
     sweep_dir = only_sweep(tmp_path)
-    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1", "experiment"]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1", "experiment", "plots"]
     assert [r["state"] for r in summary(sweep_dir)] == ["complete", "complete"]
     runs = wandb_runs(sweep_dir)
     assert len(runs) == 2 and sorted(d for r in runs.values() for d in r["dirs"]) == ["0", "1"]
@@ -270,6 +270,22 @@ def test_parallel_launcher_pins_each_trial_to_its_own_cores(tmp_path, mnist_dir)
     sweep_dir = only_sweep(tmp_path)
     cpus = [json.loads((sweep_dir / t / "run.json").read_text())["cpus"] for t in ("0", "1")]
     assert all(len(c) == len(os.sched_getaffinity(0)) // 2 for c in cpus) and not set(cpus[0]) & set(cpus[1])
+
+
+@pytest.mark.slow
+def test_replicates_run_side_by_side_on_the_parallel_launcher(tmp_path, mnist_dir):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores to give each replicate its own")
+    proc = sweep(tmp_path, mnist_dir, "hydra/launcher=parallel", "trainer.max_epochs=1", "hydra.sweeper.replicates=2",
+                 "logger=csv")  # fmt: skip
+    sweep_dir = only_sweep(tmp_path)
+    infos = [json.loads((sweep_dir / r / "run.json").read_text()) for r in ("0-r0", "0-r1")]
+    assert not set(infos[0]["cpus"]) & set(infos[1]["cpus"])  # each its own slot's cores
+    assert [i["command"].count(f"seed={s}") for i, s in zip(infos, (42, 43))] == [1, 1]
+    started = [json.loads((sweep_dir / r / "metrics.json").read_text())["launched_at"] for r in ("0-r0", "0-r1")]
+    ended = [(sweep_dir / r / "metrics.json").stat().st_mtime for r in ("0-r0", "0-r1")]
+    assert max(started) < min(ended)  # side by side: the second started before the first ended
+    assert "Trial 0 complete (2 replicates)" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

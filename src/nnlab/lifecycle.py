@@ -616,6 +616,7 @@ class Run:
         self.explicit_run_dir = any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
         self.lock, self.stop, self.log_file, self.loggers = RunLock(self.out), None, None, []
         self.threads = None
+        self.described = False  # run.json written: this start is the run's record (a refused command never is)
         self.start = time.perf_counter()
         self.offline_why = offline_reason()  # now: opening an offline run sets WANDB_MODE itself
 
@@ -864,6 +865,8 @@ class Run:
             },
         }
         write_atomic(out / "run.json", json.dumps(info, indent=2))
+        (out / "end.json").unlink(missing_ok=True)  # how an earlier start of this run ended
+        self.described = True
         write_atomic(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
         write_atomic(out / ".hydra" / "hydra.yaml", OmegaConf.to_yaml({"hydra": hc}))
         write_atomic(out / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(list(hc.overrides.task)))
@@ -873,6 +876,7 @@ class Run:
         """Log the traceback into train.log, close W&B as failed, and either print one line and exit 1, or re-raise
         (a bug, or an in-process multirun, whose sweeper records the failure)."""
         where = f" (details: {self.log_file.baseFilename})" if self.log_file else ""
+        self.record_end("failed", error=f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e))
         if self.log_file is not None:
             record = logging.LogRecord("nnlab", logging.ERROR, __file__, 0, f"run failed: {e}", None, sys.exc_info())
             self.log_file.handle(record)  # the traceback into train.log only
@@ -886,6 +890,16 @@ class Run:
         if not one_line and self.log_file is not None:
             log.error(f"run failed; its directory: {self.out}")
         raise e
+
+    def record_end(self, state: str, **facts):
+        """end.json: how this start of the run ended when it did not finish (failed, stopped by a signal), for the
+        run index (python -m nnlab.runs); a finished run has metrics.json, a killed one a .lock its process left."""
+        if not self.rank_zero or not self.described or self.lock.fd is None:
+            return  # a refused command, or a directory another run holds, is not written to
+        try:
+            write_atomic(self.out / "end.json", json.dumps({"state": state, "at": time.time(), **facts}))
+        except OSError as w:  # a full disk: the run's own files matter more
+            log.warning(f"could not record how the run ended ({w})")
 
     @rank_zero_only
     def finish_wandb(self, exit_code: int, preempted: bool = False):
@@ -914,6 +928,7 @@ class Run:
             + shell_command(["resume=true", f"hydra.run.dir={self.out}"], ("resume=", "hydra.run.dir="))
         )
         name = "Ctrl-C" if stop.received == signal.SIGINT else stop.received.name
+        self.record_end("stopped", signal=stop.received.name, epoch=trainer.current_epoch, step=trainer.global_step)
         log.warning(
             f"{name} received: training stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; "
             f"checkpoint {stop.checkpoint if stop.saved else 'not needed (fit was over)'}{how}"

@@ -204,47 +204,333 @@ def make_sampler(config: dict | None) -> optuna.samplers.BaseSampler:
     return PerTrialSeed(lambda s: instantiate({**config, "seed": s}), int(seed))
 
 
+# ------------------------------------------------------------------------------------------------------- replicates
+def replicate_key(k: int) -> str:
+    """The trial user attribute that records replicate k: seed, state, value, epochs, run_dir, run_id, error."""
+    return f"replicate:{k}"
+
+
+def curve_key(k: int) -> str:
+    """The trial user attribute holding replicate k's pruning metric per epoch ({"epoch": value})."""
+    return f"curve:{k}"
+
+
+def replicate_seed(base: int, k: int) -> int:
+    """Replicate k's seed: the trial's seed plus k (replicate 0 is the run the sweep would make without replicates)."""
+    return int(base) + k
+
+
+def replicates_of(trial: optuna.trial.FrozenTrial) -> dict[int, dict]:
+    return {
+        int(key.split(":", 1)[1]): value
+        for key, value in trial.user_attrs.items()
+        if key.startswith("replicate:") and isinstance(value, dict)
+    }
+
+
+def mean_curve(trial: optuna.trial.FrozenTrial) -> dict[int, float]:
+    """The trial's intermediate values as the mean over its replicates' curves, epoch by epoch (each epoch over the
+    replicates that reached it)."""
+    at: dict[int, list[float]] = {}
+    for key, curve in trial.user_attrs.items():
+        if key.startswith("curve:") and isinstance(curve, dict):
+            for step, value in curve.items():
+                at.setdefault(int(step), []).append(float(value))
+    return {step: sum(v) / len(v) for step, v in sorted(at.items())}
+
+
+# ------------------------------------------------------------------------------------------------------- statistics
+@dataclass
+class Estimate:
+    """Mean, sample standard deviation and 95% confidence interval (Student's t, n - 1 degrees of freedom)."""
+
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / self.n
+
+    @property
+    def sd(self) -> float | None:
+        if self.n < 2:
+            return None
+        m = self.mean
+        return (sum((v - m) ** 2 for v in self.values) / (self.n - 1)) ** 0.5
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        if self.n < 2:
+            return None
+        from scipy import stats
+
+        half = stats.t.ppf(0.975, self.n - 1) * self.sd / self.n**0.5
+        return self.mean - half, self.mean + half
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test (unequal variances) for equal means; None with fewer than 2 values a side.
+    Two sets without any spread differ for certain unless their means are equal."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    ea, eb = Estimate(a), Estimate(b)
+    if ea.sd == 0 and eb.sd == 0:
+        return 1.0 if ea.mean == eb.mean else 0.0
+    import warnings
+
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's note on nearly identical values
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+ALPHA = 0.05  # a Welch p-value at or above this: not distinguishable from the best
+
+
+@dataclass
+class Group:
+    """One configuration and the runs that measured it: a trial's replicates, or the trials of a seed sweep that
+    differ only in `seed`."""
+
+    label: str
+    overrides: str
+    values: list[float]
+    seeds: list[str]
+    trials: list[int]
+    best: bool = False
+    p: float | None = None
+
+    @property
+    def estimate(self) -> Estimate:
+        return Estimate(self.values)
+
+    @property
+    def indistinguishable(self) -> bool:
+        return not self.best and self.p is not None and self.p >= ALPHA
+
+
+def compare(groups: list["Group"], maximize: bool):
+    """Mark the group with the best mean, and give every other group its Welch p-value against it."""
+    measured = [g for g in groups if g.values]
+    if not measured:
+        return
+    best = (max if maximize else min)(measured, key=lambda g: g.estimate.mean)
+    best.best = True
+    for g in measured:
+        if g is not best:
+            g.p = welch_p(g.values, best.values)
+
+
+def fmt(value, digits=6) -> str:
+    return "" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def interval(e: Estimate | None) -> dict:
+    """The interval's ends as CSV columns."""
+    low, high = e.ci95 if e is not None and e.ci95 is not None else (None, None)
+    return {"ci95_low": low, "ci95_high": high}
+
+
+def csv_columns(columns: list[str]) -> list[str]:
+    return [x for c in columns for x in (["ci95_low", "ci95_high"] if c == "ci95" else [c])]
+
+
+def ci_text(e: Estimate) -> str:
+    return "" if e.ci95 is None else f"{e.ci95[0]:.4g} – {e.ci95[1]:.4g}"
+
+
 # ---------------------------------------------------------------------------------------------------------- summary
-def summary_rows(study: optuna.Study) -> list[dict]:
-    best = None
+def overrides_text(params: dict) -> str:
+    return " ".join(f"{k}={as_override_value(v)}" for k, v in params.items())
+
+
+def best_number(study: optuna.Study) -> int | None:
     try:
-        best = study.best_trial.number
+        return study.best_trial.number
     except ValueError:  # no complete trial yet
-        pass
+        return None
+
+
+def run_rows(study: optuna.Study) -> list[dict]:
+    """One row per run: a trial, or each of its replicates."""
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        replicates = replicates_of(t)
+        if not replicates:
+            rows.append(
+                {
+                    "trial": t.number,
+                    "replicate": "",
+                    "seed": t.params.get("seed", ""),
+                    "state": t.state.name.lower(),
+                    "value": t.value,
+                    "epochs": t.last_step + 1 if t.last_step is not None else "",
+                    "overrides": overrides_text(t.params),
+                    "run_dir": t.user_attrs.get("run_dir", ""),
+                    "error": t.user_attrs.get("error", ""),
+                }
+            )
+        for k, r in sorted(replicates.items()):
+            state = r.get("state", "")
+            if state == "running" and t.state == optuna.trial.TrialState.PRUNED:
+                state = "pruned"  # stopped with its trial, which a sibling replicate got pruned
+            rows.append(
+                {
+                    "trial": t.number,
+                    "replicate": k,
+                    "seed": r.get("seed", ""),
+                    "state": state,
+                    "value": r.get("value"),
+                    "epochs": r.get("epochs", ""),
+                    "overrides": overrides_text(t.params),
+                    "run_dir": r.get("run_dir", ""),
+                    "error": r.get("error", ""),
+                }
+            )
+    return rows
+
+
+def groups_of(study: optuna.Study) -> list[Group]:
+    """Configurations with their measurements: each trial's complete replicates when the sweep has replicates, else
+    the complete trials grouped by their parameters other than `seed` (a seed sweep is one group)."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    groups: dict[str, Group] = {}
+    for t in trials:
+        replicates = replicates_of(t)
+        if replicates:
+            done = [r for _, r in sorted(replicates.items()) if r.get("state") == "complete"]
+            groups[str(t.number)] = Group(
+                label=str(t.number),
+                overrides=overrides_text(t.params),
+                values=[float(r["value"]) for r in done] if t.state != optuna.trial.TrialState.PRUNED else [],
+                seeds=[str(r.get("seed", "")) for r in done],
+                trials=[t.number],
+            )
+            continue
+        key = overrides_text({k: v for k, v in t.params.items() if k != "seed"})
+        g = groups.setdefault(key, Group(label="", overrides=key, values=[], seeds=[], trials=[]))
+        g.trials.append(t.number)
+        if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
+            g.values.append(float(t.value))
+            g.seeds.append(str(t.params.get("seed", "")))
+    for g in groups.values():
+        g.label = g.label or ", ".join(map(str, g.trials))
+    return list(groups.values())
+
+
+def has_replicates(study: optuna.Study) -> bool:
+    return any(replicates_of(t) for t in study.get_trials(deepcopy=False))
+
+
+def table(columns: list[str], rows: list[dict], header: dict | None = None) -> list[str]:
+    header = header or {}
+    lines = ["| " + " | ".join(header.get(c, c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(row[c]).replace("|", "\\|") for c in columns) + " |")
+    return lines
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({c: ("" if r[c] is None else r[c]) for c in columns} for r in rows)
+    with atomic_open(path) as f:
+        f.write(buf.getvalue().encode())
+
+
+GROUP_COLUMNS = ["config", "best", "mean", "sd", "ci95", "n", "welch_p", "seeds", "overrides"]
+
+
+def group_rows(groups: list[Group]) -> list[dict]:
+    rows = []
+    for g in groups:
+        e = g.estimate if g.values else None
         rows.append(
             {
-                "trial": t.number,
-                "best": "*" if t.number == best else "",
-                "state": t.state.name.lower(),
-                "value": "" if t.value is None else f"{t.value:.6g}",
-                "epochs": t.last_step + 1 if t.last_step is not None else "",
-                "overrides": " ".join(f"{k}={as_override_value(v)}" for k, v in t.params.items()),
-                "run_dir": t.user_attrs.get("run_dir", ""),
-                "error": t.user_attrs.get("error", ""),
+                "config": g.label,
+                "best": "*" if g.best else "≈" if g.indistinguishable else "",
+                "mean": e.mean if e else None,
+                "sd": e.sd if e else None,
+                "ci95": ci_text(e) if e else "",
+                **interval(e),
+                "n": len(g.values),
+                "welch_p": None if g.p is None else round(g.p, 4),
+                "seeds": " ".join(g.seeds),
+                "overrides": g.overrides,
             }
         )
     return rows
 
 
 def write_summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
-    """summary.csv and summary.md in the sweep directory, from the study (all workers' trials); returns the Markdown."""
-    rows = summary_rows(study)
+    """summary.md, summary.csv (one row per trial) and runs.csv (one row per run: a trial or a replicate) in the sweep
+    directory, from the study (all workers' trials); where configurations were measured more than once (replicates,
+    or a seed swept), also configs.csv: mean, standard deviation, 95% interval and Welch's test against the best.
+    Returns the Markdown."""
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    best = best_number(study)
+    groups = groups_of(study)
+    compare(groups, maximize)
+    by_trial = {n: g for g in groups for n in g.trials}
+    replicated = has_replicates(study)
+    rows = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        g = by_trial[t.number]
+        e = g.estimate if g.values and replicated else None
+        rows.append(
+            {
+                "trial": t.number,
+                "best": "*" if t.number == best else "≈" if replicated and g.indistinguishable else "",
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "sd": e.sd if e else None,
+                "ci95": ci_text(e) if e else "",
+                **interval(e),
+                "n": len(replicates_of(t)) if replicated else "",
+                "welch_p": None if g.p is None else round(g.p, 4),
+                "epochs": t.last_step + 1 if t.last_step is not None else "",
+                "overrides": overrides_text(t.params),
+                "run_dir": t.user_attrs.get("run_dir", ""),
+                "error": t.user_attrs.get("error", ""),
+            }
+        )
     columns = ["trial", "best", "state", "value", "epochs", "overrides", "run_dir", "error"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_open(sweep_dir / "summary.csv") as f:
-        f.write(buf.getvalue().encode())
-    header = {"value": metric}
-    lines = ["| " + " | ".join(header.get(c, c) for c in columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row[c]).replace("|", "\\|") for c in columns) + " |")
+    if replicated:
+        columns[4:4] = ["sd", "ci95", "n", "welch_p"]
+    write_csv(sweep_dir / "summary.csv", csv_columns(columns), rows)
+    runs = run_rows(study)
+    write_csv(sweep_dir / "runs.csv", list(runs[0]) if runs else ["trial"], runs)
     states = [r["state"] for r in rows]
     counts = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned", "fail", "running") if s in states)
-    text = f"Sweep {study.study_name}: {len(rows)} trials ({counts}); * marks the best\n\n" + "\n".join(lines) + "\n"
+    header = {"value": f"{metric} (mean)" if replicated else metric, "n": "replicates"}
+    text = f"Sweep {study.study_name}: {len(rows)} trials ({counts}); * marks the best"
+    measured_twice = [g for g in groups if len(g.values) >= 2]
+    if replicated:
+        n = max(len(replicates_of(t)) for t in study.get_trials(deepcopy=False))
+        text += (
+            f".\nEach trial is {n} replicates (seeds differ); its value is their mean, with the sample standard "
+            f"deviation and the 95% confidence interval of the mean (Student's t). ≈ marks trials a Welch t-test at "
+            f"5% cannot tell from the best (p >= {ALPHA})"
+        )
+    text += "\n\n" + "\n".join(table(columns, rows, header)) + "\n"
+    if measured_twice and not replicated:
+        grows = group_rows(groups)
+        write_csv(sweep_dir / "configs.csv", csv_columns(GROUP_COLUMNS), grows)
+        text += (
+            f"\nOver seeds: trials that differ only in `seed` measure one configuration; mean, sample standard "
+            f"deviation, 95% confidence interval of the mean (Student's t) and n of {metric}; * the best mean, ≈ "
+            f"those a Welch t-test at 5% cannot tell from it (p >= {ALPHA})\n\n"
+            + "\n".join(table(GROUP_COLUMNS, grows))
+            + "\n"
+        )
+    if replicated:
+        run_columns = ["trial", "replicate", "seed", "state", "value", "epochs", "run_dir", "error"]
+        text += "\nRuns\n\n" + "\n".join(table(run_columns, runs, {"value": metric})) + "\n"
     with atomic_open(sweep_dir / "summary.md") as f:
         f.write(text.encode())
     return text

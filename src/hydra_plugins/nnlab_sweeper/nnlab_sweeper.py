@@ -307,7 +307,14 @@ class StudySweeper(Sweeper):
         heartbeat_s: float = 15,
         stale_after_s: float = 90,
         max_batch_size: int | None = None,
+        replicates: int = 1,
     ):
+        if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
+            raise ValueError(
+                f"hydra.sweeper.replicates={replicates!r}: give the number of runs (seeds) per trial, 1 or more"
+            )
+        self.replicates = replicates
+        self.open: dict[int, dict] = {}  # trial id -> {trial, pending replicates, running replicates}: trials held
         self.study_name, self.storage, self.direction, self.n_trials = study_name, storage, direction, n_trials
         self.sampler_cfg, self.pruner_cfg, self.prune_monitor = sampler, pruner, prune_monitor
         self.params = dict(params or {})
@@ -325,10 +332,11 @@ class StudySweeper(Sweeper):
         self.space = S.SearchSpace.parse(args)
         self.grid = self.sampler_cfg is None
         self.points = self.space.grid_points() if self.grid else None
-        if not self.space.distributions:
+        if not self.space.distributions and self.replicates == 1:
             raise ValueError(
                 "nothing to sweep: give a parameter several values (model.lr=1e-3,3e-3), a range or an "
-                "interval (with hydra/sweeper=optuna), or set hydra.sweeper.params"
+                "interval (with hydra/sweeper=optuna), set hydra.sweeper.params, or run one configuration "
+                "several times with hydra.sweeper.replicates=N"
             )
         self.target = self.n_trials or (len(self.points) if self.grid else None)
         if not self.target:
@@ -357,6 +365,8 @@ class StudySweeper(Sweeper):
         self.study.set_user_attr("pruner", pruner_cfg)
         self.study.set_user_attr("prune_monitor", self.prune_monitor)
         self.study.set_user_attr("metric", str(self.config.get("optimized_metric")))
+        self.study.set_user_attr("replicates", self.replicates)
+        self.study.set_user_attr("grid", self.grid)
         categorical = optuna.distributions.CategoricalDistribution
         self.grid_distributions = {k: categorical(v) for k, v in self.space.grid.items()}
 
@@ -368,10 +378,18 @@ class StudySweeper(Sweeper):
             "fixed": [o for o in self.space.fixed if not o.startswith(machine)],
             "space": {k: repr(d) for k, d in self.space.distributions.items()},
         }
+        if self.replicates != 1:  # studies stored before replicates existed have no such key
+            signature["replicates"] = self.replicates
         stored = self.study.user_attrs.get("signature")
         if stored is not None and stored != signature:
-            was = " ".join(stored["fixed"] + [f"{k}~{v}" for k, v in stored["space"].items()])
-            now = " ".join(signature["fixed"] + [f"{k}~{v}" for k, v in signature["space"].items()])
+            was, now = (
+                " ".join(
+                    sig["fixed"]
+                    + [f"{k}~{v}" for k, v in sig["space"].items()]
+                    + [f"hydra.sweeper.replicates={sig.get('replicates', 1)}"]
+                )
+                for sig in (stored, signature)
+            )
             raise ValueError(
                 f"study {self.study.study_name} in {self.url} was started with\n  {was}\nbut this command "
                 f"asks for\n  {now}\nRerun with the original overrides to continue it, or name a new "
@@ -405,31 +423,129 @@ class StudySweeper(Sweeper):
     def beat(self, trial_id: int, when: float | None = None):
         self.study._storage.set_trial_user_attr(trial_id, S.HEARTBEAT, time.time() if when is None else when)
 
-    def trial_dir(self, trial) -> Path:
-        """A trial's run directory: hydra.sweep.subdir is its number (unique in the study, whichever worker runs it)."""
-        return self.sweep_dir / str(trial.number)
+    def subdir(self, trial, k: int = 0) -> str:
+        """A run's directory under the sweep's: the trial's number (unique in the study, whichever worker runs it),
+        with `-r<k>` for replicate k when trials have replicates."""
+        return str(trial.number) if self.replicates == 1 else f"{trial.number}-r{k}"
 
-    def overrides_for(self, trial: optuna.trial.FrozenTrial, resumed: bool) -> list[str]:
+    def trial_dir(self, trial, k: int = 0) -> Path:
+        return self.sweep_dir / self.subdir(trial, k)
+
+    def base_seed(self, trial) -> int:
+        """The seed replicates count from: the trial's own `seed` if swept, else the sweep's."""
+        if "seed" in trial.params:
+            return int(trial.params["seed"])
+        fixed = [o.split("=", 1)[1] for o in self.space.fixed if o.lstrip("+~").split("=", 1)[0] == "seed"]
+        return int(fixed[-1]) if fixed else int(self.config.seed)
+
+    def overrides_for(self, trial: optuna.trial.FrozenTrial, k: int, resumed: bool) -> list[str]:
         import secrets
 
-        run_id = trial.user_attrs.get("run_id") or secrets.token_hex(4)
-        self.study._storage.set_trial_user_attr(trial._trial_id, "run_id", run_id)
-        self.study._storage.set_trial_user_attr(trial._trial_id, "run_dir", str(self.trial_dir(trial)))
-        params = [f"{k}={S.as_override_value(v)}" for k, v in trial.params.items()]
+        storage, name = self.study._storage, self.study.study_name
+        params = [f"{key}={S.as_override_value(v)}" for key, v in trial.params.items()]
+        fixed, extra = self.space.fixed, []
+        if self.replicates == 1:
+            run_id = trial.user_attrs.get("run_id") or secrets.token_hex(4)
+            storage.set_trial_user_attr(trial._trial_id, "run_id", run_id)
+            storage.set_trial_user_attr(trial._trial_id, "run_dir", str(self.trial_dir(trial)))
+        else:
+            now = storage.get_trial(trial._trial_id)
+            info = dict(now.user_attrs.get(S.replicate_key(k)) or {})
+            run_id = info.get("run_id") or secrets.token_hex(4)
+            seed = info.get("seed", S.replicate_seed(self.base_seed(trial), k))
+            info.update(seed=seed, run_id=run_id, run_dir=str(self.trial_dir(trial, k)), state="running")
+            storage.set_trial_user_attr(trial._trial_id, S.replicate_key(k), info)
+            storage.set_trial_user_attr(trial._trial_id, "run_dir", str(self.sweep_dir / f"{trial.number}-r*"))
+            not_seed = lambda o: o.lstrip("+~").split("=", 1)[0] != "seed"  # the replicate's seed replaces them
+            fixed, params = [o for o in fixed if not_seed(o)], [o for o in params if not_seed(o)]
+            extra = [f"seed={seed}", f"sweep.replicate={k}"]
         return (
-            self.space.fixed
+            fixed
             + params
+            + extra
             + [
                 f"hydra.sweep.dir='{self.sweep_dir}'",
-                f"hydra.sweep.subdir={trial.number}",
-                f"sweep.name={self.study.study_name}",
+                f"hydra.sweep.subdir={self.subdir(trial, k)}",
+                f"sweep.name={name}",
                 f"sweep.storage='{self.url}'",
                 f"sweep.trial={trial.number}",
                 f"run_id='{run_id}'",
-                f"run_name={self.study.study_name}-{trial.number}",
+                f"run_name={name}-{self.subdir(trial, k)}",
             ]
             + (["resume=true"] if resumed else [])
         )
+
+    # --------------------------------------------------------------------------------------------------- replicates
+    def next_unit(self):
+        """(trial, replicate, resumed): a replicate still to start of a trial this process holds, else the first of a
+        stale trial taken over (its unfinished replicates resume) or of a new trial; None when the study is done."""
+        for entry in self.open.values():
+            if entry["pending"]:
+                k, resumed = entry["pending"].popleft()
+                entry["running"].add(k)
+                return entry["trial"], k, resumed
+        picked = self.next_trial()
+        if picked is None:
+            return None
+        trial, stale = picked
+        recorded = S.replicates_of(trial) if self.replicates > 1 else {}
+        pending = deque()
+        for k in range(self.replicates):
+            r = recorded.get(k)
+            if r and r.get("state") in ("complete", "fail", "pruned"):
+                continue  # ended before the trial was released
+            pending.append((k, stale and (self.replicates == 1 or r is not None)))
+        entry = {"trial": trial, "pending": pending, "running": set()}
+        self.open[trial._trial_id] = entry
+        if not pending:  # every replicate ended, but its worker stopped before telling the study
+            self.finish(entry)
+            return self.next_unit()
+        return self.next_unit()
+
+    def record_replicate(self, trial: optuna.trial.FrozenTrial, k: int, ret: JobReturn):
+        """Replicate k's end in its trial's user attributes (state, value, epochs, error); the trial's state."""
+        storage = self.study._storage
+        now = storage.get_trial(trial._trial_id)
+        if now.state == optuna.trial.TrialState.PRUNED:
+            return "pruned"  # the replicate that got it pruned recorded itself; a finished trial takes no more
+        info = dict(now.user_attrs.get(S.replicate_key(k)) or {})
+        value = ret._return_value
+        try:
+            info["epochs"] = json.loads((Path(ret.working_dir) / "metrics.json").read_text()).get("epochs")
+        except (OSError, ValueError, AttributeError):
+            pass
+        if ret.status == JobStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
+            info.update(state="complete", value=float(value))
+        else:
+            if ret.status == JobStatus.COMPLETED:
+                error = f"{self.config.get('optimized_metric')} is {value!r} (see {ret.working_dir}/metrics.json)"
+            else:
+                error = str(value).splitlines()[0]
+                log.error(str(value))
+            info.update(state="fail", error=error)
+        storage.set_trial_user_attr(trial._trial_id, S.replicate_key(k), info)
+        return info["state"]
+
+    def finish(self, entry: dict):
+        """A trial whose replicates have all ended: its value is their mean (its intermediate values the mean curve);
+        it fails if one of them failed. A pruned trial was told so by its replicate."""
+        storage, tid = self.study._storage, entry["trial"]._trial_id
+        del self.open[tid]
+        now = storage.get_trial(tid)
+        if now.state != optuna.trial.TrialState.RUNNING:
+            return now.state
+        for step, value in S.mean_curve(now).items():
+            storage.set_trial_intermediate_value(tid, step, value)
+        replicates = S.replicates_of(now)
+        failed = {k: r for k, r in replicates.items() if r.get("state") == "fail"}
+        values = [r["value"] for r in replicates.values() if r.get("state") == "complete"]
+        if not failed and len(values) == self.replicates:
+            self.study.tell(now.number, sum(values) / len(values))
+            return optuna.trial.TrialState.COMPLETE
+        why = "; ".join(f"replicate {k}: {r.get('error', '')}" for k, r in sorted(failed.items()))
+        storage.set_trial_user_attr(tid, "error", why or f"{len(values)} of {self.replicates} replicates ended")
+        self.study.tell(now.number, state=optuna.trial.TrialState.FAIL)
+        return optuna.trial.TrialState.FAIL
 
     def record(self, trial: optuna.trial.FrozenTrial, ret: JobReturn):
         now = self.study._storage.get_trial(trial._trial_id)
@@ -476,41 +592,55 @@ class StudySweeper(Sweeper):
             f"Study {self.study.study_name} in {self.url}: {done} of {self.target} trials finished; "
             f"sweep directory {self.sweep_dir}"
         )
-        lock, stop, in_flight, returns = threading.Lock(), threading.Event(), {}, []
+        lock, stop, returns = threading.Lock(), threading.Event(), []
 
-        streaming = hasattr(self.launcher, "n_jobs")  # the trial launchers run one trial per launch, n_jobs at once
-        batch = 1 if streaming else (self.max_batch_size or (len(self.points) if self.grid else 4))
+        streaming = hasattr(self.launcher, "n_jobs")  # the trial launchers run one run per launch, n_jobs at once
+        batch = 1 if streaming else (self.max_batch_size or (len(self.points) if self.grid else 4) * self.replicates)
 
         def worker():
             while not stop.is_set():
                 with lock:
                     picked = []
-                    while len(picked) < batch and (p := self.next_trial()) is not None:
+                    while len(picked) < batch and (p := self.next_unit()) is not None:
                         picked.append(p)
-                        in_flight[p[0]._trial_id] = p[0]
                     if not picked:
                         return
-                for trial, resumed in picked:
+                    overrides = [self.overrides_for(t, k, r) for t, k, r in picked]
+                for (trial, k, resumed), o in zip(picked, overrides, strict=True):
                     note = " (resumed: continues in its own directory from its last checkpoint, if any)"
-                    values = " ".join(f"{k}={S.as_override_value(v)}" for k, v in trial.params.items())
-                    log.info(f"Trial {trial.number}{note if resumed else ''}: {values}")
-                rets = self.launch([self.overrides_for(t, r) for t, r in picked], [t for t, _ in picked])
+                    values = " ".join(f"{key}={S.as_override_value(v)}" for key, v in trial.params.items())
+                    which = (
+                        f" replicate {k} ({next(x for x in o if x.startswith('seed='))})" if self.replicates > 1 else ""
+                    )
+                    log.info(f"Trial {trial.number}{which}{note if resumed else ''}: {values}")
+                rets = self.launch(overrides, [t for t, _, _ in picked])
                 with lock:
-                    for (trial, _), ret in zip(picked, rets, strict=True):
-                        del in_flight[trial._trial_id]
-                        ret.working_dir = str(self.trial_dir(trial))  # submitit's returns hold the job's cwd
+                    for (trial, k, _), ret in zip(picked, rets, strict=True):
+                        entry = self.open[trial._trial_id]
+                        entry["running"].discard(k)
+                        ret.working_dir = str(self.trial_dir(trial, k))  # submitit's returns hold the job's cwd
                         if stop.is_set():  # interrupted: leave it running for a rerun to resume
                             self.beat(trial._trial_id, 0.0)
                             continue
                         cost = self.fixed_cost(trial, Path(ret.working_dir))
-                        state = self.record(trial, ret)
                         returns.append(ret)
-                        log.info(f"Trial {trial.number} {state.name.lower()}: {ret.working_dir}{cost}")
+                        if self.replicates == 1:
+                            del self.open[trial._trial_id]
+                            state = self.record(trial, ret)
+                            log.info(f"Trial {trial.number} {state.name.lower()}: {ret.working_dir}{cost}")
+                            continue
+                        ended = self.record_replicate(trial, k, ret)
+                        log.info(f"Trial {trial.number} replicate {k} {ended}: {ret.working_dir}{cost}")
+                        if ended != "complete":
+                            entry["pending"].clear()  # a failed or pruned trial starts no more replicates
+                        if not entry["pending"] and not entry["running"]:
+                            state = self.finish(entry)
+                            log.info(f"Trial {trial.number} {state.name.lower()} ({self.replicates} replicates)")
 
         def heartbeat():
             while not stop.wait(self.heartbeat_s):
                 with lock:
-                    for trial_id in list(in_flight):
+                    for trial_id in list(self.open):
                         self.beat(trial_id)
 
         beats = threading.Thread(target=heartbeat, daemon=True)
@@ -543,7 +673,7 @@ class StudySweeper(Sweeper):
             if hasattr(self.launcher, "terminate"):
                 self.launcher.terminate()
             with lock:
-                for trial_id in list(in_flight):
+                for trial_id in list(self.open):
                     self.beat(trial_id, 0.0)
             self.report()
             if received and received[0] != signal.SIGTERM and self.config.slurm.requeue and requeue_job():
@@ -593,6 +723,15 @@ class StudySweeper(Sweeper):
         if any(self.sweep_dir.glob("*/wandb/offline-run-*")):
             print(f"W&B ran offline; upload the whole sweep with: wandb sync {self.sweep_dir}/*/wandb/offline-run-*")
         print(f"Summary: {self.sweep_dir / 'summary.md'}  (rerun the same command to continue the study)", flush=True)
+        from nnlab.report import write_report  # plotly and matplotlib: only now
+
+        try:
+            print(f"Report: {write_report(self.sweep_dir, self.study)}  (plots in {self.sweep_dir / 'plots'})")
+        except Exception as e:  # noqa: BLE001  (the study and its summary are kept; the report can be made again)
+            log.error(
+                f"the report could not be written ({type(e).__name__}: {e}); python -m nnlab.report "
+                f"{self.sweep_dir} makes it again"
+            )
 
 
 def _raise_interrupt(signum, received: list):

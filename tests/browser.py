@@ -1,0 +1,156 @@
+"""A real headless Chromium driven through the DevTools protocol over a pipe (--remote-debugging-pipe: JSON messages
+ending in a NUL byte on file descriptors 3 and 4), so the tests need no WebSocket client and no driver package.
+
+`open_page` loads a file, waits until every plot has rendered, and returns what the page logged to its console,
+threw, and asked of the network, with each plot's box; `screenshot` clips one box out of the rendered page."""
+
+import base64
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+class Browser:
+    def __init__(self, profile: Path):
+        read_here, write_there = os.pipe()  # the browser writes to its fd 4
+        read_there, write_here = os.pipe()  # and reads from its fd 3
+        # Above 10 first, so that moving them to 3 and 4 in the child cannot overwrite one with the other.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (read_there, write_there)]
+        os.close(read_there)
+        os.close(write_there)
+        read_there, write_there = high
+        # The shell moves the pipe ends to the descriptors the browser expects, then becomes the browser.
+        self.proc = subprocess.Popen(
+            [
+                "bash",
+                "-c",
+                f'exec "$0" "$@" 3<&{read_there} 4>&{write_there} {read_there}<&- {write_there}>&-',
+                chromium(),
+                "--headless",
+                "--no-sandbox",  # root in a container
+                "--disable-gpu",
+                "--no-first-run",
+                "--remote-debugging-pipe",
+                f"--user-data-dir={profile}",
+                "--window-size=1280,900",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(read_there, write_there),
+        )
+        os.close(read_there)
+        os.close(write_there)
+        self.reader, self.writer = os.fdopen(read_here, "rb"), os.fdopen(write_here, "wb")
+        self.next_id, self.events, self.buffer = 0, [], b""
+
+    def _read(self) -> dict:
+        while b"\0" not in self.buffer:
+            chunk = os.read(self.reader.fileno(), 1 << 20)
+            if not chunk:
+                raise RuntimeError("chromium closed its DevTools pipe")
+            self.buffer += chunk
+        message, self.buffer = self.buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, session: str | None = None, **params) -> dict:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        self.writer.write(json.dumps(message).encode() + b"\0")
+        self.writer.flush()
+        while True:
+            reply = self._read()
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_for(self, method: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.events:
+                if e.get("method") == method:
+                    return e
+            self.events.append(self._read())
+        raise TimeoutError(method)
+
+    def close(self):
+        try:
+            self.send("Browser.close")
+        except (RuntimeError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+RENDERED = """new Promise((resolve) => {
+  const started = Date.now();
+  const check = () => {
+    const charts = [...document.querySelectorAll('.js-plotly-plot')];
+    const done = charts.every((c) => c.querySelector('svg.main-svg'));
+    if ((charts.length && done) || Date.now() - started > 30000) {
+      resolve(JSON.stringify(charts.map((c) => {
+        const r = c.getBoundingClientRect();
+        return {id: c.id, x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height,
+                rendered: !!c.querySelector('svg.main-svg'), traces: c.querySelectorAll('g.trace, g.pcp-line').length};
+      })));
+    } else { setTimeout(check, 100); }
+  };
+  check();
+})"""
+
+
+def open_page(browser: Browser, path: Path) -> tuple[str, dict]:
+    """Load `path` in a new tab; returns (session, what happened): plots (id, box, rendered, traces), console
+    messages, exceptions, and every network request that was not for a file."""
+    target = browser.send("Target.createTarget", url="about:blank")["targetId"]
+    session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+    for domain in ("Page", "Runtime", "Log", "Network"):
+        browser.send(f"{domain}.enable", session)
+    browser.send("Page.navigate", session, url=path.resolve().as_uri())
+    browser.wait_for("Page.loadEventFired")
+    result = browser.send("Runtime.evaluate", session, expression=RENDERED, awaitPromise=True, returnByValue=True)
+    plots = json.loads(result["result"]["value"])
+    mine = [e for e in browser.events if e.get("sessionId") == session]
+    report = {
+        "plots": plots,
+        "console": [
+            " ".join(str(a.get("value", a.get("description", ""))) for a in e["params"]["args"])
+            for e in mine
+            if e["method"] == "Runtime.consoleAPICalled"
+        ]
+        + [e["params"]["entry"]["text"] for e in mine if e["method"] == "Log.entryAdded"],
+        "exceptions": [
+            e["params"]["exceptionDetails"].get("exception", {}).get("description", e["params"]["exceptionDetails"])
+            for e in mine
+            if e["method"] == "Runtime.exceptionThrown"
+        ],
+        "requests": [
+            e["params"]["request"]["url"]
+            for e in mine
+            if e["method"] == "Network.requestWillBeSent" and not e["params"]["request"]["url"].startswith("file:")
+        ],
+    }
+    return session, report
+
+
+def screenshot(browser: Browser, session: str, box: dict, out: Path) -> Path:
+    """A PNG of one region of the page (page coordinates), however far down it lies."""
+    clip = {k: box[k] for k in ("x", "y", "width", "height")} | {"scale": 1}
+    data = browser.send("Page.captureScreenshot", session, format="png", clip=clip, captureBeyondViewport=True)
+    out.write_bytes(base64.b64decode(data["data"]))
+    return out
