@@ -167,6 +167,45 @@ def test_the_report_renders_every_plot_in_a_real_browser(replicated, tmp_path):
         browser.close()
 
 
+@pytest.mark.slow  # starts a browser
+def test_a_search_report_has_its_history_and_importances_and_every_plot_renders(tmp_path):
+    """A search (not a grid) with two parameters, a pruned trial and seeds: every plot the report can draw."""
+    study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
+    study.set_user_attr("metric", "val/acc_best")
+    dist = {"model.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+            "data.batch_size": optuna.distributions.CategoricalDistribution(["64", "128"]),
+            "seed": optuna.distributions.CategoricalDistribution(["1", "2"])}  # fmt: skip
+    for i in range(8):
+        params = {"model.lr": 1e-4 * 3 ** (i % 4), "data.batch_size": ["64", "128"][i % 2], "seed": ["1", "2"][i // 4]}
+        curve = {0: 0.5 + 0.05 * i, 1: 0.6 + 0.04 * i}
+        pruned = i == 1
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=dist, value=None if pruned else 0.7 + 0.03 * i,
+            intermediate_values={0: curve[0]} if pruned else curve,
+            state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE,
+        ))  # fmt: skip
+    from nnlab.report import write_report
+
+    page = write_report(tmp_path, study)
+    names = {"history", "importances", "parallel", "slices", "intermediate", "timeline", "replicates"}
+    assert {p.stem for p in (tmp_path / "plots").glob("*.png")} == names  # seeds make configurations of 2 runs
+    assert "Not drawn" not in page.read_text()
+    if chromium() is None:
+        if os.environ.get("NNLAB_REQUIRE_BROWSER"):
+            pytest.fail("NNLAB_REQUIRE_BROWSER is set but no chromium is installed")
+        pytest.skip("no chromium to open the report in (apt install chromium)")
+    browser = Browser(tmp_path / "profile")
+    try:
+        session, seen = open_page(browser, page)
+        assert seen["console"] == [] and seen["exceptions"] == [] and seen["requests"] == []
+        assert {p["id"] for p in seen["plots"]} == {f"plot-{name}" for name in names}
+        for plot in seen["plots"]:
+            assert plot["rendered"] and plot["traces"] >= 1, plot
+            assert not blank(screenshot(browser, session, plot, tmp_path / f"{plot['id']}.png")), plot["id"]
+    finally:
+        browser.close()
+
+
 def blank(png: Path) -> bool:
     """Whether a screenshot is (nearly) one colour: a plot area that drew nothing."""
     import numpy as np
@@ -257,6 +296,10 @@ def test_the_run_index_lists_filters_diffs_and_survives_damaged_runs(replicated,
     assert "damaged !" in table and "! cut: metrics.json unreadable" in table
     assert runs_main(["--root", str(root), "--where", "test/acc>>1"]) == 2
     assert "KEY OP VALUE" in capsys.readouterr().err
+    assert runs_main(["--root", str(root), "--since", "yesterday"]) == 2
+    assert "give a date (2026-12-01)" in capsys.readouterr().err
+    assert runs_main(["diff", trial_dirs[0].name, trial_dirs[3].name, "--root", str(root)]) == 0  # by name
+    assert "model.lr: 0.003 -> 1e-09" in capsys.readouterr().out
 
     assert runs_main(["diff", str(trial_dirs[0]), str(trial_dirs[3]), "--root", str(root)]) == 0
     text = capsys.readouterr().out

@@ -144,7 +144,8 @@ def plots_for(study: optuna.Study, metric: str) -> tuple[list[Plot], dict[str, s
             Plot(
                 "importances",
                 "Parameter importances",
-                "fANOVA: the share of the value's variance each parameter explains, over the complete trials.",
+                "PED-ANOVA (Optuna's default): how much each parameter matters to reaching the best values, over the "
+                "complete trials.",
                 V.plot_param_importances,
                 M.plot_param_importances,
             )

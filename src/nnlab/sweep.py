@@ -571,7 +571,9 @@ def write_best_experiment(
     body = OmegaConf.to_yaml(OmegaConf.create(values)) if values else ""
     text = (
         f"# @package _global_\n"
-        f"# Best trial {best.number} of sweep {study.study_name}: {metric} = {best.value:.6g}\n"
+        f"# Best trial {best.number} of sweep {study.study_name}: {metric} = {best.value:.6g}"
+        + (f" (mean of {len(replicates_of(best))} replicates, seeds differing)" if replicates_of(best) else "")
+        + "\n"
         f"# python train.py -cd {sweep_dir} experiment=best\n"
     )
     if includes or defaults:
