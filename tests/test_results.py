@@ -270,16 +270,21 @@ def test_the_run_index_lists_filters_diffs_and_survives_damaged_runs(replicated,
     dead = subprocess.Popen(["true"])
     dead.wait()
     (killed / ".lock").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))
+    running = root / "2026-12-01" / "running"
+    shutil.copytree(trial_dirs[3], running)
+    (running / "metrics.json").unlink()
+    (running / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))  # alive: this one
     (root / "2026-12-01" / "bare").mkdir()
     (root / "2026-12-01" / "bare" / "train.log").write_text("")
 
     assert runs_main(["--root", str(root), "--json"]) == 0
     listed = {Path(r["dir"]).name: r for r in json.loads(capsys.readouterr().out)}
-    assert set(listed) == {p.name for p in trial_dirs} | {"cut", "garbage", "killed", "bare"}
+    assert set(listed) == {p.name for p in trial_dirs} | {"cut", "garbage", "killed", "running", "bare"}
     assert {listed[p.name]["state"] for p in trial_dirs} == {"complete"}
     assert listed["cut"]["state"] == "damaged" and "metrics.json unreadable" in listed["cut"]["problems"][0]
     assert listed["garbage"]["state"] == "incomplete" and any("run.json" in p for p in listed["garbage"]["problems"])
     assert listed["killed"]["state"] == "killed" and listed["bare"]["state"] == "incomplete"
+    assert listed["running"]["state"] == "running"
     one = listed[trial_dirs[0].name]
     assert one["model"] == "mlp" and one["data"] == "mnist" and one["epochs"] == 2 and one["sweep"] == sweep_dir.name
     assert "model.lr=0.003" in one["overrides"] and "seed=42" in one["overrides"]
@@ -372,8 +377,17 @@ def test_resume_latest_continues_the_last_stopped_run_of_the_same_command(tmp_pa
     assert other.returncode == 1 and "resume=latest: no stopped or killed run of this command" in other.stderr
     assert "Traceback" not in other.stderr
 
+    poison = ["+callbacks.poison._target_=tests.helpers.PoisonWeights", "+callbacks.poison.epoch=0"]
+    failed = train(*args[:6], "trainer.max_epochs=1", "seed=3", *poison, check=False)  # TINY, data, outputs
+    assert failed.returncode != 0
+    assert runs_main(["--root", str(tmp_path), "--json", "--state", "failed"]) == 0
+    (bad,) = json.loads(capsys.readouterr().out)
+    assert "seed=3" in bad["overrides"] and bad["problems"] and bad["dir"] != run["dir"]
+
     resumed = train(*args, "resume=latest")
     assert f"continuing the stopped run in {run['dir']}" in resumed.stderr
     metrics = json.loads((Path(run["dir"]) / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["resumed_from"].endswith("last.ckpt")
-    assert len(list(tmp_path.glob("*/*/run.json"))) == 1  # no second run directory
+    assert len(list(tmp_path.glob("*/*/run.json"))) == 2  # the failed run's and this one's: no third
+    assert runs_main(["--root", str(tmp_path), "--json"]) == 0
+    assert [r["state"] for r in json.loads(capsys.readouterr().out)] == ["complete", "failed"]  # oldest first
