@@ -98,6 +98,7 @@ def test_every_trial_runs_its_replicates_and_its_value_is_their_mean(replicated)
     ]  # fmt: skip
     for t in study.trials:
         values = []
+        tests = []
         for k, info in sorted(replicates_of(t).items()):
             run_dir = sweep_dir / f"{t.number}-r{k}"
             metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -105,12 +106,15 @@ def test_every_trial_runs_its_replicates_and_its_value_is_their_mean(replicated)
             assert f"seed: {42 + k}\n" in config and info["seed"] == 42 + k  # the seed is recorded and used
             assert info["value"] == pytest.approx(metrics["val/acc_best"])
             values.append(metrics["val/acc_best"])
+            tests.append(metrics["test/acc"])
         assert t.state == optuna.trial.TrialState.COMPLETE and t.value == pytest.approx(sum(values) / 2)
         assert t.intermediate_values == pytest.approx(mean_curve(t))  # the trial's curve: the replicates' mean
         row = rows[t.number]
         e = Estimate(values)
         assert float(row["value"]) == pytest.approx(e.mean) and row["n"] == "2"
         assert float(row["sd"]) == pytest.approx(e.sd, abs=1e-12)
+        assert float(row["test_mean"]) == pytest.approx(sum(tests) / 2)  # the test accuracy beside the objective
+        assert float(row["test_sd"]) == pytest.approx(Estimate(tests).sd, abs=1e-12)
     best = [r for r in rows if r["best"] == "*"]
     assert len(best) == 1 and best[0]["overrides"] == "model.lr=0.003"
     other = next(r for r in rows if r["best"] != "*")
@@ -391,3 +395,32 @@ def test_resume_latest_continues_the_last_stopped_run_of_the_same_command(tmp_pa
     assert len(list(tmp_path.glob("*/*/run.json"))) == 2  # the failed run's and this one's: no third
     assert runs_main(["--root", str(tmp_path), "--json"]) == 0
     assert [r["state"] for r in json.loads(capsys.readouterr().out)] == ["complete", "failed"]  # oldest first
+
+
+@pytest.mark.slow
+def test_a_failed_replicate_fails_its_trial_and_another_replicate_count_is_refused(tmp_path, mnist_dir):
+    poison = ["+callbacks.poison._target_=tests.helpers.PoisonWeights", "+callbacks.poison.epoch=0", "logger=csv"]
+    sweep(tmp_path, mnist_dir, *poison, "trainer.max_epochs=1", "hydra.sweeper.replicates=2")
+    sweep_dir = only_sweep(tmp_path)
+    (row,) = read_csv(sweep_dir / "summary.csv")
+    assert row["state"] == "fail" and row["error"].startswith("replicate 0: ")
+    assert not (sweep_dir / "0-r1").exists()  # a failed trial starts no more replicates
+    again = sweep(tmp_path, mnist_dir, *poison, "trainer.max_epochs=1", "hydra.sweeper.replicates=3", check=False)
+    assert again.returncode != 0
+    assert "hydra.sweeper.replicates=2" in again.stderr and "hydra.sweeper.replicates=3" in again.stderr
+
+
+def test_a_replicate_reports_the_mean_of_the_replicates_and_stops_once_a_sibling_got_the_trial_pruned(tmp_path):
+    from nnlab.pruning import PruneTrial
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=url, study_name="s", direction="maximize")
+    study.set_user_attr("pruner", None)
+    trial = study.ask()
+    first, second = PruneTrial(url, "s", trial.number, replicate=0), PruneTrial(url, "s", trial.number, replicate=1)
+    assert first.report_replicate(0.50, 0) is False and second.report_replicate(0.70, 0) is False
+    assert second.report_replicate(0.80, 1) is False  # epoch 1: only the second replicate has reached it
+    now = load_study(url, "s").trials[0]
+    assert now.intermediate_values == {0: pytest.approx(0.60), 1: pytest.approx(0.80)}
+    study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)  # as the first replicate would, pruned
+    assert first.report_replicate(0.55, 1) is True  # the sibling stops at its next validation, as pruned

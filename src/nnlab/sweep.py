@@ -301,6 +301,7 @@ class Group:
     values: list[float]
     seeds: list[str]
     trials: list[int]
+    tests: list[float] = field(default_factory=list)  # the same runs' test accuracy (test/acc of metrics.json)
     best: bool = False
     p: float | None = None
 
@@ -336,7 +337,8 @@ def interval(e: Estimate | None) -> dict:
 
 
 def csv_columns(columns: list[str]) -> list[str]:
-    return [x for c in columns for x in (["ci95_low", "ci95_high"] if c == "ci95" else [c])]
+    wide = {"ci95": ["ci95_low", "ci95_high"], "test": ["test_mean", "test_sd"]}
+    return [x for c in columns for x in wide.get(c, [c])]
 
 
 def ci_text(e: Estimate) -> str:
@@ -394,6 +396,20 @@ def run_rows(study: optuna.Study) -> list[dict]:
     return rows
 
 
+TEST_METRIC = "test/acc"  # reported beside the objective: what a results table quotes
+
+
+def test_value(run_dir) -> float | None:
+    """TEST_METRIC from a run's metrics.json; None where there is none (pruned, failed, not readable)."""
+    import json
+
+    try:
+        value = json.loads((Path(run_dir) / "metrics.json").read_text()).get(TEST_METRIC)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def groups_of(study: optuna.Study) -> list[Group]:
     """Configurations with their measurements: each trial's complete replicates when the sweep has replicates, else
     the complete trials grouped by their parameters other than `seed` (a seed sweep is one group)."""
@@ -409,6 +425,7 @@ def groups_of(study: optuna.Study) -> list[Group]:
                 values=[float(r["value"]) for r in done] if t.state != optuna.trial.TrialState.PRUNED else [],
                 seeds=[str(r.get("seed", "")) for r in done],
                 trials=[t.number],
+                tests=[v for r in done if (v := test_value(r.get("run_dir", ""))) is not None],
             )
             continue
         key = overrides_text({k: v for k, v in t.params.items() if k != "seed"})
@@ -417,6 +434,8 @@ def groups_of(study: optuna.Study) -> list[Group]:
         if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
             g.values.append(float(t.value))
             g.seeds.append(str(t.params.get("seed", "")))
+            if (v := test_value(t.user_attrs.get("run_dir", ""))) is not None:
+                g.tests.append(v)
     for g in groups.values():
         g.label = g.label or ", ".join(map(str, g.trials))
     return list(groups.values())
@@ -443,7 +462,16 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]):
         f.write(buf.getvalue().encode())
 
 
-GROUP_COLUMNS = ["config", "best", "mean", "sd", "ci95", "n", "welch_p", "seeds", "overrides"]
+GROUP_COLUMNS = ["config", "best", "mean", "sd", "ci95", "n", "welch_p", "test", "seeds", "overrides"]
+
+
+def test_columns(g: Group) -> dict:
+    """The runs' test accuracy as `mean ± sd` for Markdown, and its mean and sd as CSV columns."""
+    if not g.tests:
+        return {"test": "", "test_mean": None, "test_sd": None}
+    e = Estimate(g.tests)
+    text = f"{e.mean:.4f}" + (f" ± {e.sd:.4f}" if e.sd is not None else "")
+    return {"test": text, "test_mean": e.mean, "test_sd": e.sd}
 
 
 def group_rows(groups: list[Group]) -> list[dict]:
@@ -460,6 +488,7 @@ def group_rows(groups: list[Group]) -> list[dict]:
                 **interval(e),
                 "n": len(g.values),
                 "welch_p": None if g.p is None else round(g.p, 4),
+                **test_columns(g),
                 "seeds": " ".join(g.seeds),
                 "overrides": g.overrides,
             }
@@ -493,6 +522,7 @@ def write_summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
                 **interval(e),
                 "n": len(replicates_of(t)) if replicated else "",
                 "welch_p": None if g.p is None else round(g.p, 4),
+                **(test_columns(g) if replicated else {}),
                 "epochs": t.last_step + 1 if t.last_step is not None else "",
                 "overrides": overrides_text(t.params),
                 "run_dir": t.user_attrs.get("run_dir", ""),
@@ -501,13 +531,17 @@ def write_summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
         )
     columns = ["trial", "best", "state", "value", "epochs", "overrides", "run_dir", "error"]
     if replicated:
-        columns[4:4] = ["sd", "ci95", "n", "welch_p"]
+        columns[4:4] = ["sd", "ci95", "n", "welch_p", "test"]
     write_csv(sweep_dir / "summary.csv", csv_columns(columns), rows)
     runs = run_rows(study)
     write_csv(sweep_dir / "runs.csv", list(runs[0]) if runs else ["trial"], runs)
     states = [r["state"] for r in rows]
     counts = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned", "fail", "running") if s in states)
-    header = {"value": f"{metric} (mean)" if replicated else metric, "n": "replicates"}
+    header = {
+        "value": f"{metric} (mean)" if replicated else metric,
+        "n": "replicates",
+        "test": f"{TEST_METRIC} (mean ± sd)",
+    }
     text = f"Sweep {study.study_name}: {len(rows)} trials ({counts}); * marks the best"
     measured_twice = [g for g in groups if len(g.values) >= 2]
     if replicated:
@@ -525,7 +559,7 @@ def write_summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
             f"\nOver seeds: trials that differ only in `seed` measure one configuration; mean, sample standard "
             f"deviation, 95% confidence interval of the mean (Student's t) and n of {metric}; * the best mean, ≈ "
             f"those a Welch t-test at 5% cannot tell from it (p >= {ALPHA})\n\n"
-            + "\n".join(table(GROUP_COLUMNS, grows))
+            + "\n".join(table(GROUP_COLUMNS, grows, {"test": f"{TEST_METRIC} (mean ± sd)"}))
             + "\n"
         )
     if replicated:
