@@ -334,6 +334,7 @@ def test_a_sweep_interrupted_mid_replicate_resumes_only_what_is_unfinished(tmp_p
     assert proc.wait(timeout=120) == 130
     sweep_dir = only_sweep(tmp_path)
     first = (sweep_dir / "0-r0" / "metrics.json").read_text()
+    assert (sweep_dir / "report.html").is_file()  # an interrupted sweep's report: what it has so far
     study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
     (t,) = study.trials
     assert t.state.name == "RUNNING" and replicates_of(t)[0]["state"] == "complete"
