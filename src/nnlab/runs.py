@@ -120,7 +120,23 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def read_run(run_dir: Path) -> RunEntry:
+    """The run in run_dir as the index shows it; whatever its files hold, an entry (a problem noted where one of
+    them is not what train.py writes)."""
     entry = RunEntry(dir=str(run_dir))
+    try:
+        return _read_run(run_dir, entry)
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError, OSError) as e:
+        entry.problems.append(f"files not as train.py writes them ({type(e).__name__}: {e})")
+        entry.state = entry.state or "damaged"
+        return entry
+
+
+def number(value) -> float | int | None:
+    """A metric as a number, or None (a value hand-edited into a string, say)."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _read_run(run_dir: Path, entry: RunEntry) -> RunEntry:
     problems = entry.problems
     run = read_json(run_dir / "run.json", problems) or {}
     metrics = read_json(run_dir / "metrics.json", problems)
@@ -141,7 +157,9 @@ def read_run(run_dir: Path) -> RunEntry:
         if not entry.model:
             entry.model = next((str(o).split("=", 1)[1] for o in overrides if str(o).startswith("model=")), "")
     entry.command = [str(c) for c in run.get("command", [])] if isinstance(run.get("command"), list) else []
-    started = run.get("earlier_starts", [{}])[0].get("started") if run.get("earlier_starts") else run.get("started")
+    earlier = run.get("earlier_starts")
+    first = earlier[0] if isinstance(earlier, list) and earlier and isinstance(earlier[0], dict) else run
+    started = first.get("started")
     if not started:
         try:
             started = dt.datetime.fromtimestamp(run_dir.stat().st_mtime).astimezone().strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -152,8 +170,8 @@ def read_run(run_dir: Path) -> RunEntry:
     if metrics is not None:
         entry.metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
         entry.state = "pruned" if metrics.get("trial_state") == "pruned" else "complete"
-        entry.test_acc, entry.val_acc_best = metrics.get("test/acc"), metrics.get("val/acc_best")
-        entry.epochs, entry.wall_time_s = metrics.get("epochs"), metrics.get("wall_time_s")
+        entry.test_acc, entry.val_acc_best = number(metrics.get("test/acc")), number(metrics.get("val/acc_best"))
+        entry.epochs, entry.wall_time_s = number(metrics.get("epochs")), number(metrics.get("wall_time_s"))
     elif locked and alive:
         entry.state = "running"
     elif locked:
@@ -162,14 +180,11 @@ def read_run(run_dir: Path) -> RunEntry:
         entry.state = end["state"]
         if end.get("error"):
             problems.append(str(end["error"]))
-        if end.get("epoch") is not None:
-            entry.epochs = end.get("epoch")
+        entry.epochs = number(end.get("epoch"))
     elif any(p.startswith("metrics.json") for p in problems):
         entry.state = "damaged"
     else:
         entry.state = "incomplete"  # never got as far as training (or its files were removed)
-    if entry.state in ("complete", "pruned") and entry.wall_time_s is None:
-        entry.wall_time_s = None
     return entry
 
 
@@ -243,7 +258,9 @@ def select(entries: list[RunEntry], args) -> list[RunEntry]:
 
     def sort_key(e: RunEntry):
         v = e.value(key) if key != "when" else e.when
-        return (v is None, v if v is not None else 0) if not isinstance(v, str) else (False, v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return (0, v, "")
+        return (1, 0, "") if v is None else (0, 0, str(v))  # runs without the key last
 
     out = sorted(out, key=sort_key, reverse=reverse)
     return out
