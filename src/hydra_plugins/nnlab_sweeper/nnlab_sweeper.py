@@ -495,6 +495,8 @@ class StudySweeper(Sweeper):
             if r and r.get("state") in ("complete", "fail", "pruned"):
                 continue  # ended before the trial was released
             pending.append((k, stale and (self.replicates == 1 or r is not None)))
+        if any(r.get("state") == "fail" for r in recorded.values()):
+            pending.clear()  # the trial has failed already: it starts no more
         entry = {"trial": trial, "pending": pending, "running": set()}
         self.open[trial._trial_id] = entry
         if not pending:  # every replicate ended, but its worker stopped before telling the study
