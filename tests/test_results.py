@@ -74,16 +74,26 @@ def test_a_seed_sweep_is_summarised_per_configuration(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- a replicated grid
-@pytest.fixture(scope="session")  # kept for the whole session: xdist may run other modules' tests in between
+@pytest.fixture(scope="session")
 def replicated(tmp_path_factory, mnist_dir):
-    """2 learning rates x 2 replicates of the tiny MLP: 4 runs, one study."""
-    root = tmp_path_factory.mktemp("replicated")
-    proc = sweep(root, mnist_dir, "model.lr=3e-3,1e-9", "hydra.sweeper.replicates=2", "trainer.max_epochs=2")
-    return root, only_sweep(root), proc
+    """2 learning rates x 2 replicates of the tiny MLP: 4 runs, one study, made once for the whole session. pytest-xdist
+    3.8 under pytest 9 does not keep an xdist_group on one worker, so the first worker to need the sweep makes it in
+    the session's shared temporary folder, under a lock, and the others wait for it and read it."""
+    import fcntl
+    import types
+
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "replicated"
+    shared.mkdir(exist_ok=True)
+    with open(shared / "making.lock", "w") as lock:  # not .lock: that names a run directory
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "stdout.txt").is_file():
+            proc = sweep(shared, mnist_dir, "model.lr=3e-3,1e-9", "hydra.sweeper.replicates=2", "trainer.max_epochs=2")
+            (shared / "stdout.txt").write_text(proc.stdout)
+    return shared, only_sweep(shared), types.SimpleNamespace(stdout=(shared / "stdout.txt").read_text())
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("replicates")  # one sweep for the four, on one worker
 def test_every_trial_runs_its_replicates_and_its_value_is_their_mean(replicated):
     _, sweep_dir, proc = replicated
     assert sorted(p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file()) == [
@@ -136,7 +146,6 @@ def test_every_trial_runs_its_replicates_and_its_value_is_their_mean(replicated)
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("replicates")  # one sweep for the four, on one worker
 def test_the_report_renders_every_plot_in_a_real_browser(replicated, tmp_path):
     _, sweep_dir, proc = replicated
     assert f"Report: {sweep_dir / 'report.html'}" in proc.stdout  # made at the end of the sweep
@@ -222,7 +231,6 @@ def blank(png: Path) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("replicates")  # one sweep for the four, on one worker
 def test_optuna_dashboard_reads_the_study(replicated):
     _, sweep_dir, _ = replicated
     port = free_port()
@@ -255,7 +263,6 @@ def test_optuna_dashboard_reads_the_study(replicated):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("replicates")  # one sweep for the four, on one worker
 def test_the_run_index_lists_filters_diffs_and_survives_damaged_runs(replicated, tmp_path, capsys):
     _, sweep_dir, _ = replicated
     root = tmp_path / "outputs"
