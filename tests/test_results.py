@@ -432,3 +432,20 @@ def test_a_replicate_reports_the_mean_of_the_replicates_and_stops_once_a_sibling
     assert now.intermediate_values == {0: pytest.approx(0.60), 1: pytest.approx(0.80)}
     study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)  # as the first replicate would, pruned
     assert first.report_replicate(0.55, 1) is True  # the sibling stops at its next validation, as pruned
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides, said",
+    [
+        ([], "nothing to sweep"),
+        (["model.lr=1e-3,2e-3", "hydra.sweeper.replicates=0"], "hydra.sweeper.replicates=0: give the number of runs"),
+        (["model.lr=1e-3,2e-3", "hydra.sweeper.replicates=two"], "hydra.sweeper.replicates='two'"),
+        (["model.lr=1e-3,2e-3", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: must be at least 1"),
+    ],
+)
+def test_a_sweep_setting_that_cannot_work_is_one_line(tmp_path, mnist_dir, overrides, said):
+    proc = sweep(tmp_path, mnist_dir, *overrides, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert proc.returncode == 1 and len(errors) == 1 and said in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr

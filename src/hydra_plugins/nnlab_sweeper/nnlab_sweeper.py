@@ -309,11 +309,7 @@ class StudySweeper(Sweeper):
         max_batch_size: int | None = None,
         replicates: int = 1,
     ):
-        if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
-            raise ValueError(
-                f"hydra.sweeper.replicates={replicates!r}: give the number of runs (seeds) per trial, 1 or more"
-            )
-        self.replicates = replicates
+        self.replicates = replicates  # checked in sweep(), where a mistake is reported in one line
         self.open: dict[int, dict] = {}  # trial id -> {trial, pending replicates, running replicates}: trials held
         self.study_name, self.storage, self.direction, self.n_trials = study_name, storage, direction, n_trials
         self.sampler_cfg, self.pruner_cfg, self.prune_monitor = sampler, pruner, prune_monitor
@@ -328,6 +324,9 @@ class StudySweeper(Sweeper):
 
     # --------------------------------------------------------------------------------------------------- the study
     def open_study(self, arguments: list[str]):
+        r = self.replicates
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(f"hydra.sweeper.replicates={r!r}: give the number of runs (seeds) per trial, 1 or more")
         args = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         self.space = S.SearchSpace.parse(args)
         self.grid = self.sampler_cfg is None
@@ -585,10 +584,17 @@ class StudySweeper(Sweeper):
 
     # ------------------------------------------------------------------------------------------------------- sweep
     def sweep(self, arguments: list[str]) -> Any:
-        self.open_study(arguments)
-        self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=self.hydra_context, task_function=self.task_function, config=self.config
-        )
+        from hydra.errors import InstantiationException
+
+        try:
+            self.open_study(arguments)
+            self.launcher = Plugins.instance().instantiate_launcher(
+                hydra_context=self.hydra_context, task_function=self.task_function, config=self.config
+            )
+        except (ValueError, InstantiationException) as e:  # a setting of the sweep: one line, no traceback
+            cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
+            print(f"Error: {cause}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         done = len([t for t in self.study.get_trials(deepcopy=False) if t.state in S.FINISHED])
         log.info(
             f"Study {self.study.study_name} in {self.url}: {done} of {self.target} trials finished; "
