@@ -166,14 +166,15 @@ def test_missing_data_is_one_line_with_the_traceback_in_train_log_and_no_wandb_r
 # -------------------------------------------------------------------------------------------------- checkpoints
 def damage(path, how):
     data = path.read_bytes()
-    path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "random": os.urandom(4096)}[how])
+    garbage = {"random": os.urandom(4096), "pickle_header": b"\x80\xd0" + os.urandom(4094)}  # protocol 208: torch warns
+    path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", **garbage}.get(how, b""))
 
 
 class Gadget:  # pickled into a "checkpoint" that weights_only refuses
     pass
 
 
-@pytest.mark.parametrize("how", ["truncate", "empty", "random", "pickle"])
+@pytest.mark.parametrize("how", ["truncate", "empty", "random", "pickle_header", "pickle"])
 def test_a_damaged_checkpoint_is_named_in_evaluation_predict_and_resume(how, mlp_run, mnist_dir, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(mlp_run, run_dir)

@@ -1,6 +1,7 @@
 """Reading checkpoints safely, and the random state that makes a resumed run repeat an uninterrupted one."""
 
 import random
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -27,7 +28,11 @@ def read_checkpoint(path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): it is damaged")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A damaged file that starts like a pickle makes torch warn about the protocol number it read before the
+            # error below says what is wrong: one line, not torch's warning about its unpickler too.
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  torch raises many kinds here; the message below is what matters
         text = str(e)
         if "Unsupported global" in text:  # a pickle of arbitrary objects: never retried without weights_only
