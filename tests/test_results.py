@@ -162,22 +162,7 @@ def test_the_report_renders_every_plot_in_a_real_browser(replicated, tmp_path):
     out = subprocess.run([sys.executable, "-m", "nnlab.report", str(sweep_dir)], cwd=ROOT, env=sweep_env(),
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0 and (sweep_dir / "report.html").is_file(), out.stderr
-    if chromium() is None:
-        if os.environ.get("NNLAB_REQUIRE_BROWSER"):
-            pytest.fail("NNLAB_REQUIRE_BROWSER is set but no chromium is installed")
-        pytest.skip("no chromium to open the report in (apt install chromium)")
-    browser = Browser(tmp_path / "profile")
-    try:
-        session, seen = open_page(browser, sweep_dir / "report.html")
-        assert seen["console"] == [] and seen["exceptions"] == []  # no console message, no error
-        assert seen["requests"] == []  # nothing fetched from a network
-        assert {p["id"] for p in seen["plots"]} == {f"plot-{name}" for name in plots}
-        for plot in seen["plots"]:
-            assert plot["rendered"] and plot["traces"] >= 1 and plot["height"] > 300, plot
-            shot = screenshot(browser, session, plot, tmp_path / f"{plot['id']}.png")
-            assert not blank(shot), f"{plot['id']} is blank in the browser ({shot})"
-    finally:
-        browser.close()
+    renders_in_a_browser(sweep_dir / "report.html", plots, tmp_path)
 
 
 @pytest.mark.slow  # starts a browser
@@ -203,6 +188,12 @@ def test_a_search_report_has_its_history_and_importances_and_every_plot_renders(
     names = {"history", "importances", "parallel", "slices", "intermediate", "timeline", "replicates"}
     assert {p.stem for p in (tmp_path / "plots").glob("*.png")} == names  # seeds make configurations of 2 runs
     assert "Not drawn" not in page.read_text()
+    renders_in_a_browser(page, names, tmp_path)
+
+
+def renders_in_a_browser(page: Path, names: set[str], tmp_path: Path):
+    """The report in headless Chromium: no console message, no error, no network request, and each named plot drawn
+    (its SVG and a trace, its full height) and not blank in a screenshot of its box."""
     if chromium() is None:
         if os.environ.get("NNLAB_REQUIRE_BROWSER"):
             pytest.fail("NNLAB_REQUIRE_BROWSER is set but no chromium is installed")
@@ -210,11 +201,13 @@ def test_a_search_report_has_its_history_and_importances_and_every_plot_renders(
     browser = Browser(tmp_path / "profile")
     try:
         session, seen = open_page(browser, page)
-        assert seen["console"] == [] and seen["exceptions"] == [] and seen["requests"] == []
+        assert seen["console"] == [] and seen["exceptions"] == []  # no console message, no error
+        assert seen["requests"] == []  # nothing fetched from a network
         assert {p["id"] for p in seen["plots"]} == {f"plot-{name}" for name in names}
         for plot in seen["plots"]:
-            assert plot["rendered"] and plot["traces"] >= 1, plot
-            assert not blank(screenshot(browser, session, plot, tmp_path / f"{plot['id']}.png")), plot["id"]
+            assert plot["rendered"] and plot["traces"] >= 1 and plot["height"] > 300, plot
+            shot = screenshot(browser, session, plot, tmp_path / f"{plot['id']}.png")
+            assert not blank(shot), f"{plot['id']} is blank in the browser ({shot})"
     finally:
         browser.close()
 
