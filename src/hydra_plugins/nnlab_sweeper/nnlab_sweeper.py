@@ -518,12 +518,7 @@ class StudySweeper(Sweeper):
         if ret.status == JobStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
             info.update(state="complete", value=float(value))
         else:
-            if ret.status == JobStatus.COMPLETED:
-                error = f"{self.config.get('optimized_metric')} is {value!r} (see {ret.working_dir}/metrics.json)"
-            else:
-                error = str(value).splitlines()[0]
-                log.error(str(value))
-            info.update(state="fail", error=error)
+            info.update(state="fail", error=self.failure(ret))
         storage.set_trial_user_attr(trial._trial_id, S.replicate_key(k), info)
         return info["state"]
 
@@ -548,6 +543,14 @@ class StudySweeper(Sweeper):
         self.study.tell(now.number, state=optuna.trial.TrialState.FAIL)
         return optuna.trial.TrialState.FAIL
 
+    def failure(self, ret: JobReturn) -> str:
+        """The error line of a run that ended without a finite metric (a failed one's whole output goes to the log)."""
+        value = ret._return_value
+        if ret.status == JobStatus.COMPLETED:
+            return f"{self.config.get('optimized_metric')} is {value!r} (see {ret.working_dir}/metrics.json)"
+        log.error(str(value))
+        return str(value).splitlines()[0]
+
     def record(self, trial: optuna.trial.FrozenTrial, ret: JobReturn):
         now = self.study._storage.get_trial(trial._trial_id)
         if now.state != optuna.trial.TrialState.RUNNING:
@@ -556,12 +559,7 @@ class StudySweeper(Sweeper):
         if ret.status == JobStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
             self.study.tell(trial.number, float(value))
             return optuna.trial.TrialState.COMPLETE
-        if ret.status == JobStatus.COMPLETED:
-            error = f"{self.config.get('optimized_metric')} is {value!r} (see {ret.working_dir}/metrics.json)"
-        else:
-            error = str(value).splitlines()[0]
-            log.error(str(value))
-        self.study._storage.set_trial_user_attr(trial._trial_id, "error", error)
+        self.study._storage.set_trial_user_attr(trial._trial_id, "error", self.failure(ret))
         self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         return optuna.trial.TrialState.FAIL
 
