@@ -56,8 +56,6 @@ def train(cfg: DictConfig, run) -> float | None:
     timeline.mark("imports")
     keep_freed_memory()  # before the first training step: see nnlab/memory.py
     cfg, evaluated = run.settled(cfg)  # what is computed once: run id, classes, W&B tags, the evaluated model
-    if cfg.print_config:
-        show_config(cfg)
     ckpt_path, start = run.resume_from() if cfg.train else (None, None)
     L.seed_everything(cfg.seed, workers=True)
     model = instantiate(cfg.model, _convert_="all") if cfg.train else evaluated
@@ -67,10 +65,18 @@ def train(cfg: DictConfig, run) -> float | None:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     datamodule = instantiate(cfg.data, _convert_="all")
+    run.preflight(datamodule)  # the data found and prepared, a tested checkpoint fitting it: before the long tree
+    if cfg.print_config:
+        show_config(cfg)
 
     pruning = sweep_trial(cfg) if cfg.train else None
     run.loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-    record = RunRecord(dict(HydraConfig.get().runtime.choices), OmegaConf.to_container(cfg, resolve=True))
+    record = RunRecord(
+        dict(HydraConfig.get().runtime.choices),
+        OmegaConf.to_container(cfg, resolve=True),
+        record_split=run.record_split,
+        trained_on=run.trained_on(),
+    )
     callbacks = (
         [instantiate(c) for c in cfg.callbacks.values()]
         + ([pruning] if pruning else [])
@@ -111,6 +117,7 @@ def train(cfg: DictConfig, run) -> float | None:
         "wall_time_s": run.elapsed(),
         "checkpoint": test_ckpt or cfg.ckpt_path,
         "resumed_from": ckpt_path if run.resuming else None,
+        "test_overlap": record.overlap,  # test samples that are training samples (of this run, or the checkpoint's)
         "history": curves.fitted if curves else None,  # per epoch, as curves.png draws it
         **profiler_reports(trainer),
         # seconds from the launch (a sweep's start of this trial, or this process's start) to each phase's end
@@ -193,13 +200,14 @@ def resume_latest(argv: list[str]) -> list[str]:
         return argv
     others = [a for a in args if a.lower() != "resume=latest"]
     root = Path(next((a.split("=", 1)[1] for a in others if a.startswith("paths.log_dir=")), "outputs"))
+    from nnlab import commands
     from nnlab.runs import latest_to_resume
 
     found = latest_to_resume(root, others)
     if found is None:
         sys.exit(
             f"Error: resume=latest: no stopped or killed run of this command under {root} (python -m nnlab.runs "
-            f"--root {root} lists runs and their states); leave out resume=latest to start a new run"
+            f"--root {commands.path(root)} lists runs and their states); leave out resume=latest to start a new run"
         )
     print(f"resume=latest: continuing the {found.state} run in {found.dir} (started {found.when})", file=sys.stderr)
     return [argv[0], *others, "resume=true", f"hydra.run.dir={found.dir}"]

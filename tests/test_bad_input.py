@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,15 @@ def files(run_dir):
 def mlp_run(tmp_path_factory, mnist_dir):
     run_dir = tmp_path_factory.mktemp("mlp")
     train("model=mlp", "trainer.max_epochs=2", "logger=csv", *run_args(run_dir, mnist_dir))
+    return run_dir
+
+
+@pytest.fixture
+def killed_run(mlp_run, tmp_path):
+    """mlp_run as a run killed after its last checkpoint, before it was tested: no metrics.json, so it resumes."""
+    run_dir = tmp_path / "killed"
+    shutil.copytree(mlp_run, run_dir)
+    (run_dir / "metrics.json").unlink()
     return run_dir
 
 
@@ -87,18 +97,29 @@ def test_a_new_run_into_a_finished_runs_directory_is_refused(mlp_run, mnist_dir)
     assert files(mlp_run) == before
 
 
-def test_resuming_with_another_model_is_refused_before_anything_is_written(mlp_run, mnist_dir):
-    before = files(mlp_run)
-    proc = train("model=cnn", "resume=true", "logger=csv", *run_args(mlp_run, mnist_dir), check=False)
+def test_resuming_with_another_model_is_refused_before_anything_is_written(killed_run, mnist_dir):
+    before = files(killed_run)
+    proc = train("model=cnn", "resume=true", "logger=csv", *run_args(killed_run, mnist_dir), check=False)
     one_line_error(proc, "model.net: 'mlp' in the run, 'cnn' now", "model=mlp")
-    assert files(mlp_run) == before  # config.yaml, run.json, .hydra/ and train.log as they were
+    assert files(killed_run) == before  # config.yaml, run.json, .hydra/ and train.log as they were
 
 
-def test_resuming_a_scheduled_run_with_other_epochs_is_refused(mlp_run, mnist_dir):
+def test_resuming_a_scheduled_run_with_other_epochs_is_refused(killed_run, mnist_dir):
     proc = train(
-        "model=mlp", "trainer.max_epochs=5", "resume=true", "logger=csv", *run_args(mlp_run, mnist_dir), check=False
+        "model=mlp", "trainer.max_epochs=5", "resume=true", "logger=csv", *run_args(killed_run, mnist_dir), check=False
     )
     one_line_error(proc, "trainer.max_epochs: 2 in the run, 5 now")
+
+
+@pytest.mark.parametrize("more", [[], ["model=cnn"], ["trainer.max_epochs=5"]])
+def test_resuming_a_finished_run_says_so_and_leaves_every_file_as_it_is(more, mlp_run, mnist_dir):
+    """The printed resume line run twice, or with other settings: the run is complete, nothing is tested again."""
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in mlp_run.rglob("*") if p.is_file()}
+    proc = train("model=mlp", "resume=true", "logger=csv", *run_args(mlp_run, mnist_dir), *more, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{mlp_run} holds a complete run: nothing to resume. Its metrics: {mlp_run / 'metrics.json'}" in proc.stdout
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in mlp_run.rglob("*") if p.is_file()} == before
+    assert "config" not in proc.stdout.split("complete run")[0]  # no config tree, no training
 
 
 def test_resume_without_its_directory_says_which(tmp_path, mnist_dir):
@@ -175,9 +196,8 @@ class Gadget:  # pickled into a "checkpoint" that weights_only refuses
 
 
 @pytest.mark.parametrize("how", ["truncate", "empty", "random", "pickle_header", "pickle"])
-def test_a_damaged_checkpoint_is_named_in_evaluation_predict_and_resume(how, mlp_run, mnist_dir, tmp_path):
-    run_dir = tmp_path / "run"
-    shutil.copytree(mlp_run, run_dir)
+def test_a_damaged_checkpoint_is_named_in_evaluation_predict_and_resume(how, killed_run, mnist_dir, tmp_path):
+    run_dir = killed_run
     last = run_dir / "checkpoints" / "last.ckpt"
     if how == "pickle":
         torch.save({"state_dict": {}, "hyper_parameters": {}, "gadget": Gadget()}, last)
@@ -216,9 +236,11 @@ def test_a_damaged_checkpoint_is_named_in_evaluation_predict_and_resume(how, mlp
     assert after.pop("train.log").startswith(before.pop("train.log"))  # the failed attempt appended to its log
     assert after == before
     command = line.split("continue from it with ", 1)[1].split(" (details:")[0]
-    assert command.startswith("python train.py ") and f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}" in command
+    args = shlex.split(command)
+    assert args[:2] == ["python", str(ROOT / "train.py")]
+    assert f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}" in args
     if how == "truncate":  # the command it gives works (the same command whatever the damage)
-        train(*command.split()[2:])
+        train(*args[2:])
         assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
 
 

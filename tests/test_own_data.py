@@ -1,5 +1,6 @@
 """Your own data, no code: image folders and text tables, written here in the real on-disk formats."""
 
+import itertools
 import json
 import logging
 import os
@@ -68,8 +69,9 @@ def test_image_folder_is_decoded_once_split_per_class_and_normalised(tmp_path, c
         dm = images(root, tmp_path)
     assert dm.class_names == ("class_0", "class_1", "class_2")
     sizes = {s: len(dm.data[s][1]) for s in ("train", "val", "test")}
-    assert sizes == {"train": 72, "val": 9, "test": 9}  # 3 of each class each; the broken file skipped
-    assert [dm.data[s][1].bincount().tolist() for s in ("val", "test")] == [[3, 3, 3], [3, 3, 3]]
+    assert sum(sizes.values()) == 90 and min(sizes["val"], sizes["test"]) >= 4  # the broken file skipped
+    assert dm.data["train"][1].bincount().min() >= 15  # each split by a hash of the path: about a tenth each
+    assert dm.split["counts"] == sizes and "hash of each image's path (data.split_seed=0)" in dm.split["by"]
     x, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert dm.data["train"][0].dtype == torch.uint8 and x.shape == (8, 3, 16, 16) and x.dtype == torch.float32
     whole = dm.on_after_batch_transfer((dm.data["train"][0], dm.data["train"][1]), 0)[0]
@@ -109,7 +111,61 @@ def test_train_val_test_folders_are_used_as_given(tmp_path):
     root = make_image_folder(tmp_path / "imgs", per_class=12, splits=True)
     dm = images(root, tmp_path)
     assert len(dm.data["test"][1]) == 3 * 4  # test/ as it is
-    assert all(p.startswith("train/") for p in dm.paths["val"]) and len(dm.data["val"][1]) == 3  # val from train/
+    assert all(p.startswith("train/") for p in dm.paths["val"]) and len(dm.data["val"][1]) >= 1  # val from train/
+    assert dm.split["by"].startswith("test/ as given; val carved from training")
+
+
+def where_each_is(paths: dict) -> dict:
+    """{file: its split} from a data module's `paths` (or `texts`) per split."""
+    return {item: split for split, items in paths.items() for item in items}
+
+
+def test_adding_or_removing_images_moves_only_those_images(tmp_path):
+    """Each image's split depends on its path alone: a grown folder keeps every old test image out of training."""
+    from PIL import Image
+
+    root = make_image_folder(tmp_path / "imgs", per_class=40)
+    before = where_each_is(images(root, tmp_path).paths)
+    for i in range(25):  # new images in a class; others removed
+        Image.new("RGB", (32, 32), (i * 9, 200, 30)).save(root / "class_1" / f"new{i}.png")
+    removed = sorted((root / "class_2").glob("img*.png"))[:6]
+    for path in removed:
+        path.unlink()
+    grown = images(root, tmp_path)
+    after = where_each_is(grown.paths)
+    kept = set(before) - {f"class_2/{p.name}" for p in removed}
+    assert {f: after[f] for f in kept} == {f: before[f] for f in kept}  # nothing that stayed moved
+    assert {f"class_1/new{i}.png" for i in range(25)} <= set(after) and not set(after) - kept - {
+        f"class_1/new{i}.png" for i in range(25)
+    }
+    assert (
+        grown.split["digest"]
+        != images(make_image_folder(tmp_path / "as_before", per_class=40), tmp_path).split["digest"]
+    )
+    other_seed = where_each_is(images(root, tmp_path, split_seed=1).paths)
+    assert other_seed != after  # data.split_seed draws another split
+
+
+def test_adding_rows_to_a_table_moves_only_those_rows_and_equal_rows_share_a_split(tmp_path):
+    from tokenizers import Tokenizer
+
+    def rows(dm) -> dict:  # {split: the texts, read back through the vocabulary (every word is in it)}
+        tokenizer = Tokenizer.from_str(dm.cache["tokenizer"])
+        offsets = {s: dm.cache[s]["offsets"].tolist() for s in ("train", "val", "test")}
+        return {s: [tokenizer.decode(dm.cache[s]["ids"][a:b].tolist()) for a, b in itertools.pairwise(o)]
+                for s, o in offsets.items()}  # fmt: skip
+
+    path = make_text_table(tmp_path / "t.csv", rows=90)
+    before = where_each_is(rows(texts(path, tmp_path, vocab_size=1000)))
+    with open(path, "a", encoding="utf-8") as f:
+        f.writelines(f"Text {i}: a wonderful moving film,good\n" for i in range(90, 120))
+        f.writelines(["Twice the same row,bad\n"] * 2)
+    after = rows(texts(path, tmp_path, vocab_size=1000))
+    placed = where_each_is(after)
+    assert sum(map(len, after.values())) == 122
+    assert {t: placed[t] for t in before} == before  # no row that was there moved
+    twice = [s for s, texts_ in after.items() for t in texts_ if t == "twice the same row"]
+    assert len(twice) == 2 and twice[0] == twice[1]  # equal rows: one split, never one in training and one tested
 
 
 @pytest.mark.parametrize(
@@ -152,7 +208,7 @@ def test_mixed_sizes_and_modes_are_converted_and_grey_images_become_one_channel(
     assert dm.data["train"][0].shape[1:] == (1, 16, 16)
     from nnlab.data.images import load_image
 
-    pixels, problem, converted, resized = load_image(root / "class_1" / "transparent.png", 3, 16, "crop")
+    pixels, problem, converted, resized, _ = load_image(root / "class_1" / "transparent.png", 3, 16, "crop")
     assert problem is None and converted and resized and pixels.min() == 255  # transparent is white, not black
 
 
@@ -162,7 +218,8 @@ def test_text_tables_in_every_format_give_the_same_splits_and_classes(tmp_path, 
     path = make_text_table(tmp_path / f"reviews.{fmt}", rows=60, fmt=fmt)
     dm = texts(path, tmp_path)
     assert dm.class_names == ("bad", "good", "meh")
-    assert {s: len(dm.labels[s]) for s in ("train", "val", "test")} == {"train": 48, "val": 6, "test": 6}
+    # each row placed by a hash of its text: the same split whatever the format
+    assert {s: len(dm.labels[s]) for s in ("train", "val", "test")} == {"train": 48, "val": 4, "test": 8}
     (tokens, lengths), y = next(iter(dm.train_dataloader()))
     assert tokens.dtype == torch.int64 and lengths.max() <= 32 and len(y) == 8
     assert dm.preprocessing()["class_names"] == ["bad", "good", "meh"]
@@ -294,7 +351,8 @@ def test_lstm_trains_on_a_text_table_and_predicts_from_the_checkpoint_alone(tmp_
         *run_args(run, table),
     )
     rows = (run / "test_samples.csv").read_text().splitlines()
-    assert rows[0] == "text,label,prediction,confidence,correct" and len(rows) == 1 + 9
+    tested = json.loads((run / "run.json").read_text())["split"]["counts"]["test"]
+    assert rows[0] == "text,label,prediction,confidence,correct" and len(rows) == 1 + tested
     table.unlink()
     out = predict(run / "checkpoints" / "best.ckpt", "a dull boring mess", "great acting").stdout.splitlines()
     assert len(out) == 2 and all(line.split()[0] in ("bad", "good", "meh") for line in out)

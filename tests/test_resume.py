@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from tests.helpers import train
+from tests.helpers import ROOT, train
 from tests.test_train import TINY, TINY_SPEECH, TINY_TEXT, stop_in_second_epoch
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_a_stop_mid_epoch_then_resume_is_exact(model, sig, straight, tmp_path, r
     assert proc.returncode == 128 + getattr(signal, sig), proc.stderr[-3000:]
     name = "Ctrl-C" if sig == "SIGINT" else sig
     assert f"{name} received: training stopped at epoch 1, step {step}" in proc.stdout
-    assert f"continue with: python train.py model={model}" in proc.stdout and "Traceback" not in proc.stderr
+    assert f"continue with: python {ROOT / 'train.py'} model={model}" in proc.stdout and "Traceback" not in proc.stderr
     assert "Interrupted before training started" not in proc.stderr
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == step and len(checkpoint["rng_states"]) == 1

@@ -153,6 +153,34 @@ def test_predict_refuses_binary_files_counts_bad_lines_and_never_prints_control_
     assert len(out) == 3 and "\x1b" not in proc.stdout and "\x07" not in proc.stdout and "\ufffd" in out[1]
 
 
+def test_predict_reads_a_file_with_a_byte_order_mark_and_options_anywhere(lstm_run, tmp_path):
+    ckpt = lstm_run / "checkpoints" / "best.ckpt"
+    plain = predict(ckpt, "--file", write(tmp_path / "plain.txt", b"great acting\nawful acting\n")).stdout
+    for name, data in (
+        ("utf8-bom.txt", b"\xef\xbb\xbfgreat acting\nawful acting\n"),  # Notepad's UTF-8
+        ("utf16.txt", "\ufeffgreat acting\r\nawful acting\r\n".encode("utf-16-le")),  # Notepad's "Unicode"
+    ):
+        proc = predict(ckpt, "--file", write(tmp_path / name, data))
+        assert proc.stdout == plain and "\ufeff" not in proc.stdout and not proc.stderr.strip(), name
+    # options before, between and after the inputs
+    one = predict("--top", "2", ckpt, "great acting", "awful acting").stdout
+    assert predict(ckpt, "great acting", "--top", "2", "awful acting").stdout == one
+    assert predict(ckpt, "great acting", "awful acting", "--top", "2").stdout == one
+
+
+def test_predict_help_answers_without_loading_torch():
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONPROFILEIMPORTTIME": "1"}
+    proc = subprocess.run([sys.executable, "-m", "nnlab.predict", "--help"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and "--top" in proc.stdout
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"torch", "lightning", "numpy"}  # what took 12 s
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
 def test_predict_says_a_path_is_a_path_and_checks_top(lstm_run, tmp_path):
     ckpt = lstm_run / "checkpoints" / "best.ckpt"
     reviews = tmp_path / "reviews.txt"

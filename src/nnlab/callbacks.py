@@ -14,6 +14,18 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from nnlab.atomic import atomic_open
 
 
+def survive(what: str, draw, *args):
+    """Run `draw` (a report, a picture); if it fails, say so in one line (the traceback in train.log) and go on: the
+    run's metrics and checkpoints matter more than a picture of them."""
+    import logging
+
+    try:
+        draw(*args)
+    except Exception as e:  # any failure of a picture
+        logging.getLogger("nnlab").warning(f"{what} could not be written ({type(e).__name__}: {e}); the run goes on")
+        logging.getLogger("nnlab.details").warning(f"{what} failed", exc_info=True)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary file beside it, fsyncs, then renames over the old one.
 
@@ -142,6 +154,10 @@ class TestReport(L.Callback):
         pl_module.test_confusion.reset()
         if not trainer.is_global_zero:
             return
+        # A report that cannot be drawn must not lose the test's metrics (metrics.json is written after this).
+        survive("the test report (confusion_matrix.png, the test samples)", self.report, trainer, pl_module, confusion)
+
+    def report(self, trainer, pl_module, confusion):
         import matplotlib
 
         matplotlib.use("Agg")
@@ -246,11 +262,11 @@ class LearningCurves(L.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         self.fitted = list(self.history)
-        self.draw(trainer)
+        survive("curves.png", self.draw, trainer)
 
     def on_exception(self, trainer, pl_module, exception):
         if trainer.training:
-            self.draw(trainer)
+            survive("curves.png", self.draw, trainer)
 
     def best_epoch(self, trainer) -> int | None:
         """The epoch whose validation the best checkpoint chose (its monitor and mode), if it is in the history."""
@@ -265,36 +281,49 @@ class LearningCurves(L.Callback):
     def draw(self, trainer):
         if not trainer.is_global_zero or not self.history:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
 
-        best = self.best_epoch(trainer)
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-        for ax, kind in zip(axes[:2], ("loss", "acc")):
-            for split, style in (("train", "o-"), ("val", "s-")):
-                rows = [r for r in self.history if f"{split}/{kind}" in r]
-                if rows:
-                    ax.plot([r["epoch"] for r in rows], [r[f"{split}/{kind}"] for r in rows], style, ms=3, label=split)
-            ax.set(xlabel="epoch", title={"loss": "loss", "acc": "accuracy"}[kind])
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if best is not None:
-            for ax in axes[:2]:
-                ax.axvline(best, color="grey", ls="--", lw=1, label=f"best (epoch {best})")
-        for ax in axes[:2]:
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        rates = [r for r in self.rates if r[1] is not None]
-        if rates:
-            axes[2].plot([r[0] for r in rates], [r[1] for r in rates], ".-" if len(rates) < 60 else "-", lw=1.2, ms=3)
-        axes[2].set(xlabel="optimizer step", title="learning rate")
-        axes[2].grid(alpha=0.3)
-        fig.tight_layout()
+        fig = curves_figure(self.history, self.rates, self.best_epoch(trainer))
         with atomic_open(self.out_dir / "curves.png") as f:
             fig.savefig(f, format="png", dpi=100)
         plt.close(fig)
+
+
+def curves_figure(history: list[dict], rates: list[tuple], best: int | None):
+    """Loss and accuracy per epoch (training and validation; the best epoch marked) and the learning rate per
+    optimizer step, as curves.png shows them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    last = max(r["epoch"] for r in history)
+    for ax, kind in zip(axes[:2], ("loss", "acc")):
+        for split, style in (("train", "o-"), ("val", "s-")):
+            rows = [r for r in history if f"{split}/{kind}" in r]
+            if rows:
+                ax.plot([r["epoch"] for r in rows], [r[f"{split}/{kind}"] for r in rows], style, ms=3, label=split)
+        ax.set(xlabel="epoch", title={"loss": "loss", "acc": "accuracy"}[kind])
+        if last <= 12:  # every epoch a tick (one epoch alone got ticks at 0.96, 0.98, ... from the locator)
+            ax.set_xticks(range(1, last + 1))
+            ax.set_xlim(0.5, last + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if best is not None:
+        for ax in axes[:2]:
+            ax.axvline(best, color="grey", ls="--", lw=1, label=f"best (epoch {best})")
+    for ax in axes[:2]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    rates = [r for r in rates if r[1] is not None]
+    if rates:
+        axes[2].plot([r[0] for r in rates], [r[1] for r in rates], ".-" if len(rates) < 60 else "-", lw=1.2, ms=3)
+    axes[2].set(xlabel="optimizer step", title="learning rate")
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def confusion_figure(plt, confusion: torch.Tensor, names: list[str]):
@@ -509,6 +538,9 @@ def controls_report(trainer, callbacks: list, fitted: dict) -> dict:
         if stopped:
             rank_zero_info(f"early stopping: stopped after epoch {stopper.stopped_epoch + 1} of {trainer.max_epochs}: "
                            f"{stopper.stopping_reason_message}")  # fmt: skip
+    if stopped := stopped_early(trainer):
+        report["stopped_early"] = stopped
+        rank_zero_info(f"training stopped early: {stopped['why']}")
     if trainer.overfit_batches and "train/acc" in fitted:
         acc = fitted["train/acc"]
         report["overfit_check"] = {"batches": trainer.overfit_batches, "train/acc": acc, "passed": acc >= 0.99}
@@ -516,6 +548,28 @@ def controls_report(trainer, callbacks: list, fitted: dict) -> dict:
         rank_zero_info(f"overfit check: training accuracy {acc:.4f} on {trainer.overfit_batches} batch(es) after "
                        f"{trainer.current_epoch} epochs: {verdict}")  # fmt: skip
     return report
+
+
+def stopped_early(trainer) -> dict | None:
+    """Why fit ended before trainer.max_epochs, when a limit other than a signal ended it: the time limit
+    (trainer.max_time), early stopping, trainer.max_steps; None when it trained every epoch."""
+    from lightning.pytorch.callbacks import Timer
+
+    epochs, step, planned = trainer.current_epoch, trainer.global_step, trainer.max_epochs
+    if planned not in (None, -1) and epochs >= planned:
+        return None
+    at = f"after {epochs} of {planned if planned not in (None, -1) else 'unlimited'} epochs, at step {step}"
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    stopper = trainer.early_stopping_callback
+    if timer is not None and (left := timer.time_remaining()) is not None and left <= 0:
+        by, why = "max_time", f"the time limit, trainer.max_time ({timer.time_elapsed() - left:.0f} s of training)"
+    elif stopper is not None and stopper.stopped_epoch > 0:
+        by, why = "early_stopping", f"early stopping ({stopper.monitor} stopped improving)"
+    elif trainer.max_steps not in (None, -1) and step >= trainer.max_steps:
+        by, why = "max_steps", f"trainer.max_steps={trainer.max_steps}"
+    else:
+        return None
+    return {"by": by, "epoch": epochs, "step": step, "why": f"{why}, {at}"}
 
 
 def profiler_reports(trainer) -> dict:

@@ -145,3 +145,66 @@ class RandomState(L.Callback):
             )
         else:
             set_rng_state(states[trainer.global_rank])
+
+
+def data_classes(datamodule) -> list[str] | None:
+    """The class names a data module gives, before its data is set up (None where it cannot say)."""
+    if hasattr(datamodule, "class_names_found"):
+        return [str(c) for c in datamodule.class_names_found()]
+    names = getattr(datamodule, "class_names", None)
+    return [str(c) for c in names] if names is not None else None
+
+
+def input_shape(datamodule) -> dict:
+    """What a data module's inputs are, in the terms of a checkpoint's preprocessing record: channels and size of an
+    image, sample rate and samples of a clip."""
+    hp = getattr(datamodule, "hparams", {})
+    shape = {k: hp[k] for k in ("channels", "image_size", "sample_rate") if k in hp}
+    if hasattr(datamodule, "samples"):
+        shape["samples"] = datamodule.samples
+    return shape
+
+
+def describe_shape(shape: dict) -> str:
+    if "channels" in shape or "image_size" in shape:
+        side = shape.get("image_size", "?")
+        return f"{shape.get('channels', '?')}-channel {side}x{side} images"
+    if "sample_rate" in shape:
+        return f"clips of {shape.get('samples', '?')} samples at {shape['sample_rate']} Hz"
+    return ", ".join(f"{k}={v}" for k, v in shape.items())
+
+
+def classes_text(names: list) -> str:
+    shown = ", ".join(map(str, names[:6])) + (", ..." if len(names) > 6 else "")
+    return f"{len(names)} classes ({shown})"
+
+
+def check_fits_data(checkpoint: dict, path, datamodule, data: str):
+    """A checkpoint tested on data (train=false) must read that data's inputs and classify its classes: channels and
+    size of images, sample rate and length of clips, the number and the names of the classes, in order. Otherwise a
+    CheckpointError in one line names both sides (the test would crash at its first batch, or score the wrong
+    classes). A text checkpoint reads the texts with its own vocabulary (the data module's `vocabulary`), so its token
+    ids mean what they meant in training."""
+    recorded = checkpoint.get("preprocessing") or {}
+    arch = checkpoint["hyper_parameters"].get("arch", {})
+    trained = {k: recorded[k] for k in ("channels", "image_size", "sample_rate", "samples") if k in recorded}
+    if not trained:  # written before checkpoints recorded their preprocessing
+        trained = {k: arch[a] for k, a in (("channels", "in_channels"), ("image_size", "image_size")) if a in arch}
+    given = input_shape(datamodule)
+    if differ := [k for k in trained if k in given and trained[k] != given[k]]:
+        keys = " ".join(f"data.{k}={trained[k]}" for k in differ if k != "samples")
+        raise CheckpointError(
+            f"checkpoint {path} reads {describe_shape(trained)}; data={data} gives {describe_shape(given)}"
+            + (f": test it with {keys}" if keys else ": test it on clips of its length")
+        )
+    names = data_classes(datamodule)
+    if names is None:
+        return
+    outputs = max(int(arch.get("num_classes", len(names))), 2)
+    known = [str(c) for c in recorded.get("class_names") or []]
+    if len(names) != outputs or (known and known != names):
+        mine = classes_text(known) if known else f"{outputs} classes"
+        raise CheckpointError(
+            f"checkpoint {path} classifies {mine}; data={data} holds {classes_text(names)}: test it on data of the "
+            "same classes, in the same order"
+        )

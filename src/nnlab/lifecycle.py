@@ -20,9 +20,9 @@ import json
 import logging
 import os
 import platform
-import shlex
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -48,15 +48,16 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E40
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 
-from nnlab import timeline  # noqa: E402
-from nnlab.atomic import atomic_open  # noqa: E402
-from nnlab.checkpoint import RESUME_KEYS, model_from_checkpoint, read_checkpoint  # noqa: E402
+from nnlab import commands, timeline  # noqa: E402
+from nnlab.atomic import LinkError, append_no_follow, atomic_open, open_no_follow, refuse_links_in  # noqa: E402
+from nnlab.checkpoint import RESUME_KEYS, check_fits_data, model_from_checkpoint, read_checkpoint  # noqa: E402
 from nnlab.cpu import cpu_has_bf16, cpu_name  # noqa: E402
 from nnlab.errors import CheckpointError, ConfigError, UserError  # noqa: E402
 from nnlab.module import check_model_settings  # noqa: E402
 from nnlab.preemption import SignalStop, Stopped, in_slurm_batch_job, job_id, requeue_job, requeue_signal  # noqa: E402
 
 log = logging.getLogger("nnlab")
+DETAILS = "nnlab.details"  # a logger whose records (the tracebacks behind warnings) go to train.log, not the screen
 # Lightning's lines that are advertisements or internals, not information about this run.
 QUIET_LIGHTNING = (
     "💡 Tip:",
@@ -113,11 +114,10 @@ def count_agent_start(out: Path, restarts: int):
 
 
 def shell_command(extra: list[str] = (), drop: tuple[str, ...] = ()) -> str:
-    """This command as the user would type it again, without the overrides that start with `drop`, plus `extra`."""
+    """This command as the user would type it again, without the overrides that start with `drop`, plus `extra`
+    (made with nnlab.commands.override): it runs when pasted into a shell in the folder it was started from."""
     args = [a for a in sys.argv[1:] if not a.lstrip("+~").startswith(drop)]
-    return shlex.join(
-        ["python", Path(sys.argv[0]).name if sys.argv[0].endswith("train.py") else sys.argv[0], *args, *extra]
-    )
+    return commands.line(["python", sys.argv[0], *args, *extra])
 
 
 def tasks_on_this_node() -> int:
@@ -188,13 +188,25 @@ class RunLock:
         self.path = Path(out) / ".lock"
         self.fd: int | None = None
 
-    def acquire(self):
+    def acquire(self, wait: bool = False):
+        """Take the lock, or a ConfigError naming its holder; with `wait`, wait for the holder to end instead (a
+        sweep's trial taken over from a killed sweep, whose run may still be winding down)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = self._holder(fd)
+            if wait:
+                log.warning(
+                    f"run directory {self.path.parent} is still held by process {holder.get('pid')} on "
+                    f"{holder.get('host')}: waiting for it to end"
+                )
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if not self.still_the_file(fd):  # the holder removed the file as it ended: take the lock anew
+                    os.close(fd)
+                    return self.acquire(wait)
+                return self.acquire_held(fd)
             os.close(fd)
             who = (
                 (
@@ -208,6 +220,9 @@ class RunLock:
                 f"run directory {self.path.parent} is in use by {who}. Wait for that run to end, or "
                 "give this one its own directory (leave out hydra.run.dir for a new one)"
             ) from None
+        self.acquire_held(fd)
+
+    def acquire_held(self, fd: int):
         if holder := self._holder(fd):
             log.warning(
                 f"run directory {self.path.parent} was held by process {holder.get('pid')} on "
@@ -222,6 +237,12 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         self.fd = fd
+
+    def still_the_file(self, fd: int) -> bool:
+        try:
+            return os.fstat(fd).st_ino == os.lstat(self.path).st_ino
+        except FileNotFoundError:
+            return False
 
     @staticmethod
     def _holder(fd) -> dict:
@@ -244,7 +265,7 @@ RESUMABLE_DIFFERENCES = (
 
 
 # What sets the number of training steps, over which a learning-rate schedule runs.
-SCHEDULE_LENGTH = ("max_epochs", "max_steps", "limit_train_batches", "accumulate_grad_batches")
+SCHEDULE_LENGTH = ("max_epochs", "max_steps", "max_time", "limit_train_batches", "accumulate_grad_batches")
 
 
 def differences(recorded, now, prefix="") -> list[str]:
@@ -281,7 +302,7 @@ def check_same_run(out: Path, cfg: DictConfig):
     diff.sort(key=lambda d: d.split(":")[0].count("."))  # model.net before model.arch.conv
     if diff:
         original = out / ".hydra" / "overrides.yaml"
-        overrides = " ".join(OmegaConf.load(original)) if original.is_file() else "(not recorded)"
+        overrides = commands.line(OmegaConf.load(original)) if original.is_file() else "(not recorded)"
         raise ConfigError(
             f"resume=true: this command does not train what the run in {out} trained ("
             f"{'; '.join(diff[:6])}{'; ...' if len(diff) > 6 else ''}). Resume it with its own "
@@ -289,16 +310,59 @@ def check_same_run(out: Path, cfg: DictConfig):
         )
 
 
-def check_own_directory(out: Path):
-    """A new run never writes over another run's checkpoints and metrics."""
+# What a new run's directory may hold before the run writes anything: its lock, what the other ranks of a torchrun or
+# srun start write as they start beside rank 0, and a sweep trial's console.log (the trial launcher's).
+OWN_AT_START = (".lock", ".torchrun")
+RUN_FILES = ("run.json", "metrics.json", "checkpoints")  # a folder holding one of these holds a run
+
+
+def check_own_directory(out: Path, sweep_trial: bool):
+    """A new run starts only in a new or empty folder: it never writes over another run's files, or the user's."""
     held = [
-        p.name for p in (out / "metrics.json", out / "checkpoints") if p.is_file() or (p.is_dir() and any(p.iterdir()))
+        name for name in RUN_FILES if (out / name).is_file() or ((out / name).is_dir() and any((out / name).iterdir()))
     ]
     if held:
         raise ConfigError(
             f"{out} already holds a run ({', '.join(held)}): continue it with resume=true, or give this "
             "run its own directory (leave out hydra.run.dir for a new one)"
         )
+    mine = (*OWN_AT_START, "console.log") if sweep_trial else OWN_AT_START
+    others = sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in out.iterdir()
+        if p.name not in mine and not (p.name.startswith("train.rank") and p.name.endswith(".log"))
+    )
+    if others:
+        raise ConfigError(
+            f"{out} is not empty ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}): a run starts only in "
+            "a new or empty folder, so it never writes over files there. Give hydra.run.dir a new folder, or leave "
+            "it out for a new one under paths.log_dir"
+        )
+
+
+def complete_run(out: Path) -> Path | None:
+    """The metrics.json of a run that finished (it is written last), if the directory holds one."""
+    metrics = out / "metrics.json"
+    return metrics if metrics.is_file() and not metrics.is_symlink() else None
+
+
+class Complete(Exception):
+    """resume=true (or a restart) on a run that finished: nothing is done, and nothing is written."""
+
+
+def shared_root(out: Path, log_dir: Path) -> Path | None:
+    """The first folder from the run directory's parent up to paths.log_dir that users other than its owner may write
+    to: another user could plant files or links under the predictable names of runs there."""
+    here, top = out.resolve().parent, log_dir.resolve()
+    while True:
+        try:
+            if here.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                return here
+        except OSError:
+            return None
+        if here == top or top not in here.parents:
+            return None
+        here = here.parent
 
 
 def latest_run(log_dir: Path) -> Path | None:
@@ -343,13 +407,31 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
             raise ConfigError(f"data.{key}={value}: a batch size is a whole number of samples, at least 1")
     if cfg.resume and not explicit_run_dir and not restarted and cfg.sweep.trial is None:
         latest = latest_run(Path(cfg.paths.log_dir))
-        hint = f" (the latest run here is {latest})" if latest else ""
+        hint = f" (the latest run here: {commands.path(commands.override('hydra.run.dir', latest))})" if latest else ""
         raise ConfigError(f"resume=true continues a run in its own directory: add hydra.run.dir=<run directory>{hint}")
+    for key in ("data_dir", "cache_dir", "log_dir"):  # a file where a folder is meant fails deep inside otherwise
+        where = Path(str(cfg.paths[key])).expanduser()
+        if where.exists() and not where.is_dir():
+            env = os.environ.get("NNLAB_DATA_DIR")
+            named = f"NNLAB_DATA_DIR={env} (paths.data_dir)" if key == "data_dir" and env else f"paths.{key}={where}"
+            raise ConfigError(
+                f"{named} is a file, not a folder: point it at the folder that holds the data sets "
+                f"(MNIST/, aclImdb/, ...)"
+                if key == "data_dir"
+                else f"{named} is a file, not a folder"
+            )
     if not cfg.train:
         if not cfg.ckpt_path:
             raise ConfigError("train=false tests a checkpoint: add ckpt_path=<path to a .ckpt file>")
         return
     t = cfg.trainer
+    endless = t.get("max_epochs") == -1 and t.get("max_steps", -1) in (-1, None) and not t.get("max_time")
+    if endless and cfg.model.get("scheduler", "none") != "none":
+        raise ConfigError(
+            f"model.scheduler={cfg.model.scheduler} runs over the whole training, but trainer.max_epochs=-1 with no "
+            "trainer.max_steps or trainer.max_time trains without end: give one of the three (the schedule then "
+            "spans it), or model.scheduler=none"
+        )
     if t.get("max_epochs") is not None and (t.max_epochs == 0 or t.max_epochs < -1):
         raise ConfigError(
             f"trainer.max_epochs={t.max_epochs} trains nothing: give at least 1 (to test a checkpoint "
@@ -509,21 +591,38 @@ def describe(batch) -> str:
 # ------------------------------------------------------------------------------------------------------ callbacks
 class RunRecord(L.Callback):
     """What the run is, in every checkpoint (the config groups it was composed from, so evaluating a checkpoint
-    needs no model=...), and in the loggers: the resolved config goes to them when the first training (or test)
-    step is about to run, so a run that fails while its data loads leaves no W&B run behind."""
+    needs no model=...; the data split and a fingerprint of every training sample, so a test on other data can say
+    how much of it the model trained on), and in the loggers: the resolved config goes to them when the first
+    training (or test) step is about to run, so a run that fails while its data loads leaves no W&B run behind.
 
-    def __init__(self, choices: dict, resolved: dict):
+    record_split: called once with the data's split record when the data is set up (run.json keeps it).
+    trained_on: for a test of a checkpoint (train=false), the fingerprints of what that checkpoint trained on."""
+
+    def __init__(self, choices: dict, resolved: dict, record_split=None, trained_on=None):
         self.choices, self.resolved, self.logged = choices, resolved, False
+        self.record_split, self.trained_on = record_split, trained_on
+        self.fingerprints = None  # of this run's training split, computed for the first checkpoint
+        self.overlap: dict | None = None  # test samples that are training samples: metrics.json's test_overlap
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        dm = trainer.datamodule
         checkpoint["nnlab"] = {
             "choices": self.choices,
             "run_id": self.resolved.get("run_id"),
             "data": self.resolved.get("data"),
         }
+        if (split := getattr(dm, "split", None)) is not None:
+            checkpoint["nnlab"]["split"] = split
+        if hasattr(dm, "fingerprints"):
+            if self.fingerprints is None:
+                self.fingerprints = dm.fingerprints("train")
+            checkpoint["nnlab"]["trained_on"] = self.fingerprints
 
     def _log_config(self, trainer):
         if not self.logged:
+            split = getattr(trainer.datamodule, "split", None)
+            if split is not None and self.record_split is not None:
+                self.record_split(split)
             for lg in trainer.loggers:
                 lg.log_hyperparams(self.resolved)  # opens the W&B run (nnlab.callbacks.WandbLogger)
             self.logged = True
@@ -533,6 +632,27 @@ class RunRecord(L.Callback):
 
     def on_test_start(self, trainer, pl_module):
         self._log_config(trainer)
+        dm = trainer.datamodule
+        if not hasattr(dm, "fingerprints"):
+            return
+        evaluating = self.trained_on is not None
+        trained = self.trained_on if evaluating else dm.fingerprints("train")
+        tested = dm.fingerprints("test")
+        seen = int(torch.isin(tested, trained.to(tested.device)).sum())
+        self.overlap = {"samples": seen, "of": len(tested)}
+        if seen and trainer.is_global_zero:
+            data = self.choices.get("data")
+            if evaluating:
+                log.warning(
+                    f"{seen} of {len(tested)} test samples of data={data} are samples the checkpoint trained on: its "
+                    "test accuracy here is partly on data it learnt (metrics.json: test_overlap)"
+                )
+            else:
+                log.warning(
+                    f"{seen} of {len(tested)} test samples of data={data} are identical to training samples "
+                    "(duplicates in the data): the test accuracy is partly on data the model learnt "
+                    "(metrics.json: test_overlap)"
+                )
 
 
 class EpochLog(L.Callback):
@@ -601,6 +721,34 @@ class WeightsDigest(L.Callback):
 WHERE_DATA_IS = ("data_dir", "cache_dir", "download", "workers")
 
 
+def shape_settings(preprocessing: dict) -> dict:
+    """The data settings that make inputs of the shape a checkpoint's preprocessing record describes."""
+    keys = {k: preprocessing[k] for k in ("channels", "image_size", "fit", "sample_rate") if k in preprocessing}
+    if "samples" in preprocessing and "sample_rate" in preprocessing:
+        keys["clip_seconds"] = preprocessing["samples"] / preprocessing["sample_rate"]
+    return keys
+
+
+class NoFollowFileHandler(logging.FileHandler):
+    """logging's FileHandler, opening its file with O_NOFOLLOW: a link planted as train.log is refused, not written
+    through."""
+
+    def _open(self):
+        return append_no_follow(self.baseFilename, self.encoding or "utf-8")
+
+
+def warn_more_processes_than_cores(cfg: DictConfig):
+    """DDP on the CPU with more processes than cores: each process gets a thread, and they slow each other down."""
+    devices, accelerator = cfg.trainer.get("devices"), str(cfg.trainer.get("accelerator"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    cores = len(os.sched_getaffinity(0))
+    if on_cpu and isinstance(devices, int) and devices > cores and env_rank() == 0:
+        log.warning(
+            f"trainer.devices={devices} starts {devices} training processes on the CPU, which has {cores} core(s) for "
+            f"this run: they share them and train slower than {cores} would (trainer.devices={cores}, or 1)"
+        )
+
+
 class Run:
     """One run of train.py: see the module's docstring. `execute(recipe)` calls `recipe(cfg, run)`."""
 
@@ -616,6 +764,7 @@ class Run:
         self.explicit_run_dir = any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra)
         self.lock, self.stop, self.log_file, self.loggers = RunLock(self.out), None, None, []
         self.threads = None
+        self.checkpoint: dict | None = None  # train=false: what the checkpoint records beside its weights
         self.described = False  # run.json written: this start is the run's record (a refused command never is)
         self.start = time.perf_counter()
         self.offline_why = offline_reason()  # now: opening an offline run sets WANDB_MODE itself
@@ -640,6 +789,8 @@ class Run:
             if isinstance(e, KeyboardInterrupt):
                 raise SystemExit(130) from None
             raise
+        except Complete as e:
+            return self.complete(Path(str(e)))
         except UserError as e:
             self.fail(e, one_line=not os.environ.get("HYDRA_FULL_ERROR"))
         except MissingMandatoryValue as e:  # a `???` in the config (data.path of your own data) left unset
@@ -661,15 +812,33 @@ class Run:
     def open(self):
         """Own the directory, check the command, open train.log: in this order, so a refused command writes nothing."""
         cfg = self.cfg
+        sweep_trial = cfg.get("sweep") is not None and cfg.sweep.trial is not None
         if self.rank_zero:
-            self.lock.acquire()
+            if self.out.is_symlink() and (sweep_trial or not self.explicit_run_dir):
+                raise LinkError(
+                    f"run directory {self.out} is a symbolic link (to {os.readlink(self.out)}), which "
+                    "nnlab did not make: remove it and run again"
+                )
+            # A sweep's trial taken over from a killed sweep waits for its run, which may still be stopping.
+            self.lock.acquire(wait=sweep_trial and self.resuming)
+            refuse_links_in(self.out, "run directory")
+        if self.resuming and (metrics := complete_run(self.out)):
+            raise Complete(metrics)
         check_settings(cfg, self.explicit_run_dir, self.restarts > 0)
         self.threads = set_cpu_threads(cfg)
-        if self.rank_zero and self.resuming:
+        if self.rank_zero and self.resuming and any((self.out / name).exists() for name in RUN_FILES):
             check_same_run(self.out, cfg)
-        elif self.rank_zero:
-            check_own_directory(self.out)
+        elif self.rank_zero:  # a new run, or resume=true in a folder that holds none: a new or empty folder only
+            check_own_directory(self.out, sweep_trial)
+            self.claim()
         self.attach_log_file()
+        if self.rank_zero and (shared := shared_root(self.out, Path(cfg.paths.log_dir))):
+            log.warning(
+                f"{shared} can be written by other users: one of them could plant files or links under the names of "
+                "runs there. nnlab refuses links it did not make, but keep runs in a folder only you can write to "
+                "(paths.log_dir)"
+            )
+        warn_more_processes_than_cores(cfg)
         count_agent_start(self.out, self.restarts)
         if self.restarts:  # a requeued job (ours, or SLURM's after a preemption or node failure) continues
             who = (
@@ -687,14 +856,37 @@ class Run:
         logging.getLogger("lightning").handlers.clear()  # its own console handler: every line twice otherwise
         for handler in logging.getLogger().handlers:
             handler.addFilter(quiet_lightning)
+            if not isinstance(handler, logging.FileHandler):
+                handler.addFilter(lambda record: record.name != DETAILS)  # tracebacks of warnings: train.log only
         check_launch(cfg)
         check_slurm(cfg)
 
+    def claim(self):
+        """Mark the directory as this run's before anything else is written there (train.log, a failure's end.json):
+        a first run.json, which describe() completes once the run is built."""
+        write_atomic(
+            self.out / "run.json",
+            json.dumps({"run_id": str(self.cfg.run_id), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "command": [sys.executable, *sys.argv], "host": socket.gethostname()}, indent=2),
+        )  # fmt: skip
+        self.described = True
+
+    def complete(self, metrics: Path):
+        """The run finished before: say so, and return the metric it recorded for a sweeper (nothing is written)."""
+        try:
+            recorded = json.loads(metrics.read_text())
+        except (OSError, ValueError):
+            recorded = {}
+        recorded = recorded if isinstance(recorded, dict) else {}
+        if self.rank_zero:
+            print(f"{self.out} holds a complete run: nothing to resume. Its metrics: {metrics}", flush=True)
+        return None if recorded.get("trial_state") == "pruned" else recorded.get(self.cfg.optimized_metric)
+
     def attach_log_file(self):
-        """train.log (rank 0; other ranks train.rank<N>.log), appended to across resumes."""
+        """train.log (rank 0; other ranks train.rank<N>.log), appended to across resumes, never through a link."""
         name = "train.log" if self.rank_zero else f"train.rank{env_rank()}.log"
         self.out.mkdir(parents=True, exist_ok=True)
-        self.log_file = logging.FileHandler(self.out / name)
+        self.log_file = NoFollowFileHandler(self.out / name)
         self.log_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         logging.getLogger().addHandler(self.log_file)
 
@@ -746,6 +938,7 @@ class Run:
             if not cfg.train:  # evaluate what the checkpoint holds
                 checkpoint = read_checkpoint(cfg.ckpt_path)
                 evaluated = model_from_checkpoint(checkpoint, cfg.ckpt_path)
+                self.checkpoint = {k: checkpoint.get(k) for k in ("hyper_parameters", "preprocessing", "nnlab")}
                 cfg.model = {"_target_": "nnlab.module.Classifier", **checkpoint["hyper_parameters"]}
                 recorded = checkpoint.get("nnlab", {}).get("data") or {}
                 trained_on = checkpoint.get("nnlab", {}).get("choices", {}).get("data")
@@ -755,6 +948,10 @@ class Run:
                         # .keys(): `in` on a DictConfig is False for a ??? value (data.path), which this fills in
                         known = key in cfg.data.keys()  # noqa: SIM118
                         if known and key not in WHERE_DATA_IS and f"data.{key}" not in given:
+                            cfg.data[key] = value
+                else:  # other data: read as the checkpoint's inputs were (1-channel 28x28 for an MNIST model)
+                    for key, value in shape_settings(checkpoint.get("preprocessing") or {}).items():
+                        if key in cfg.data.keys() and f"data.{key}" not in given:  # noqa: SIM118
                             cfg.data[key] = value
             elif cfg.data.get("num_classes", 0) is None:  # a data set that finds its classes (word or class folders)
                 cfg.data.num_classes = len(instantiate(cfg.data, _convert_="all").class_names_found())
@@ -777,6 +974,32 @@ class Run:
                 cfg.logger.wandb.tags = [*cfg.logger.wandb.tags, *tags]
         check_pairing(cfg, cfg.model.net)
         return cfg, evaluated
+
+    def preflight(self, datamodule):
+        """What can be checked before training, done before the config tree is shown, so that a failing run ends with
+        its error on a short screen: the data is found and readable (rank 0 prepares it now: downloads, decodes and
+        tokenises it into the cache fit reads), and a checkpoint to test (train=false) fits that data."""
+        data = HydraConfig.get().runtime.choices.get("data")
+        if self.checkpoint is not None and hasattr(datamodule, "vocabulary"):
+            datamodule.vocabulary = (self.checkpoint.get("preprocessing") or {}).get("tokenizer")
+        if self.rank_zero:
+            datamodule.prepare_data()
+        if self.checkpoint is not None:
+            check_fits_data(self.checkpoint, self.cfg.ckpt_path, datamodule, data)
+
+    @rank_zero_only
+    def record_split(self, split: dict):
+        """run.json records how the data was split (nnlab.data.split_record): the counts and a digest."""
+        try:
+            info = json.loads((self.out / "run.json").read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(info, dict):
+            write_atomic(self.out / "run.json", json.dumps({**info, "split": split}, indent=2))
+
+    def trained_on(self):
+        """train=false: the fingerprints of what the checkpoint trained on (None for checkpoints that have none)."""
+        return ((self.checkpoint or {}).get("nnlab") or {}).get("trained_on")
 
     def recorded_run_id(self) -> str | None:
         """The run id in run.json, so W&B continues the same run instead of starting a second one."""
@@ -820,7 +1043,7 @@ class Run:
                 state = read_checkpoint(best, RESUME_KEYS)
                 return (
                     f"best.ckpt (after epoch {state['epoch'] + 1}, step {state['global_step']}) is intact: "
-                    f"continue from it with {shell_command([f'ckpt_path={best}'], ('ckpt_path=',))}"
+                    f"continue from it with {shell_command([commands.override('ckpt_path', best)], ('ckpt_path=',))}"
                 )
             except CheckpointError:
                 pass
@@ -913,7 +1136,10 @@ class Run:
                     lg.experiment.mark_preempting()
                 lg.experiment.finish(exit_code=exit_code)
                 if offline:
-                    print(f"W&B is offline ({self.offline_why}); upload this run with: wandb sync {run_dir}")
+                    print(
+                        f"W&B is offline ({self.offline_why}); upload this run with: wandb sync "
+                        f"{commands.path(run_dir)}"
+                    )
 
     def end_stopped(self, trainer: L.Trainer):
         """Training stopped on a signal with its checkpoint written: close the W&B run as preempted, requeue the
@@ -925,7 +1151,9 @@ class Run:
             ""
             if requeue
             else "; continue with: "
-            + shell_command(["resume=true", f"hydra.run.dir={self.out}"], ("resume=", "hydra.run.dir="))
+            + shell_command(
+                ["resume=true", commands.override("hydra.run.dir", self.out)], ("resume=", "hydra.run.dir=")
+            )
         )
         name = "Ctrl-C" if stop.received == signal.SIGINT else stop.received.name
         self.record_end("stopped", signal=stop.received.name, epoch=trainer.current_epoch, step=trainer.global_step)

@@ -1,6 +1,7 @@
 """The LightningModule: one classifier over any network in nnlab.nets."""
 
 import inspect
+import math
 
 import lightning as L
 import torch
@@ -131,8 +132,32 @@ class Classifier(L.LightningModule):
         self.test_samples: dict[bool, list] = {True: [], False: []}
 
     def setup(self, stage):
+        if stage == "fit":
+            self.check_batches()
         if stage == "fit" and self.hparams.compile and not getattr(self.net, "_compiled_call_impl", None):
             self.net.compile()  # in place: parameter names unchanged
+
+    def check_batches(self):
+        """A network that normalises by batch statistics (BatchNorm) cannot train on a batch of one sample: say so
+        before training, rather than fail at the end of an epoch. (A lone last sample of an epoch joins the batch
+        before it: nnlab.data.batches.lone_last; what is left is a batch size of 1 or a training split of 1.)"""
+        if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.net.modules()):
+            return
+        loader = self.trainer.datamodule.train_dataloader() if self.trainer.datamodule is not None else None
+        smallest = loader.smallest() if hasattr(loader, "smallest") else 2
+        if smallest == 1:
+            batch = self.trainer.datamodule.hparams.get("batch_size")
+            why, fix = (
+                ("data.batch_size=1", "give data.batch_size=2 or more")
+                if batch == 1
+                else ("the training split holds 1 sample per process", "give it more samples")
+            )
+            if "batch_norm" in self.hparams.arch:
+                fix += ", or model.arch.batch_norm=false"
+            raise ConfigError(
+                f"model.net={self.hparams.net} normalises by batch statistics (BatchNorm), which needs 2 or more "
+                f"samples in every training batch, but {why}: {fix}"
+            )
 
     def forward(self, x):
         return self.reads.feed(self.net, x)  # the kind knows its batch: a tensor, or (tokens, lengths)
@@ -317,6 +342,9 @@ class Classifier(L.LightningModule):
         if hp.scheduler == "none":
             return optimizer
         total = self.trainer.estimated_stepping_batches
+        if (clock := time_used(self.trainer)) is not None:  # trainer.max_time: the schedule spans the time too
+            scheduler = OverTime(optimizer, hp.scheduler, total, clock, hp.warmup_pct, hp.anneal_to)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         if hp.scheduler == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=hp.anneal_to * hp.lr)
         else:  # onecycle
@@ -340,3 +368,61 @@ class Classifier(L.LightningModule):
                 optimizer, max_lr=hp.lr, total_steps=total, pct_start=warmup, div_factor=25, **end
             )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def time_used(trainer):
+    """With trainer.max_time: a function giving the share of it used so far (Lightning's Timer, which a resumed run
+    restores); else None."""
+    from lightning.pytorch.callbacks import Timer
+
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    if timer is None or timer.time_remaining() is None:
+        return None
+    return lambda: timer.time_elapsed() / max(timer.time_elapsed() + timer.time_remaining(), 1e-9)
+
+
+def cos_between(start: float, end: float, share: float) -> float:
+    """From start (share 0) to end (share 1) along half a cosine, as torch's schedules anneal."""
+    return end + (start - end) / 2 * (math.cos(math.pi * min(max(share, 0.0), 1.0)) + 1)
+
+
+class OverTime(torch.optim.lr_scheduler.LRScheduler):
+    """model.scheduler=cosine or onecycle in a run with a time limit (trainer.max_time). torch's schedules count
+    steps only, so one sized by trainer.max_epochs=1000000000 kept the rate at its warm-up floor, 1/25 of model.lr,
+    for a whole 20-second run. Here the schedule's position is the larger of the share of steps taken (of `total`,
+    what trainer.max_epochs and max_steps allow) and the share of the time limit used: it reaches its end when
+    training ends, whichever limit ends it. The shapes are torch's: cosine from model.lr to model.anneal_to x lr;
+    one-cycle up from lr/25 over warmup_pct, then down to anneal_to x lr (lr/250000 with 0), with the momentum (Adam's
+    first beta) cycled between 0.95 and 0.85 the other way."""
+
+    def __init__(self, optimizer, shape: str, total: float, clock, warmup: float, anneal_to: float):
+        self.shape, self.total, self.clock, self.warmup, self.anneal_to = shape, float(total), clock, warmup, anneal_to
+        self.position = 0.0
+        super().__init__(optimizer)
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in super().state_dict().items() if k != "clock"}  # primitives only: weights_only loads
+
+    def get_lr(self):
+        steps = self.last_epoch / self.total if math.isfinite(self.total) and self.total > 0 else 0.0
+        self.position = p = min(1.0, max(self.position, steps, self.clock()))
+        rates = []
+        for base, group in zip(self.base_lrs, self.optimizer.param_groups):
+            if self.shape == "cosine":
+                rates.append(cos_between(base, self.anneal_to * base, p))
+                continue
+            low = base / 25
+            end = self.anneal_to * base if self.anneal_to else low / 1e4
+            up = p < self.warmup
+            rates.append(cos_between(low, base, p / self.warmup) if up else
+                         cos_between(base, end, (p - self.warmup) / (1 - self.warmup)))  # fmt: skip
+            momentum = (
+                cos_between(0.95, 0.85, p / self.warmup)
+                if up
+                else cos_between(0.85, 0.95, (p - self.warmup) / (1 - self.warmup))
+            )
+            if "betas" in group:
+                group["betas"] = (momentum, *group["betas"][1:])
+            elif "momentum" in group:
+                group["momentum"] = momentum
+        return rates

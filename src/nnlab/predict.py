@@ -18,16 +18,16 @@ import sys
 import unicodedata
 from pathlib import Path
 
-import torch
-
-from nnlab.checkpoint import model_from_checkpoint, read_checkpoint
 from nnlab.errors import UserError
 from nnlab.kinds import PredictError, kind
-from nnlab.module import Classifier
+
+# torch and Lightning are imported where a checkpoint is read: --help and a mistyped option answer at once.
 
 
-def load(path) -> tuple[Classifier, dict]:
-    """The model (eval mode, CPU) and the preprocessing record of a checkpoint."""
+def load(path) -> tuple:
+    """The model (a Classifier, eval mode, CPU) and the preprocessing record of a checkpoint."""
+    from nnlab.checkpoint import model_from_checkpoint, read_checkpoint
+
     path = Path(path)
     checkpoint = read_checkpoint(path)
     preprocessing = checkpoint.get("preprocessing")
@@ -39,16 +39,18 @@ def load(path) -> tuple[Classifier, dict]:
     return model_from_checkpoint(checkpoint, path), preprocessing
 
 
-@torch.inference_mode()
-def predict(model: Classifier, preprocessing: dict, inputs: list[str], batch_size: int = 256) -> list:
+def predict(model, preprocessing: dict, inputs: list[str], batch_size: int = 256) -> list:
     """For each input (a text, or a file's path): (probabilities (windows, classes), each window's (start, end) in
     seconds or None), or the PredictError that says why it cannot be classified. The checkpoint's kind of data reads
     them."""
+    import torch
+
     try:
         reader = kind(preprocessing.get("kind"))
     except UserError as e:
         raise PredictError(f"this checkpoint reads {preprocessing.get('kind')!r} inputs: {e}") from None
-    return reader.predict(model, preprocessing, inputs, batch_size)
+    with torch.inference_mode():
+        return reader.predict(model, preprocessing, inputs, batch_size)
 
 
 def printable(text: str) -> str:
@@ -77,6 +79,7 @@ def read_inputs(args, takes_paths: bool) -> list[str]:
         if not path.exists() or path.is_dir():
             raise PredictError(f"--file {path} is not a file of texts, one per line")
         raw, name = path.read_bytes(), str(path)
+    raw = as_utf8(raw, name)
     if b"\0" in raw[:8192]:
         raise PredictError(
             f"--file {name} is a binary file (it holds NUL bytes), not text: give a UTF-8 text file "
@@ -100,6 +103,30 @@ def read_inputs(args, takes_paths: bool) -> list[str]:
     return lines
 
 
+# Byte-order marks: a text editor's UTF-8 file may start with one; UTF-16 and UTF-32 files (Windows' "Unicode")
+# always do. The mark is not part of the first line.
+BOMS = (
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+
+
+def as_utf8(raw: bytes, name: str) -> bytes:
+    """A file's bytes as UTF-8 without a byte-order mark (a UTF-16 or UTF-32 file with one is decoded)."""
+    for mark, encoding in BOMS:
+        if raw.startswith(mark):
+            try:
+                return raw[len(mark) :].decode(encoding).encode("utf-8")
+            except UnicodeDecodeError:
+                raise PredictError(
+                    f"--file {name} starts like a {encoding} file but is not one: save it as UTF-8"
+                ) from None
+    return raw
+
+
 def at_least_one(value: str) -> int:
     try:
         number = int(value)
@@ -121,14 +148,17 @@ def main(argv=None):
         metavar="input",
         help="texts to classify (a text model), or audio or image files, one per argument",
     )
-    parser.add_argument("--file", help="a UTF-8 file with one input per line (empty lines skipped); - for stdin")
+    parser.add_argument(
+        "--file",
+        help="a text file with one input per line (UTF-8, or UTF-16 with its mark; empty lines skipped); - for stdin",
+    )
     parser.add_argument(
         "--top",
         type=at_least_one,
         default=None,
         help="print the TOP most probable classes (default 1 for two classes, else 3)",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options before, between or after the inputs
     if bool(args.text) == (args.file is not None):
         parser.error("give texts as arguments or --file, one of the two")
     try:

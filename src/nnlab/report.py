@@ -10,6 +10,7 @@ import csv
 import html
 import logging
 import sys
+import urllib.parse
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,10 +46,24 @@ def study_from(sweep_dir: Path) -> optuna.Study:
     url = S.storage_url(storage, sweep_dir)
     if url.startswith("sqlite:") and not (sweep_dir / "study.db").is_file() and storage is None:
         raise FileNotFoundError(f"{sweep_dir} holds no study.db: give the directory of a sweep (outputs/sweeps/<name>)")
-    names = optuna.get_all_study_names(S.open_storage(url))
-    name = name or (names[0] if len(names) == 1 else None)
+    where = sweep_dir / "study.db" if storage is None else url
+    try:
+        names = optuna.get_all_study_names(S.open_storage(url, create=False))
+    except S.StudyGone as e:
+        raise FileNotFoundError(str(e)) from None
+    except Exception as e:  # noqa: BLE001  a damaged or foreign database: SQLAlchemy's and Optuna's errors are many
+        raise FileNotFoundError(f"{where} cannot be read as a study ({type(e).__name__}: {str(e)[:120]})") from None
+    if not names:
+        raise FileNotFoundError(
+            f"{where} holds no study: the sweep stopped before its study began. Run the sweep again to make one"
+        )
+    if name is None and len(names) > 1:
+        raise FileNotFoundError(
+            f"{where} holds {len(names)} studies ({', '.join(names)}) and no multirun.yaml names one of them"
+        )
+    name = name or names[0]
     if name not in names:
-        raise FileNotFoundError(f"{url} holds no study {name!r} (it holds {', '.join(names) or 'none'})")
+        raise FileNotFoundError(f"{where} holds no study {name!r} (it holds {', '.join(names)})")
     return S.load_study(url, name)
 
 
@@ -190,6 +205,85 @@ def plots_for(study: optuna.Study, metric: str) -> tuple[list[Plot], dict[str, s
     return plots, skipped
 
 
+def plottable(study: optuna.Study) -> optuna.Study:
+    """The study as its plots should read it: a grid's values are the override strings they came from ('0.001'),
+    which Optuna draws as quoted categories; parameters whose values are all numbers become numbers here (on a log
+    axis when they are positive and span a factor of 10 or more, as learning rates do). A copy in memory: the stored
+    study is not touched."""
+    trials = study.get_trials(deepcopy=False)
+    numeric = {}
+    for name in sorted({p for t in trials for p in t.params}):
+        dists = [t.distributions[name] for t in trials if name in t.distributions]
+        if not all(isinstance(d, optuna.distributions.CategoricalDistribution) for d in dists):
+            continue
+        try:
+            values = sorted({float(c) for d in dists for c in d.choices})
+        except (TypeError, ValueError):
+            continue
+        if len(values) >= 2:
+            low, high = values[0], values[-1]
+            numeric[name] = optuna.distributions.FloatDistribution(low, high, log=low > 0 and high / low >= 10)
+    if not numeric:
+        return study
+    copy = optuna.create_study(direction=study.direction, study_name=study.study_name)
+    for t in trials:
+        copy.add_trial(
+            optuna.trial.FrozenTrial(
+                number=t.number,
+                trial_id=t._trial_id,
+                state=t.state,
+                value=t.value if t.state == optuna.trial.TrialState.COMPLETE else None,
+                datetime_start=t.datetime_start,
+                datetime_complete=t.datetime_complete,
+                params={k: float(v) if k in numeric else v for k, v in t.params.items()},
+                distributions={k: numeric.get(k, d) for k, d in t.distributions.items()},
+                user_attrs=t.user_attrs,
+                system_attrs={k: v for k, v in t.system_attrs.items() if k != "fixed_params"},
+                intermediate_values=t.intermediate_values,
+            )
+        )
+    for key, value in study.user_attrs.items():
+        copy.set_user_attr(key, value)
+    return copy
+
+
+# Optuna colours trials by value on plotly's and matplotlib's "Blues", whose low end is white: on a white page the
+# worst trial's line or point was not there to see. Its darker part keeps the order and every trial visible.
+SHADES = ["#6baed6", "#4292c6", "#2171b5", "#08519c", "#08306b"]
+
+
+def visible(fig):
+    """A plotly figure's colours moved from Blues to SHADES: colour scales (a slice plot's points, a colour bar), and
+    the colours the parallel-coordinates plot computed from Blues for each trial's line."""
+    import plotly.colors
+
+    scale = [[i / (len(SHADES) - 1), c] for i, c in enumerate(SHADES)]
+    blues = plotly.colors.sample_colorscale("Blues", [i / 200 for i in range(201)], colortype="tuple")
+    for trace in fig.data:
+        marker = getattr(trace, "marker", None)
+        if marker is not None and marker.colorscale is not None:
+            marker.colorscale = scale
+        line = getattr(trace, "line", None)
+        if line is not None and isinstance(line.color, str) and line.color.startswith("rgb("):
+            rgb = [float(v) / 255 for v in line.color[4:-1].split(",")]
+            at = min(range(len(blues)), key=lambda i: sum((a - b) ** 2 for a, b in zip(blues[i], rgb))) / 200
+            line.color = plotly.colors.sample_colorscale(scale, [at])[0]  # the same place on the visible scale
+    return fig
+
+
+def visible_axes(axes):
+    """The same for matplotlib: every collection coloured by value gets SHADES as its colour map."""
+    import numpy as np
+    from matplotlib.colors import LinearSegmentedColormap
+
+    cmap = LinearSegmentedColormap.from_list("shades", SHADES)
+    for ax in np.atleast_1d(axes).flat:
+        for collection in ax.collections:
+            if collection.get_array() is not None:
+                collection.set_cmap(cmap)
+    return axes
+
+
 def write_png(axes, path: Path):
     import matplotlib.pyplot as plt
     import numpy as np
@@ -212,6 +306,15 @@ def number(text: str) -> str:
         return text
 
 
+def cell(column: str, text: str, sweep_dir: Path) -> str:
+    """A CSV cell as the page shows it; a run's folder as a link relative to the page, which holds wherever the sweep
+    folder is moved."""
+    if column == "run_dir" and text:
+        name = Path(text).name
+        return f'<a href="{html.escape(urllib.parse.quote(name))}/">{html.escape(name)}</a>'
+    return html.escape(number(text))
+
+
 def table_html(path: Path) -> str:
     if not path.is_file():
         return ""
@@ -220,7 +323,9 @@ def table_html(path: Path) -> str:
     if not rows:
         return ""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(number(c))}</td>" for c in r) + "</tr>" for r in rows[1:])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell(c, v, path.parent)}</td>" for c, v in zip(rows[0], r)) + "</tr>" for r in rows[1:]
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -257,9 +362,10 @@ def write_report(sweep_dir: Path, study: optuna.Study | None = None) -> Path:
     sections = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's "experimental" notes on its matplotlib plots
+        drawn = plottable(study)
         for plot in plots:
             try:
-                fig = plot.html(study)
+                fig = visible(plot.html(drawn))
                 fig.update_layout(height=HEIGHT, width=1180, margin=dict(t=60, b=50))
                 div = fig.to_html(
                     full_html=False,
@@ -268,7 +374,7 @@ def write_report(sweep_dir: Path, study: optuna.Study | None = None) -> Path:
                     default_height=f"{HEIGHT}px",
                     default_width="1180px",
                 )
-                write_png(plot.png(study), sweep_dir / "plots" / f"{plot.name}.png")
+                write_png(visible_axes(plot.png(drawn)), sweep_dir / "plots" / f"{plot.name}.png")
             except Exception as e:  # noqa: BLE001  (one plot that cannot be drawn leaves the others)
                 skipped[plot.name] = f"{type(e).__name__}: {e}"
                 continue

@@ -201,14 +201,25 @@ OPS = {
 
 
 def parse_where(text: str):
-    m = re.fullmatch(r"\s*([\w/.\-]+)\s*(>=|<=|!=|==|=|>|<)\s*([\w.+\-:]+)\s*", text)
+    """A --where filter: KEY OP VALUE. A number compares as a number (99% is 0.99, as the table shows accuracies);
+    an order (< <= > >=) needs a number, and an accuracy is a fraction, so `test/acc>99` is refused with the fix."""
+    m = re.fullmatch(r"\s*([\w/.\-]+)\s*(>=|<=|!=|==|=|>|<)\s*([\w.+\-:%]+)\s*", text)
     if not m:
         raise ValueError(f'--where {text!r}: write KEY OP VALUE, e.g. "test/acc>0.99" (OP: > >= < <= == !=)')
     key, op, raw = m.groups()
     try:
-        value: object = float(raw)
+        value: object = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
     except ValueError:
+        if op in ("<", "<=", ">", ">=") or raw.endswith("%"):
+            raise ValueError(f"--where {text!r}: {raw!r} is not a number; {key} {op} compares numbers "
+                             f'(e.g. "{key}{op}0.99", or 99%)') from None  # fmt: skip
         value = raw
+    accuracy = "acc" in key.rsplit("/", 1)[-1]
+    if accuracy and isinstance(value, float) and not raw.endswith("%") and value > 1:
+        raise ValueError(
+            f"--where {text!r}: {key} is a fraction (the table shows 0.9912 as 99.12%): write "
+            f'"{key}{op}{value / 100:g}" or "{key}{op}{raw}%"'
+        )
 
     def test(entry: RunEntry) -> bool:
         have = entry.value(key)

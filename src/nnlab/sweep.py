@@ -19,7 +19,9 @@ import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 
+from nnlab import commands
 from nnlab.atomic import atomic_open
+from nnlab.errors import UserError
 
 log = logging.getLogger("nnlab.sweep")
 
@@ -115,22 +117,49 @@ def storage_url(storage: str | None, sweep_dir: Path):
     return str(storage)
 
 
-def open_storage(url: str):
+class StudyGone(UserError, FileNotFoundError):
+    """The file a study is stored in is no longer where the sweep put it (the sweep folder moved or removed)."""
+
+
+def open_storage(url: str, create: bool = True):
+    """The storage at `url`. A SQLite or journal file is made only with `create` (the sweeper's first opening): a
+    trial, the report or a sweep whose folder was moved away gets a StudyGone naming the file, never a new empty
+    study where the old one was."""
     if url.startswith("journal:") or url.endswith((".log", ".journal")):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         path = Path(url.removeprefix("journal:")).expanduser()
+        if not create and not path.is_file():
+            raise StudyGone(f"the study's journal {path} does not exist (was the sweep folder moved or removed?)")
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:"):
-        # Several workers write one file: wait for the lock instead of failing at once.
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    if url.startswith("sqlite:///"):
+        import sqlite3
+        import urllib.parse
+
+        path = Path(url.removeprefix("sqlite:///"))
+        if not create and not path.is_file():
+            raise StudyGone(f"the study's database {path} does not exist (was the sweep folder moved or removed?)")
+        # Opened by file name (any characters) in a mode that never makes the file once it exists: a connection
+        # opened after the folder moved fails instead of leaving an empty study.db behind. Several workers write one
+        # file: each waits for the lock (60 s) instead of failing at once.
+        target = f"file:{urllib.parse.quote(str(path.absolute()))}"
+        made = [path.is_file()]
+
+        def connect():
+            connection = sqlite3.connect(
+                f"{target}?mode={'rw' if made[0] else 'rwc'}", uri=True, timeout=60, check_same_thread=False
+            )
+            made[0] = True  # only the first connection may make the file
+            return connection
+
+        return optuna.storages.RDBStorage("sqlite://", engine_kwargs={"creator": connect})
     return optuna.storages.RDBStorage(url)
 
 
 def load_study(url: str, name: str) -> optuna.Study:
     """The stored study, with the pruner its sweeper configured (Optuna does not store pruners)."""
-    storage = open_storage(url)
+    storage = open_storage(url, create=False)
     study = optuna.load_study(study_name=name, storage=storage, pruner=optuna.pruners.NopPruner())
     pruner = study.user_attrs.get("pruner")
     if pruner:
@@ -148,13 +177,47 @@ def live_trial(url: str, name: str, number: int) -> optuna.Trial:
 
 
 def is_stale(trial: optuna.trial.FrozenTrial, stale_after_s: float) -> bool:
-    """A running trial no live worker looks after: released on interruption, or silent for stale_after_s."""
+    """A running trial no live worker looks after: released on interruption, held by a worker on this machine whose
+    process has ended (a killed sweep), or silent for stale_after_s (a worker elsewhere, or one that hangs)."""
     if trial.state != optuna.trial.TrialState.RUNNING:
         return False
+    return worker_gone(trial.user_attrs.get(WORKER)) or time.time() - last_beat(trial) > stale_after_s
+
+
+def last_beat(trial: optuna.trial.FrozenTrial) -> float:
+    """When the worker running a trial last said it is alive (0: it released the trial)."""
     beat = trial.user_attrs.get(HEARTBEAT)
     if beat is None:  # just asked for by a worker that has not marked it yet
         beat = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
-    return time.time() - beat > stale_after_s
+    return float(beat)
+
+
+WORKER = "nnlab:worker"  # user attribute: the sweep process that runs a trial (host, pid, when that process started)
+
+
+def process_started(pid: int) -> str | None:
+    """When a process of this machine started, in clock ticks since boot (field 22 of /proc/<pid>/stat): with the pid,
+    it names one process even after its pid is reused. None where it is gone (or /proc is not there)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def this_worker() -> dict:
+    import os
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": process_started(os.getpid())}
+
+
+def worker_gone(worker) -> bool:
+    """Whether a trial's recorded worker is a process of this machine that has ended."""
+    import socket
+
+    if not isinstance(worker, dict) or worker.get("host") != socket.gethostname() or not worker.get("started"):
+        return False  # another machine's worker: only its silence (stale_after_s) tells
+    return process_started(int(worker.get("pid", 0))) != worker["started"]
 
 
 class PerTrialSeed(optuna.samplers.BaseSampler):
@@ -357,7 +420,15 @@ def best_number(study: optuna.Study) -> int | None:
         return None
 
 
-def run_rows(study: optuna.Study) -> list[dict]:
+def located(run_dir: str, sweep_dir: Path | None) -> str:
+    """A run directory the study recorded, where it is now: a trial's directory is always in its sweep's folder, so a
+    sweep folder that was moved or renamed since still finds its runs."""
+    if not run_dir or sweep_dir is None:
+        return run_dir
+    return str(Path(sweep_dir) / Path(run_dir).name)
+
+
+def run_rows(study: optuna.Study, sweep_dir: Path | None = None) -> list[dict]:
     """One row per run: a trial, or each of its replicates."""
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -372,7 +443,7 @@ def run_rows(study: optuna.Study) -> list[dict]:
                     "value": t.value,
                     "epochs": t.last_step + 1 if t.last_step is not None else "",
                     "overrides": overrides_text(t.params),
-                    "run_dir": t.user_attrs.get("run_dir", ""),
+                    "run_dir": located(t.user_attrs.get("run_dir", ""), sweep_dir),
                     "error": t.user_attrs.get("error", ""),
                 }
             )
@@ -389,7 +460,7 @@ def run_rows(study: optuna.Study) -> list[dict]:
                     "value": r.get("value"),
                     "epochs": r.get("epochs", ""),
                     "overrides": overrides_text(t.params),
-                    "run_dir": r.get("run_dir", ""),
+                    "run_dir": located(r.get("run_dir", ""), sweep_dir),
                     "error": r.get("error", ""),
                 }
             )
@@ -410,7 +481,7 @@ def test_value(run_dir) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def groups_of(study: optuna.Study) -> list[Group]:
+def groups_of(study: optuna.Study, sweep_dir: Path | None = None) -> list[Group]:
     """Configurations with their measurements: each trial's complete replicates when the sweep has replicates, else
     the complete trials grouped by their parameters other than `seed` (a seed sweep is one group)."""
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -425,7 +496,7 @@ def groups_of(study: optuna.Study) -> list[Group]:
                 values=[float(r["value"]) for r in done] if t.state != optuna.trial.TrialState.PRUNED else [],
                 seeds=[str(r.get("seed", "")) for r in done],
                 trials=[t.number],
-                tests=[v for r in done if (v := test_value(r.get("run_dir", ""))) is not None],
+                tests=[v for r in done if (v := test_value(located(r.get("run_dir", ""), sweep_dir))) is not None],
             )
             continue
         key = overrides_text({k: v for k, v in t.params.items() if k != "seed"})
@@ -434,7 +505,7 @@ def groups_of(study: optuna.Study) -> list[Group]:
         if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
             g.values.append(float(t.value))
             g.seeds.append(str(t.params.get("seed", "")))
-            if (v := test_value(t.user_attrs.get("run_dir", ""))) is not None:
+            if (v := test_value(located(t.user_attrs.get("run_dir", ""), sweep_dir))) is not None:
                 g.tests.append(v)
     for g in groups.values():
         g.label = g.label or ", ".join(map(str, g.trials))
@@ -503,7 +574,7 @@ def write_summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
     Returns the Markdown."""
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     best = best_number(study)
-    groups = groups_of(study)
+    groups = groups_of(study, sweep_dir)
     compare(groups, maximize)
     by_trial = {n: g for g in groups for n in g.trials}
     replicated = has_replicates(study)
@@ -525,7 +596,7 @@ def write_summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
                 **(test_columns(g) if replicated else {}),
                 "epochs": t.last_step + 1 if t.last_step is not None else "",
                 "overrides": overrides_text(t.params),
-                "run_dir": t.user_attrs.get("run_dir", ""),
+                "run_dir": located(t.user_attrs.get("run_dir", ""), sweep_dir),
                 "error": t.user_attrs.get("error", ""),
             }
         )
@@ -533,7 +604,7 @@ def write_summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
     if replicated:
         columns[4:4] = ["sd", "ci95", "n", "welch_p", "test"]
     write_csv(sweep_dir / "summary.csv", csv_columns(columns), rows)
-    runs = run_rows(study)
+    runs = run_rows(study, sweep_dir)
     write_csv(sweep_dir / "runs.csv", list(runs[0]) if runs else ["trial"], runs)
     states = [r["state"] for r in rows]
     counts = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned", "fail", "running") if s in states)
@@ -542,7 +613,10 @@ def write_summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
         "n": "replicates",
         "test": f"{TEST_METRIC} (mean ± sd)",
     }
+    unfinished = incomplete(study)
     text = f"Sweep {study.study_name}: {len(rows)} trials ({counts}); * marks the best"
+    if unfinished:
+        text = f"INCOMPLETE study ({unfinished}): what follows is so far.\n{text}"
     measured_twice = [g for g in groups if len(g.values) >= 2]
     if replicated:
         n = max(len(replicates_of(t)) for t in study.get_trials(deepcopy=False))
@@ -570,6 +644,20 @@ def write_summary(study: optuna.Study, sweep_dir: Path, metric: str) -> str:
     return text
 
 
+def incomplete(study: optuna.Study) -> str | None:
+    """How a study is short of finished (trials running, or fewer finished than the sweep's target), else None."""
+    trials = study.get_trials(deepcopy=False)
+    running = [
+        t.number for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    ]
+    finished = len([t for t in trials if t.state in FINISHED])
+    target = study.user_attrs.get("target") or len(trials)
+    if not running and finished >= target:
+        return None
+    still = f"; trial {', '.join(map(str, running))} still running" if running else ""
+    return f"{finished} of {target} trials finished{still}"
+
+
 RECIPE_GROUPS = ("experiment", "hparams_search")  # groups whose configs are whole recipes (@package _global_)
 
 
@@ -577,11 +665,16 @@ def write_best_experiment(
     study: optuna.Study, sweep_dir: Path, fixed: list[str], groups: set[str], metric: str
 ) -> Path | None:
     """<sweep dir>/experiment/best.yaml: the sweep's fixed overrides plus the best trial's parameters, as an
-    experiment config (`python train.py -cd <sweep dir> experiment=best`)."""
+    experiment config (`python train.py -cd <sweep dir> experiment=best`). While the study is incomplete, the best so
+    far goes to experiment/best_incomplete.yaml instead, saying so: nothing called best comes from part of a study."""
     try:
         best = study.best_trial
     except ValueError:
         return None
+    unfinished = incomplete(study)
+    name = "best_incomplete" if unfinished else "best"
+    if not unfinished:
+        (sweep_dir / "experiment" / "best_incomplete.yaml").unlink(missing_ok=True)
     parser = OverridesParser.create()
     overrides = parser.parse_overrides(fixed + [f"{k}={as_override_value(v)}" for k, v in best.params.items()])
     includes, defaults, values = [], [], {}
@@ -604,16 +697,17 @@ def write_best_experiment(
 
     body = OmegaConf.to_yaml(OmegaConf.create(values)) if values else ""
     text = (
-        f"# @package _global_\n"
-        f"# Best trial {best.number} of sweep {study.study_name}: {metric} = {best.value:.6g}"
+        "# @package _global_\n"
+        + (f"# INCOMPLETE study ({unfinished}): the best so far, not the study's best\n" if unfinished else "")
+        + f"# Best trial {best.number} of sweep {study.study_name}: {metric} = {best.value:.6g}"
         + (f" (mean of {len(replicates_of(best))} replicates, seeds differing)" if replicates_of(best) else "")
         + "\n"
-        f"# python train.py -cd {sweep_dir} experiment=best\n"
+        f"# python train.py -cd {commands.path(sweep_dir)} experiment={name}\n"
     )
     if includes or defaults:
         text += "defaults:\n" + "\n".join(includes + ["  - _self_"] + defaults) + "\n"
     text += body
-    path = sweep_dir / "experiment" / "best.yaml"
+    path = sweep_dir / "experiment" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as f:
         f.write(text.encode())

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,9 @@ from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from nnlab import commands
+from nnlab.atomic import append_no_follow, atomic_open, refuse_link, refuse_links_in
 
 
 def _loaded_on_first_use(name: str):
@@ -58,6 +62,7 @@ optuna = _loaded_on_first_use("optuna")
 S = _loaded_on_first_use("nnlab.sweep")  # imports optuna
 log = logging.getLogger("nnlab.sweep")
 _hydra_config_lock = threading.Lock()  # HydraConfig is one per process; trial configs are resolved one at a time
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a study name: one folder, no path
 
 
 class TrialFailed(RuntimeError):
@@ -165,10 +170,11 @@ class TrialLauncher(Launcher):
         )
         hydra_overrides = [o for o in self.config.hydra.overrides.hydra if not o.lstrip("+~").startswith(consumed)]
         task = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-        return cmd + hydra_overrides + task + [f"hydra.run.dir='{out}'"]
+        return cmd + hydra_overrides + task + [commands.override("hydra.run.dir", out)]
 
     def run_trial(self, overrides: list[str], idx: int) -> JobReturn:
         out, cfg = self.trial_dir(overrides, idx)
+        refuse_link(out, f"trial folder {out}")  # another user's link there would take the trial's files elsewhere
         out.mkdir(parents=True, exist_ok=True)
         cmd = self.command(overrides, out)
         ret = JobReturn(
@@ -183,7 +189,7 @@ class TrialLauncher(Launcher):
             pinned = " ".join(f"{k}={v}" for k, v in slot.items() if k != "OMP_NUM_THREADS")
             log.info(f"#{idx} {' '.join(ret.overrides)} -> {out}{'  (' + pinned + ')' if pinned else ''}")
             tail: deque[str] = deque(maxlen=30)
-            with open(out / "console.log", "ab") as console:
+            with append_no_follow(out / "console.log", encoding=None) as console:  # never through a planted link
                 env["NNLAB_LAUNCHED_AT"] = repr(time.time())  # the trial's metrics.json times its phases from here
                 proc = subprocess.Popen(
                     cmd,
@@ -316,6 +322,7 @@ class StudySweeper(Sweeper):
         self.params = dict(params or {})
         self.heartbeat_s, self.stale_after_s, self.max_batch_size = heartbeat_s, stale_after_s, max_batch_size
         self.config = self.hydra_context = self.task_function = self.launcher = None
+        self.worker = S.this_worker()
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         # The launcher is built in sweep(), once the study's name (and so the sweep directory, which launcher
@@ -342,11 +349,20 @@ class StudySweeper(Sweeper):
             raise ValueError("hydra.sweeper.n_trials is not set: say how many trials the study should have")
         choices = self.config.hydra.runtime.choices
         name = self.study_name or S.default_study_name(choices.get("model"), args)
+        if not SAFE_NAME.fullmatch(str(name)):
+            raise ValueError(
+                f"hydra.sweeper.study_name={name!r} is not one plain folder name: it names the sweep's folder "
+                "(outputs/sweeps/<name>) and its W&B group, so use letters, digits, '.', '_' and '-' only, starting "
+                "with a letter or digit (at most 100)"
+            )
         with open_dict(self.config):
             self.config.hydra.sweeper.study_name = name
         self.sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        refuse_links_in(self.sweep_dir, "sweep folder")
+        self.sweep_dir_id = os.stat(self.sweep_dir).st_ino  # a folder renamed away keeps it; one made anew does not
+        with atomic_open(self.sweep_dir / "multirun.yaml") as f:
+            f.write(OmegaConf.to_yaml(self.config).encode())
         self.url = S.storage_url(self.storage, self.sweep_dir)
         sampler = S.make_sampler(None if self.grid else OmegaConf.to_container(self.sampler_cfg, resolve=True))
         pruner_cfg = OmegaConf.to_container(self.pruner_cfg, resolve=True) if self.pruner_cfg else None
@@ -366,6 +382,7 @@ class StudySweeper(Sweeper):
         self.study.set_user_attr("metric", str(self.config.get("optimized_metric")))
         self.study.set_user_attr("replicates", self.replicates)
         self.study.set_user_attr("grid", self.grid)
+        self.study.set_user_attr("target", self.target)
         categorical = optuna.distributions.CategoricalDistribution
         self.grid_distributions = {k: categorical(v) for k, v in self.space.grid.items()}
 
@@ -420,7 +437,39 @@ class StudySweeper(Sweeper):
         return self.study._storage.get_trial(trial._trial_id), False
 
     def beat(self, trial_id: int, when: float | None = None):
+        """Say this worker is alive and runs the trial (when=0: it lets go of it, for a rerun to take over at once)."""
         self.study._storage.set_trial_user_attr(trial_id, S.HEARTBEAT, time.time() if when is None else when)
+        if when is None:
+            self.study._storage.set_trial_user_attr(trial_id, S.WORKER, self.worker)
+
+    def in_place(self) -> bool:
+        """Whether the sweep's folder is still where the sweep runs it (not renamed or removed meanwhile)."""
+        try:
+            return os.stat(self.sweep_dir).st_ino == self.sweep_dir_id
+        except OSError:
+            return False
+
+    def held_elsewhere(self) -> list:
+        """Running trials that another worker holds (alive, or not yet silent for stale_after_s)."""
+        return [
+            t
+            for t in self.study.get_trials(deepcopy=False)
+            if t.state == optuna.trial.TrialState.RUNNING and t._trial_id not in self.open
+        ]
+
+    def say_held(self, trials: list, said: set):
+        for t in trials:
+            if t.number in said:
+                continue
+            said.add(t.number)
+            worker, beat = t.user_attrs.get(S.WORKER) or {}, S.last_beat(t)
+            who = f"process {worker.get('pid')} on {worker.get('host')}" if worker else "another worker"
+            at = time.strftime("%H:%M:%S", time.localtime(beat + self.stale_after_s))
+            log.warning(
+                f"Trial {t.number} is held by {who}, last heard from {time.time() - beat:.0f} s ago: waiting for it "
+                f"to end; if that worker has stopped, this one takes the trial over at {at} "
+                f"(hydra.sweeper.stale_after_s={self.stale_after_s:g})"
+            )
 
     def subdir(self, trial, k: int = 0) -> str:
         """A run's directory under the sweep's: the trial's number (unique in the study, whichever worker runs it),
@@ -463,12 +512,12 @@ class StudySweeper(Sweeper):
             + params
             + extra
             + [
-                f"hydra.sweep.dir='{self.sweep_dir}'",
+                commands.override("hydra.sweep.dir", self.sweep_dir),
                 f"hydra.sweep.subdir={self.subdir(trial, k)}",
                 f"sweep.name={name}",
-                f"sweep.storage='{self.url}'",
+                commands.override("sweep.storage", self.url),
                 f"sweep.trial={trial.number}",
-                f"run_id='{run_id}'",
+                commands.override("run_id", run_id),
                 f"run_name={name}-{self.subdir(trial, k)}",
             ]
             + (["resume=true"] if resumed else [])
@@ -603,15 +652,28 @@ class StudySweeper(Sweeper):
         streaming = hasattr(self.launcher, "n_jobs")  # the trial launchers run one run per launch, n_jobs at once
         batch = 1 if streaming else (self.max_batch_size or (len(self.points) if self.grid else 4) * self.replicates)
 
+        said: set[int] = set()
+
         def worker():
             while not stop.is_set():
                 with lock:
+                    if not self.in_place():
+                        return self.moved_away()
                     picked = []
                     while len(picked) < batch and (p := self.next_unit()) is not None:
                         picked.append(p)
                     if not picked:
-                        return
-                    overrides = [self.overrides_for(t, k, r) for t, k, r in picked]
+                        # Done, unless another worker still holds a trial: a killed sweep's is taken over (at once
+                        # when that sweep ran on this machine); a live worker's is waited for. The study is then
+                        # whole when this command ends, and so are its summary and best.yaml.
+                        if not (held := self.held_elsewhere()):
+                            return
+                        self.say_held(held, said)
+                    else:
+                        overrides = [self.overrides_for(t, k, r) for t, k, r in picked]
+                if not picked:
+                    stop.wait(2.0)
+                    continue
                 for (trial, k, resumed), o in zip(picked, overrides, strict=True):
                     note = " (resumed: continues in its own directory from its last checkpoint, if any)"
                     values = " ".join(f"{key}={S.as_override_value(v)}" for key, v in trial.params.items())
@@ -645,6 +707,8 @@ class StudySweeper(Sweeper):
 
         def heartbeat():
             while not stop.wait(self.heartbeat_s):
+                if not self.in_place():
+                    return self.moved_away()
                 with lock:
                     for trial_id in list(self.open):
                         self.beat(trial_id)
@@ -675,6 +739,8 @@ class StudySweeper(Sweeper):
                         t.join(0.2)
         except KeyboardInterrupt:
             stop.set()
+            if self.moved:
+                self.end_moved(lock)
             log.warning("Interrupted: stopping the running trials; rerun the same command to resume them")
             if hasattr(self.launcher, "terminate"):
                 self.launcher.terminate()
@@ -684,16 +750,46 @@ class StudySweeper(Sweeper):
             self.report()
             if received and received[0] != signal.SIGTERM and self.config.slurm.requeue and requeue_job():
                 raise SystemExit(0) from None
-            import shlex
-
-            print(f"Interrupted; resume with the same command: {shlex.join(['python', *sys.argv])}", flush=True)
+            print(f"Interrupted; resume with the same command: {commands.line(['python', *sys.argv])}", flush=True)
             raise SystemExit(128 + (received[0] if received else signal.SIGINT)) from None  # 130 Ctrl-C, 143 TERM
         finally:
             stop.set()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if not self.in_place():
+            self.end_moved(lock)
         self.report()
         return [returns]
+
+    moved = False
+
+    def moved_away(self):
+        """The sweep's folder is gone from where the sweep runs it: stop the sweep (from any of its threads)."""
+        import _thread
+
+        self.moved = True
+        _thread.interrupt_main()
+
+    def end_moved(self, lock):
+        """Stop the trials and end in one line: nothing more is written where the folder was."""
+        if hasattr(self.launcher, "echo"):
+            self.launcher.echo = False  # the stopped trials' own complaints stay in their console.log
+        if hasattr(self.launcher, "terminate"):
+            self.launcher.terminate()
+        with lock:
+            for trial_id in list(self.open):
+                try:
+                    self.beat(trial_id, 0.0)  # released in the moved study, so a rerun there resumes it at once
+                except Exception:  # noqa: BLE001  its database may be gone altogether
+                    pass
+        print(
+            f"Error: the sweep folder {self.sweep_dir} was moved or removed while the sweep ran: its running trials "
+            "were stopped, to resume from their last checkpoints. Continue the study where its folder is now: the "
+            "same command with hydra.sweep.dir=<its new place>",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(1) from None
 
     def launch(self, overrides: list[list[str]], trials: list) -> list[JobReturn]:
         """Launch trials together (one SLURM array with the submitit launcher). A launcher that raises instead of
@@ -722,12 +818,17 @@ class StudySweeper(Sweeper):
         groups = set(self.config.hydra.runtime.choices)
         best = S.write_best_experiment(self.study, self.sweep_dir, self.space.fixed, groups, metric)
         if best:
+            unfinished = S.incomplete(self.study)
+            what = f"Best so far of an INCOMPLETE study ({unfinished})" if unfinished else "Best parameters"
             print(
-                f"Best parameters as an experiment config: {best}\n"
-                f"  reproduce: python train.py -cd {self.sweep_dir} experiment=best"
+                f"{what} as an experiment config: {best}\n"
+                f"  reproduce: python train.py -cd {commands.path(self.sweep_dir)} experiment={best.stem}"
             )
         if any(self.sweep_dir.glob("*/wandb/offline-run-*")):
-            print(f"W&B ran offline; upload the whole sweep with: wandb sync {self.sweep_dir}/*/wandb/offline-run-*")
+            print(
+                "W&B ran offline; upload the whole sweep with: wandb sync "
+                f"{commands.path(self.sweep_dir)}/*/wandb/offline-run-*"  # the quoted folder, then the pattern
+            )
         print(f"Summary: {self.sweep_dir / 'summary.md'}  (rerun the same command to continue the study)", flush=True)
         from nnlab.report import write_report  # plotly and matplotlib: only now
 
@@ -736,7 +837,7 @@ class StudySweeper(Sweeper):
         except Exception as e:  # noqa: BLE001  (the study and its summary are kept; the report can be made again)
             log.error(
                 f"the report could not be written ({type(e).__name__}: {e}); python -m nnlab.report "
-                f"{self.sweep_dir} makes it again"
+                f"{commands.path(self.sweep_dir)} makes it again"
             )
 
 

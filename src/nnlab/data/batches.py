@@ -54,10 +54,33 @@ class Resumable:
     def _skip(self) -> int:
         return self.finished() if self.shuffle else 0
 
+    def smallest(self) -> int:
+        """The fewest samples a batch of an epoch holds on this rank (0 for an empty split)."""
+        n = self._per_rank()
+        return min((end - start for start, end in starts(n, self.batch_size, self.shuffle)), default=0)
+
+    def _per_rank(self) -> int:
+        n = self._size()
+        return n // self.world if self.shuffle else math.ceil(n / self.world)
+
 
 def num_batches(n: int, batch_size: int, shuffle: bool, world: int) -> int:
     per_rank = n // world if shuffle else math.ceil(n / world)
-    return math.ceil(per_rank / batch_size)
+    return math.ceil(per_rank / batch_size) - lone_last(per_rank, batch_size, shuffle)
+
+
+def lone_last(n: int, batch_size: int, shuffle: bool) -> bool:
+    """Whether a training epoch of n samples would end in a batch of one sample, which joins the batch before it:
+    BatchNorm cannot normalise one sample by batch statistics (55,000 MNIST images in batches of 679 end in one)."""
+    return shuffle and n > batch_size and n % batch_size == 1
+
+
+def starts(n: int, batch_size: int, shuffle: bool) -> list[tuple[int, int]]:
+    """(start, end) of each batch of n samples; a lone last training sample joins the batch before (lone_last)."""
+    bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if lone_last(n, batch_size, shuffle):
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
 
 
 class TensorBatches(Resumable):
@@ -73,6 +96,9 @@ class TensorBatches(Resumable):
         self.batch_size, self.shuffle, self.seed, self.epoch, self.finished = batch_size, shuffle, seed, epoch, finished
         self.rank, self.world = rank, world
 
+    def _size(self) -> int:
+        return len(self.y)
+
     def __len__(self):
         return num_batches(len(self.y), self.batch_size, self.shuffle, self.world)
 
@@ -85,8 +111,8 @@ class TensorBatches(Resumable):
             return
         g = torch.Generator().manual_seed(self.seed + self.epoch())
         idx = shard(torch.arange(len(self.y)), self.shuffle, g, self.rank, self.world).to(self.y.device)
-        for i in range(self._skip() * bs, len(idx), bs):
-            j = idx[i : i + bs]
+        for i, end in starts(len(idx), bs, self.shuffle)[self._skip() :]:
+            j = idx[i:end]
             yield self.x[j], self.y[j]
 
 
@@ -109,6 +135,9 @@ class BucketBatches(Resumable):
         self.rank, self.world = rank, world
         self.bucket = batch_size * bucket_batches if shuffle else max(len(index), 1)
 
+    def _size(self) -> int:
+        return len(self.index)
+
     def __len__(self):
         return num_batches(len(self.index), self.batch_size, self.shuffle, self.world)
 
@@ -121,6 +150,8 @@ class BucketBatches(Resumable):
             chunk = idx[start : start + self.bucket]
             chunk = chunk[lengths[start : start + self.bucket].argsort(descending=True, stable=True)]
             batches += list(chunk.split(self.batch_size))
+        if lone_last(len(idx), self.batch_size, self.shuffle):  # a lone last text joins the batch before
+            batches[-2:] = [torch.cat(batches[-2:])]
         if self.shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g)]
         return batches

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from nnlab.atomic import atomic_open
-from nnlab.data import check_shares, files_fingerprint, read_cache, seeded_split, writable_cache_dir
+from nnlab.data import (
+    check_shares,
+    files_fingerprint,
+    fingerprints,
+    hashed_split,
+    read_cache,
+    split_record,
+    writable_cache_dir,
+)
 from nnlab.data.batches import SplitLoaders, TensorBatches, placement
 from nnlab.errors import ConfigError, DatasetError
 
@@ -27,18 +36,20 @@ log = logging.getLogger(__name__)
 SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's IMG_EXTENSIONS
 SPLITS = ("train", "val", "test")
 FITS = ("crop", "stretch")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: splits by hash, with their record and each image's fingerprint
 
 
 def load_image(path, channels: int, size: int, fit: str):
     """One image file as a (channels, size, size) uint8 tensor, or the reason it is unusable.
 
-    Returns (pixels or None, problem or None, converted (another mode), resized (another size)). fit=crop scales
+    Returns (pixels or None, problem or None, converted (another mode), resized (another size), (width, height)
+    when it has more pixels than PIL calls safe (PIL's warning is silenced by decode_all) else None). fit=crop scales
     the shorter side to `size` and keeps the middle (torchvision's Resize + CenterCrop); stretch scales both sides."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
+            huge = img.size if img.size[0] * img.size[1] > (Image.MAX_IMAGE_PIXELS or float("inf")) else None
             img.load()
             mode = "L" if channels == 1 else "RGB"
             converted, resized = img.mode != mode, img.size != (size, size)
@@ -52,10 +63,12 @@ def load_image(path, channels: int, size: int, fit: str):
                     else img.resize((size, size), Image.BILINEAR)
             pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     except UnidentifiedImageError:
-        return None, "not an image PIL can read", False, False
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # truncated, damaged, huge
-        return None, f"unreadable ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})", False, False
-    return pixels.view(size, size, channels).permute(2, 0, 1).contiguous(), None, converted, resized
+        return None, "not an image PIL can read", False, False, None
+    except Image.DecompressionBombError as e:
+        return None, f"too large to decode safely ({str(e).split('pixels')[0].strip()} pixels)", False, False, None
+    except (OSError, ValueError, SyntaxError) as e:  # truncated, damaged
+        return None, f"unreadable ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})", False, False, None
+    return pixels.view(size, size, channels).permute(2, 0, 1).contiguous(), None, converted, resized, huge
 
 
 def random_affine(x, rotate: float, scale: float, translate: float, fill, flip: bool = False):
@@ -159,10 +172,12 @@ def build(root: Path, channels: int, image_size: int, fit: str, shares: dict, se
                                "them, or raise data.max_bad_share to train on the rest.")
         log.warning(message)
     missing = {s: shares[s] for s in ("val", "test") if s not in splits}
-    if missing:  # carved from the training images, per class
-        labels = [label for _, label, _ in out["train"]]
-        index = seeded_split(labels, missing, seed)
+    if missing:  # carved from the training images by a hash of each one's path in its class folder
         pool = out["train"]
+        keys = [os.path.relpath(root / path, splits["train"]) for _, _, path in pool]
+        index, notes = hashed_split(keys, [label for _, label, _ in pool], missing, seed)
+        for note in notes:
+            log.warning(f"{root}: {note}")
         for split, rows in index.items():
             out[split] = [pool[i] for i in rows]
     for split in SPLITS:
@@ -171,6 +186,12 @@ def build(root: Path, channels: int, image_size: int, fit: str, shares: dict, se
                       torch.zeros(0, channels, image_size, image_size, dtype=torch.uint8),
                       "labels": torch.tensor([label for _, label, _ in items], dtype=torch.int64),
                       "paths": [path for _, _, path in items]}
+        out[split]["fingerprints"] = fingerprints(out[split]["images"])
+    given = [f"{s}/" for s in SPLITS if s in splits and s != "train"]
+    how = (f"{' and '.join(given)} as given" if given else "") + ("; " if given and missing else "") + (
+        f"{' and '.join(missing)} carved from training by a hash of each image's path (data.split_seed={seed})"
+        if missing else "")
+    out["split"] = split_record({s: out[s]["paths"] for s in SPLITS}, seed if missing else None, how)
     counts = torch.bincount(out["train"]["labels"], minlength=len(classes))
     if few := [classes[i] for i in range(len(classes)) if counts[i] < 2]:
         log.warning(f"class(es) {few[:5]} have fewer than 2 usable training images: they are trained on but hardly "
@@ -186,12 +207,26 @@ def build(root: Path, channels: int, image_size: int, fit: str, shares: dict, se
 
 
 def decode_all(paths: list[Path], channels: int, size: int, fit: str, workers: int) -> list:
-    """load_image() over many files in `workers` threads (PIL releases the GIL while it decodes and resizes)."""
+    """load_image() over many files in `workers` threads (PIL releases the GIL while it decodes and resizes).
+
+    PIL warns about an image of more than 89 million pixels (a "decompression bomb"); such images are decoded, each
+    said once in a line of ours, and images over twice that are refused by PIL and skipped as unusable."""
+    from PIL import Image
+
     work = lambda p: load_image(p, channels, size, fit)  # noqa: E731
-    if workers <= 1:
-        return [work(p) for p in paths]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(work, paths))
+    with warnings.catch_warnings():  # set once for all the threads, not in each
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if workers <= 1:
+            results = [work(p) for p in paths]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(work, paths))
+    huge = [(p, r[4]) for p, r in zip(paths, results) if r[4]]
+    if huge:
+        listing = ", ".join(f"{p} ({w}x{h})" for p, (w, h) in huge[:3])
+        log.warning(f"{len(huge)} image(s) of more than {Image.MAX_IMAGE_PIXELS / 1e6:.0f} million pixels were "
+                    f"decoded and shrunk to {size}x{size}: {listing}{', ...' if len(huge) > 3 else ''}")
+    return [r[:4] for r in results]
 
 
 def load_or_build_cache(root: Path, cache_dir: Path, workers: int, **settings) -> dict:
@@ -201,7 +236,7 @@ def load_or_build_cache(root: Path, cache_dir: Path, workers: int, **settings) -
     key = ":".join(f"{k}={settings[k]}" for k in sorted(settings))
     key += f":{CACHE_VERSION}:{files_fingerprint(every, root)}"
     path = Path(cache_dir) / f"images-{hashlib.sha1(f'{root.resolve()}:{key}'.encode()).hexdigest()[:16]}.pt"
-    if (cached := read_cache(path, ("classes", "train", "val", "test", "mean", "std"))) is not None:
+    if (cached := read_cache(path, ("classes", "train", "val", "test", "mean", "std", "split"))) is not None:
         log.info(f"reading the decoded images from {path}")
         return cached
     log.info(f"decoding the images of {root} ({', '.join(f'{k}={v}' for k, v in sorted(settings.items()))})")
@@ -276,9 +311,15 @@ class ImageFolderDataModule(SplitLoaders, L.LightningDataModule):
         # uint8 in memory (a quarter of float32's); each batch is scaled on the device (on_after_batch_transfer).
         self.data = {split: (cache[split]["images"].to(device), cache[split]["labels"].to(device)) for split in SPLITS}
         self.paths = {split: cache[split]["paths"] for split in SPLITS}
+        self.split = cache["split"]
+        self._fingerprints = {split: cache[split]["fingerprints"] for split in SPLITS}
         mean = torch.tensor(self.mean, device=device)[:, None, None]
         std = torch.tensor(self.std, device=device)[:, None, None]
         self.scale = (std * 255, mean / std)
+
+    def fingerprints(self, split: str):
+        """Each image of a split as a 64-bit number (nnlab.data.fingerprints of its pixels as decoded)."""
+        return self._fingerprints[split]
 
     def preprocessing(self) -> dict:
         """What turns an image file into the model's input, stored in every checkpoint (nnlab.predict reads it)."""

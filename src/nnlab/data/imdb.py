@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from nnlab.atomic import atomic_open
-from nnlab.data import files_fingerprint, read_cache, writable_cache_dir
+from nnlab.data import files_fingerprint, read_cache, split_record, text_fingerprints, writable_cache_dir
 from nnlab.data.batches import BucketBatches, placement
 from nnlab.data.text import PAD, clean, encode, train_tokenizer, truncate_flat
 from nnlab.errors import ConfigError, DatasetError
@@ -124,7 +124,8 @@ def fingerprint(root: Path) -> str:
     return files_fingerprint(root.glob("*/*/*.txt"), root)
 
 
-def load_or_build_cache(root: Path, cache_dir: Path, vocab_size: int, min_frequency: int) -> dict:
+def load_or_build_cache(root: Path, cache_dir: Path, vocab_size: int, min_frequency: int,
+                        tokenizer: str | None = None) -> dict:
     """The tokenised dataset (whole reviews: truncation is applied when batches are made), read from
     `cache_dir` when a cache for these settings and files exists.
 
@@ -134,19 +135,27 @@ def load_or_build_cache(root: Path, cache_dir: Path, vocab_size: int, min_freque
     """
     from tokenizers import __version__ as tokenizers_version
 
-    settings = f"whole:{vocab_size}:{min_frequency}:{tokenizers_version}:{fingerprint(root)}"
+    vocabulary = "" if tokenizer is None else hashlib.sha1(tokenizer.encode()).hexdigest()  # a checkpoint's own
+    settings = f"whole:{vocab_size}:{min_frequency}:{tokenizers_version}:{fingerprint(root)}:2:{vocabulary}"
     path = Path(cache_dir) / f"imdb-{hashlib.sha1(settings.encode()).hexdigest()[:16]}.pt"
     if (cached := read_cache(path, ("tokenizer", "settings", "train", "test"))) is not None:
         log.info(f"reading the tokenised reviews from {path}")
         return cached
-    log.info(f"tokenising {root} (vocab_size={vocab_size}, min_frequency={min_frequency})")
     train_texts, train_labels = read_split(root, "train")
     test_texts, test_labels = read_split(root, "test")
-    tokenizer = train_tokenizer(train_texts, vocab_size, min_frequency)  # the training split only
+    if tokenizer is None:
+        log.info(f"tokenising {root} (vocab_size={vocab_size}, min_frequency={min_frequency})")
+        tokenizer = train_tokenizer(train_texts, vocab_size, min_frequency)  # the training split only
+    else:
+        from tokenizers import Tokenizer
+
+        log.info(f"tokenising {root} with the checkpoint's vocabulary")
+        tokenizer = Tokenizer.from_str(tokenizer)
     cache = {"tokenizer": tokenizer.to_str(), "settings": settings}
     for split, texts, labels in (("train", train_texts, train_labels), ("test", test_texts, test_labels)):
         ids, offsets = encode(tokenizer, texts, None)
-        cache[split] = {"ids": ids, "offsets": offsets, "labels": torch.tensor(labels, dtype=torch.int64)}
+        cache[split] = {"ids": ids, "offsets": offsets, "labels": torch.tensor(labels, dtype=torch.int64),
+                        "fingerprints": text_fingerprints(ids, offsets)}
     with atomic_open(path) as f:
         torch.save(cache, f)
     return cache
@@ -176,21 +185,29 @@ class IMDBDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
 
+    vocabulary: str | None = None  # a checkpoint's tokenizer (train=false): its token ids, not a new vocabulary's
+
+    def _cache(self, download: bool) -> dict:
+        hp = self.hparams
+        if getattr(self, "_built", None) is None:  # prepare_data and setup read it once
+            root = prepare_aclimdb(Path(hp.data_dir), download)
+            self._built = load_or_build_cache(root, writable_cache_dir(hp.cache_dir), hp.vocab_size,
+                                              hp.min_frequency, self.vocabulary)
+        return self._built
+
     def prepare_data(self):
         # One process per node downloads, extracts and tokenises; the others wait, then read the cache.
-        hp = self.hparams
-        root = prepare_aclimdb(Path(hp.data_dir), hp.download)
-        load_or_build_cache(root, writable_cache_dir(hp.cache_dir), hp.vocab_size, hp.min_frequency)
+        self._cache(self.hparams.download)
 
     def setup(self, stage=None):
         if hasattr(self, "cache"):
             return
         hp = self.hparams
-        root = prepare_aclimdb(Path(hp.data_dir), download=False)
         for key in ("max_length", "eval_max_length"):
             if hp[key] is not None and hp[key] < 1:
                 raise ConfigError(f"data.{key}={hp[key]} must be a positive number of tokens")
-        self.cache = load_or_build_cache(root, writable_cache_dir(hp.cache_dir), hp.vocab_size, hp.min_frequency)
+        self.cache = {split: dict(part) if isinstance(part, dict) else part
+                      for split, part in self._cache(download=False).items()}
         n = len(self.cache["train"]["labels"])
         if not 0 < hp.val_size < n:
             raise ConfigError(f"data.val_size={hp.val_size} must be between 1 and {n - 1} (the training reviews)")
@@ -204,9 +221,19 @@ class IMDBDataModule(L.LightningDataModule):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(hp.split_seed))
         self.train_index, self.val_index = perm[hp.val_size :], perm[: hp.val_size]
         self.test_index = torch.arange(len(self.cache["test"]["labels"]))
+        self.split = split_record(
+            {"train": [str(i) for i in self.train_index.tolist()], "val": [str(i) for i in self.val_index.tolist()],
+             "test": [str(i) for i in self.test_index.tolist()]},
+            hp.split_seed, f"train/ and test/ as given; val {hp.val_size} reviews of train/ drawn with data.split_seed",
+        )
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         for split in ("train", "test"):
             self.cache[split]["labels"] = self.cache[split]["labels"].to(device)
+
+    def fingerprints(self, split: str):
+        """Each review of a split as a 64-bit number (of its token ids)."""
+        part = self.cache["test" if split == "test" else "train"]["fingerprints"]
+        return part if split == "test" else part[{"train": self.train_index, "val": self.val_index}[split]]
 
     @property
     def eval_max_length(self) -> int:

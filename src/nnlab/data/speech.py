@@ -20,7 +20,7 @@ import lightning as L
 import torch
 
 from nnlab.atomic import atomic_open
-from nnlab.data import files_fingerprint, read_cache, seeded_split, writable_cache_dir
+from nnlab.data import files_fingerprint, fingerprints, hashed_split, read_cache, split_record, writable_cache_dir
 from nnlab.data.batches import SplitLoaders, TensorBatches, placement
 from nnlab.errors import ConfigError, DatasetError
 
@@ -89,9 +89,18 @@ def classes_for(root: Path, labels: str) -> list[str]:
     """The class names of a label set: the word folders found (sorted), the 35 words, or the 12-class task."""
     if labels not in LABEL_SETS:
         raise ConfigError(f"data.labels={labels!r} is not one of {', '.join(LABEL_SETS)}")
-    if labels == "v12":
-        return [*V12_WORDS, UNKNOWN, SILENCE]
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if labels == "v12":
+        missing = [w for w in V12_WORDS if w not in found]
+        if len(missing) == len(V12_WORDS):
+            raise DatasetError(
+                f"data.labels=v12 is Speech Commands' 12-class task, which classifies the word folders "
+                f"{', '.join(V12_WORDS)}; {root} holds none of them (its words: {', '.join(found[:8])}"
+                f"{', ...' if len(found) > 8 else ''}). Use data.labels=folder for a set of your own words"
+            )
+        if missing:
+            log.warning(f"data.labels=v12: {root} has no folder for {missing}: those classes get no examples")
+        return [*V12_WORDS, UNKNOWN, SILENCE]
     if labels == "all35":
         if missing := sorted(set(ALL35) - set(found)):
             raise DatasetError(
@@ -190,13 +199,14 @@ LISTS = {"val": "validation_list.txt", "test": "testing_list.txt"}
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # what libsndfile reads
 
 
-def list_splits(data_dir: Path, root: Path, shares: dict[str, float], seed: int) -> dict:
-    """{split: (clips [(path, word)], names it cannot parse)}. With both lists: torchaudio's SPEECHCOMMANDS reads
-    them. Without one or both: the clips the lists name keep their split, and each missing split is carved from the
-    rest with `seed`, by speaker when every file is named <speaker>_nohash_<n> and there are 3 speakers or more (a
-    speaker's clips all in one split, as in Speech Commands), otherwise by file, per word."""
+def list_splits(data_dir: Path, root: Path, shares: dict[str, float], seed: int) -> tuple[dict, str]:
+    """{split: (clips [(path, word)], names it cannot parse)}, and how the split was made. With both lists:
+    torchaudio's SPEECHCOMMANDS reads them. Without one or both: the clips the lists name keep their split, and each
+    missing split is carved from the rest with `seed`, by speaker when every file is named <speaker>_nohash_<n> and
+    there are 3 speakers or more (a speaker's clips all in one split, as in Speech Commands), otherwise by file."""
     if all((root / name).is_file() for name in LISTS.values()):
-        return {split: list_split(data_dir, subset) for split, subset in SUBSETS.items()}
+        listed = {split: list_split(data_dir, subset) for split, subset in SUBSETS.items()}
+        return listed, f"{LISTS['val']} and {LISTS['test']} as given"
     clips = sorted((str(p), p.parent.name) for p in root.glob("*/*") if p.suffix.lower() in AUDIO_SUFFIXES
                    and not p.parent.name.startswith(("_", ".")) and not p.name.startswith("."))
     fixed = {}
@@ -209,26 +219,28 @@ def list_splits(data_dir: Path, root: Path, shares: dict[str, float], seed: int)
     rest = [c for c in clips if os.path.normpath(c[0]) not in fixed]
     missing = {split: shares[split] for split, name in LISTS.items() if not (root / name).is_file()}
     speakers = sorted({Path(p).name.split("_nohash_")[0] for p, _ in rest})
+    # Each speaker (or file) placed by a hash of its name alone, as Speech Commands places its speakers: adding or
+    # removing clips moves only those clips.
     if all("_nohash_" in Path(p).name for p, _ in rest) and len(speakers) >= 3:
-        order = [speakers[i] for i in torch.randperm(len(speakers), generator=torch.Generator().manual_seed(seed))]
-        held, start = {}, 0
-        for split, share in missing.items():
-            take = max(1, round(share * len(order))) if share > 0 else 0
-            held.update({s: split for s in order[start : start + take]})
-            start += take
-        for split in missing:
-            out[split] = [c for c in rest if held.get(Path(c[0]).name.split("_nohash_")[0]) == split]
-        out["train"] = [c for c in rest if Path(c[0]).name.split("_nohash_")[0] not in held]
-        how = f"by speaker ({len(speakers)} speakers)"
+        index, notes = hashed_split(speakers, [0] * len(speakers), missing, seed)
+        held = {speakers[i]: split for split, rows in index.items() for i in rows}
+        for split in ("train", *missing):
+            out[split] = [c for c in rest if held[Path(c[0]).name.split("_nohash_")[0]] == split]
+        how = f"by a hash of each speaker's name ({len(speakers)} speakers)"
     else:
         words = sorted({w for _, w in rest})
-        index = seeded_split([words.index(w) for _, w in rest], missing, seed)
+        keys = [os.path.relpath(p, root) for p, _ in rest]
+        index, notes = hashed_split(keys, [words.index(w) for _, w in rest], missing, seed)
         out.update({split: [rest[i] for i in rows] for split, rows in index.items()})
-        how = "by file (the names carry no <speaker>_nohash_, or fewer than 3 speakers)"
+        how = "by a hash of each file's path (the names carry no <speaker>_nohash_, or fewer than 3 speakers)"
     log.info(f"{root}: no {' or '.join(LISTS[s] for s in missing)}: "
              f"{' and '.join(f'{s} ({share:.0%})' for s, share in missing.items())} carved from the clips {how}, "
-             f"seed {seed}")
-    return {split: (out[split], []) for split in SUBSETS}
+             f"data.split_seed={seed}")
+    for note in notes:
+        log.warning(f"{root}: {note}")
+    given = " and ".join(f"{LISTS[s]} as given" for s in LISTS if s not in missing)
+    how = f"{given}; " * bool(given) + f"{' and '.join(missing)} carved {how} (data.split_seed={seed})"
+    return {split: (out[split], []) for split in SUBSETS}, how
 
 
 def fingerprint(root: Path) -> str:
@@ -250,7 +262,7 @@ def build_splits(data_dir: Path, root: Path, labels: str, sample_rate: int, samp
     noise = torch.cat([torch.zeros(0, dtype=torch.int16), *(n for n in noise_clips if n is not None)])
     out = {"classes": classes, "noise": noise}
     bad, total, stereo, resampled, odd_names = [], 0, 0, 0, []
-    listings = list_splits(data_dir, root, {"val": val_share, "test": test_share}, seed)
+    listings, how = list_splits(data_dir, root, {"val": val_share, "test": test_share}, seed)
     for split in SUBSETS:
         clips, odd = listings[split]
         odd_names += odd
@@ -275,7 +287,8 @@ def build_splits(data_dir: Path, root: Path, labels: str, sample_rate: int, samp
             audio = torch.cat([audio, silence_clips(noise, n, samples, rng)])
             targets += [index[SILENCE]] * n
             paths += [SILENCE] * n
-        out[split] = {"audio": audio, "labels": torch.tensor(targets, dtype=torch.int64), "paths": paths}
+        out[split] = {"audio": audio, "labels": torch.tensor(targets, dtype=torch.int64), "paths": paths,
+                      "fingerprints": fingerprints(audio)}
     sizes = ", ".join(f"{split} {len(out[split]['labels'])}" for split in SUBSETS)
     log.info(
         f"{root}: {total} clips listed, {len(bad)} skipped as unusable, {stereo} stereo downmixed to mono, "
@@ -297,6 +310,7 @@ def build_splits(data_dir: Path, root: Path, labels: str, sample_rate: int, samp
     for split in SUBSETS:
         if not len(out[split]["labels"]):
             raise DatasetError(f"the {split} split of {root} holds no usable clips; check the files and the lists")
+    out["split"] = split_record({s: out[s]["paths"] for s in SUBSETS}, seed, how)
     return out
 
 
@@ -320,6 +334,7 @@ def silence_clips(noise, n: int, samples: int, rng: random.Random):
 
 
 CACHE_PARTS = ("train", "val", "test", "noise")
+CACHE_VERSION = 2  # 2: splits by hash, with their record and each clip's fingerprint
 
 
 def load_or_build_cache(data_dir: Path, root: Path, cache_dir: Path, workers: int = 1, **settings) -> dict:
@@ -329,18 +344,20 @@ def load_or_build_cache(data_dir: Path, root: Path, cache_dir: Path, workers: in
     settings and the files' names, sizes and times. Each is written under a temporary name and
     renamed when complete, and all four must be there to be read: a cache left by a killed run is
     rebuilt, never read, and a damaged one is named and rebuilt."""
-    key = ":".join(f"{k}={settings[k]}" for k in sorted(settings)) + f":{fingerprint(root)}"
+    key = ":".join(f"{k}={settings[k]}" for k in sorted(settings)) + f":{fingerprint(root)}:{CACHE_VERSION}"
     stem = f"speech-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
     paths = {part: Path(cache_dir) / f"{stem}-{part}.pt" for part in CACHE_PARTS}
-    parts = {part: read_cache(p, ("audio",) if part == "noise" else ("audio", "labels", "paths", "classes"))
+    parts = {part: read_cache(p, ("audio", "split") if part == "noise" else ("audio", "labels", "paths", "classes"))
              for part, p in paths.items()}
     if all(part is not None for part in parts.values()):
         log.info(f"reading the decoded clips from {Path(cache_dir) / stem}-*.pt")
-        return {**{s: parts[s] for s in SUBSETS}, "noise": parts["noise"]["audio"], "classes": parts["train"]["classes"]}
+        return {**{s: parts[s] for s in SUBSETS}, "noise": parts["noise"]["audio"], "classes": parts["train"]["classes"],
+                "split": parts["noise"]["split"]}
     log.info(f"decoding the clips of {root} ({', '.join(f'{k}={v}' for k, v in sorted(settings.items()))})")
     built = build_splits(data_dir, root, workers=workers, **settings)
     for part, path in paths.items():
-        content = {"audio": built["noise"]} if part == "noise" else {**built[part], "classes": built["classes"]}
+        content = {"audio": built["noise"], "split": built["split"]} if part == "noise" else \
+            {**built[part], "classes": built["classes"]}
         with atomic_open(path) as f:
             torch.save(content, f)
     return built
@@ -391,13 +408,16 @@ class SpeechCommandsDataModule(SplitLoaders, L.LightningDataModule):
         return round(self.hparams.sample_rate * self.hparams.clip_seconds)
 
     def _cache(self):
+        if getattr(self, "_built", None) is not None:  # prepare_data and setup read it once
+            return self._built
         hp = self.hparams
         root = prepare_speech_commands(Path(hp.data_dir), hp.download)
         settings = dict(labels=hp.labels, sample_rate=hp.sample_rate, samples=self.samples,
                         unknown_share=hp.unknown_share, silence_share=hp.silence_share, seed=hp.split_seed,
                         max_bad_share=hp.max_bad_share, val_share=hp.val_share, test_share=hp.test_share)
-        return load_or_build_cache(Path(hp.data_dir), root, writable_cache_dir(hp.cache_dir),
-                                   workers=hp.workers or os.cpu_count() or 1, **settings)
+        self._built = load_or_build_cache(Path(hp.data_dir), root, writable_cache_dir(hp.cache_dir),
+                                          workers=hp.workers or os.cpu_count() or 1, **settings)
+        return self._built
 
     def class_names_found(self) -> list[str]:
         """The classes, known before any decoding (the word folders, for labels=folder)."""
@@ -424,8 +444,13 @@ class SpeechCommandsDataModule(SplitLoaders, L.LightningDataModule):
             for key in ("audio", "labels"):
                 self.cache[split][key] = self.cache[split][key].to(device)
         self.noise = self.cache["noise"].to(device)
+        self.split = self.cache["split"]
         if self.hparams.noise_prob > 0 and len(self.noise) <= self.samples:
             log.info(f"no {NOISE} files in the data set: training mixes in no background noise")
+
+    def fingerprints(self, split: str):
+        """Each clip of a split as a 64-bit number (nnlab.data.fingerprints of its samples as decoded)."""
+        return self.cache[split]["fingerprints"]
 
     def preprocessing(self) -> dict:
         """What turns a WAV file into the model's input, stored in every checkpoint."""

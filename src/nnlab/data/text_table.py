@@ -17,7 +17,15 @@ import lightning as L
 import torch
 
 from nnlab.atomic import atomic_open
-from nnlab.data import check_shares, files_fingerprint, read_cache, seeded_split, writable_cache_dir
+from nnlab.data import (
+    check_shares,
+    files_fingerprint,
+    hashed_split,
+    read_cache,
+    split_record,
+    text_fingerprints,
+    writable_cache_dir,
+)
 from nnlab.data.batches import BucketBatches, SplitLoaders, placement
 from nnlab.data.text import PAD, clean, encode, train_tokenizer, truncate_flat
 from nnlab.errors import ConfigError, DatasetError
@@ -27,6 +35,7 @@ log = logging.getLogger(__name__)
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation", "dev"), "test": ("test",)}
 SPLITS = ("train", "val", "test")
+CACHE_VERSION = 2  # 2: splits by hash, with their record and each text's fingerprint
 
 
 def find_tables(path: Path) -> dict[str, Path]:
@@ -127,7 +136,7 @@ def class_order(labels: set[str]) -> list[str]:
 
 
 def build(tables: dict[str, Path], fmt: str | None, text_column: str, label_column: str, vocab_size: int,
-          min_frequency: int, shares: dict, seed: int, max_bad_share: float) -> dict:
+          min_frequency: int, shares: dict, seed: int, max_bad_share: float, tokenizer: str | None = None) -> dict:
     read = {split: read_table(path, table_format(path, fmt), text_column, label_column)
             for split, path in tables.items()}
     total = sum(len(t) + len(p) for t, _, p in read.values())
@@ -152,7 +161,10 @@ def build(tables: dict[str, Path], fmt: str | None, text_column: str, label_colu
     texts = {split: read[split][0] for split in read}
     labels = {split: [index[label] for label in read[split][1]] for split in read}
     if missing := {s: shares[s] for s in ("val", "test") if s not in read}:
-        rows = seeded_split(labels["train"], missing, seed)
+        # carved from the training rows by a hash of each row's text: a row keeps its split when others are added
+        rows, notes = hashed_split(texts["train"], labels["train"], missing, seed)
+        for note in notes:
+            log.warning(f"{tables['train']}: {note[:300]}")
         pool_texts, pool_labels = texts["train"], labels["train"]
         for split, chosen in rows.items():
             texts[split], labels[split] = [pool_texts[i] for i in chosen], [pool_labels[i] for i in chosen]
@@ -164,11 +176,22 @@ def build(tables: dict[str, Path], fmt: str | None, text_column: str, label_colu
         if not labels[split]:
             raise DatasetError(f"the {split} split holds no rows: give a {split} table, or enough rows per label "
                                f"for data.{split}_share={shares[split]} to take some")
-    tokenizer = train_tokenizer(texts["train"], vocab_size, min_frequency)  # the training split only
+    if tokenizer is None:
+        tokenizer = train_tokenizer(texts["train"], vocab_size, min_frequency)  # the training split only
+    else:  # a checkpoint's own vocabulary, to evaluate it (train=false)
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(tokenizer)
     out = {"tokenizer": tokenizer.to_str(), "classes": classes}
     for split in SPLITS:
         ids, offsets = encode(tokenizer, texts[split], None)
-        out[split] = {"ids": ids, "offsets": offsets, "labels": torch.tensor(labels[split], dtype=torch.int64)}
+        out[split] = {"ids": ids, "offsets": offsets, "labels": torch.tensor(labels[split], dtype=torch.int64),
+                      "fingerprints": text_fingerprints(ids, offsets)}
+    given = [s for s in ("val", "test") if s in read]
+    how = (f"{' and '.join(f'{s} table' for s in given)} as given" if given else "") + ("; " if given and missing else "")
+    how += f"{' and '.join(missing)} carved from training by a hash of each row's text (data.split_seed={seed})" \
+        if missing else ""
+    out["split"] = split_record({s: texts[s] for s in SPLITS}, seed if missing else None, how)
     log.info(f"{', '.join(str(p) for p in tables.values())}: {total} rows, {len(problems)} skipped; "
              f"{', '.join(f'{s} {len(labels[s])}' for s in SPLITS)} texts; {len(classes)} classes")
     return out
@@ -183,9 +206,9 @@ def load_or_build_cache(tables: dict[str, Path], cache_dir: Path, **settings) ->
     root = Path("/") if len({p.parent for p in files}) > 1 else files[0].parent
     key = ":".join(f"{k}={settings[k]}" for k in sorted(settings))
     key += f":{tokenizers_version}:{sorted((s, str(p.resolve())) for s, p in tables.items())}"
-    key += f":{files_fingerprint(files, root)}"
+    key += f":{files_fingerprint(files, root)}:{CACHE_VERSION}"
     path = Path(cache_dir) / f"text-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
-    if (cached := read_cache(path, ("tokenizer", "classes", *SPLITS))) is not None:
+    if (cached := read_cache(path, ("tokenizer", "classes", "split", *SPLITS))) is not None:
         log.info(f"reading the tokenised texts from {path}")
         return cached
     built = build(tables, **settings)
@@ -226,12 +249,17 @@ class TextTableDataModule(SplitLoaders, L.LightningDataModule):
         check_shares(self.hparams, "rows")
         self.path = Path(path).expanduser()
 
+    vocabulary: str | None = None  # a checkpoint's tokenizer (train=false): its token ids, not a new vocabulary's
+
     def _cache(self):
         hp = self.hparams
-        return load_or_build_cache(find_tables(self.path), writable_cache_dir(hp.cache_dir), fmt=hp.format,
-                                   text_column=hp.text_column, label_column=hp.label_column, vocab_size=hp.vocab_size,
-                                   min_frequency=hp.min_frequency, shares={"val": hp.val_share, "test": hp.test_share},
-                                   seed=hp.split_seed, max_bad_share=hp.max_bad_share)
+        if getattr(self, "_built", None) is None:  # prepare_data, setup and class_names_found read it once
+            self._built = load_or_build_cache(
+                find_tables(self.path), writable_cache_dir(hp.cache_dir), fmt=hp.format, text_column=hp.text_column,
+                label_column=hp.label_column, vocab_size=hp.vocab_size, min_frequency=hp.min_frequency,
+                shares={"val": hp.val_share, "test": hp.test_share}, seed=hp.split_seed,
+                max_bad_share=hp.max_bad_share, tokenizer=self.vocabulary)
+        return self._built
 
     def class_names_found(self) -> list[str]:
         """The labels of the training table (read once, then cached)."""
@@ -254,6 +282,11 @@ class TextTableDataModule(SplitLoaders, L.LightningDataModule):
                                             hp.max_length if split == "train" else self.eval_max_length)
                        for split in SPLITS}
         self.labels = {split: self.cache[split]["labels"].to(device) for split in SPLITS}
+        self.split = self.cache["split"]
+
+    def fingerprints(self, split: str):
+        """Each text of a split as a 64-bit number (of its token ids)."""
+        return self.cache[split]["fingerprints"]
 
     @property
     def eval_max_length(self) -> int:

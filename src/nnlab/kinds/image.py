@@ -1,6 +1,7 @@
 """Images: (B, C, H, W) float tensors, normalised per channel; shown un-normalised in their own channels."""
 
 import math
+import sys
 from pathlib import Path
 
 from nnlab.atomic import atomic_open
@@ -65,11 +66,23 @@ class ImageKind(Kind):
 
         if not Path(path).is_file():
             raise PredictError(f"{path} is not a file; give the paths of image files (PNG, JPEG, BMP, ...)")
-        pixels, problem, _, _ = load_image(
-            path, preprocessing["channels"], preprocessing["image_size"], preprocessing.get("fit", "stretch")
-        )
+        import warnings
+
+        from PIL import Image
+
+        with warnings.catch_warnings():  # a huge image: said below in one line, not in PIL's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pixels, problem, _, _, huge = load_image(
+                path, preprocessing["channels"], preprocessing["image_size"], preprocessing.get("fit", "stretch")
+            )
         if problem:
             raise PredictError(f"{path} is {problem}: it cannot be classified")
+        if huge:
+            print(
+                f"note: {path} is {huge[0]}x{huge[1]} pixels; it was shrunk to {preprocessing['image_size']}x"
+                f"{preprocessing['image_size']} as the model reads it",
+                file=sys.stderr,
+            )
         mean = torch.tensor(preprocessing["mean"])[:, None, None]
         std = torch.tensor(preprocessing["std"])[:, None, None]
         return ((pixels.float() / 255 - mean) / std)[None], None
