@@ -403,3 +403,142 @@ def test_in_process_trials_get_one_wandb_run_each_and_ddp_there_is_refused(tmp_p
     sweep(tmp_path / "ddp", mnist_dir, "hydra/launcher=basic", "trainer=ddp_cpu", "model.lr=1e-3,3e-3", "logger=csv")
     rows = summary(only_sweep(tmp_path / "ddp"))
     assert [r["state"] for r in rows] == ["fail", "fail"] and "hydra/launcher=trials" in rows[0]["error"]
+
+
+# ------------------------------------------------------------------------------- nothing lost, nothing silently wrong
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["a/../../../escaped", "cnn/v2", "..", ".hidden", "with space", "é"])
+def test_a_study_name_is_one_plain_folder_name(tmp_path, mnist_dir, name):
+    proc = sweep(tmp_path / "outputs", mnist_dir, "model.lr=1e-3,2e-3", f"hydra.sweeper.study_name='{name}'",
+                 check=False)  # fmt: skip
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
+    assert f"hydra.sweeper.study_name={name!r} is not one plain folder name" in errors[0]
+    assert "letters, digits, '.', '_' and '-'" in errors[0] and "Traceback" not in proc.stderr
+    made = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not made, made  # nothing written, inside outputs/sweeps or out of it
+
+
+def start_sweep(args: list[str], output: Path) -> subprocess.Popen:
+    with open(output, "w") as out:
+        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, seconds=300):
+    deadline = time.monotonic() + seconds
+    while not list(root.glob(path_glob)):
+        assert proc.poll() is None and time.monotonic() < deadline, f"{path_glob} never appeared under {root}"
+        time.sleep(0.2)
+
+
+def grid_args(log_dir: Path, data_dir: Path, *more: str) -> list[str]:
+    return [*TINY, f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", "model.lr=1e-3,3e-3",
+            "trainer.max_epochs=2", "logger=csv", "+callbacks.slow._target_=tests.helpers.SlowSteps",
+            "+callbacks.slow.seconds=0.1", *more]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_rerun_right_after_a_killed_sweep_takes_its_trial_over_and_finishes_the_grid(tmp_path, mnist_dir):
+    """The sweep process SIGKILLed mid-trial, rerun at once (well inside stale_after_s): its trial is taken over, since
+    the process that held it is gone from this machine; the trial's own process, which outlived it, is waited for."""
+    args = grid_args(tmp_path, mnist_dir)
+    first = start_sweep(args, tmp_path / "first.out")
+    wait_for("sweeps/*/0/checkpoints/last.ckpt", tmp_path, first)
+    first.kill()  # SIGKILL to the sweep alone: its trial, a process of its own, trains on
+    first.wait()
+    rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    printed = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, printed[-4000:]
+    assert "Trial 0 (resumed" in printed and "Traceback" not in printed
+    sweep_dir = only_sweep(tmp_path)
+    study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert "INCOMPLETE" not in (sweep_dir / "summary.md").read_text()
+    assert (sweep_dir / "experiment" / "best.yaml").is_file()
+    assert not (sweep_dir / "experiment" / "best_incomplete.yaml").exists()
+    assert json.loads((sweep_dir / "0" / "metrics.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_a_trial_held_by_a_worker_elsewhere_is_named_and_taken_over_when_it_falls_silent(tmp_path, mnist_dir):
+    args = grid_args(tmp_path, mnist_dir, "hydra.sweeper.stale_after_s=30")  # more than the rerun takes to start
+    first = start_sweep(args, tmp_path / "first.out")
+    wait_for("sweeps/*/1/checkpoints/last.ckpt", tmp_path, first)  # trial 0 complete, trial 1 running
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) == 130
+    sweep_dir = only_sweep(tmp_path)
+    study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
+    held = study.trials[1]
+    # as a worker on another machine that has just said it is alive
+    study._storage.set_trial_user_attr(held._trial_id, "nnlab:worker", {"host": "node7", "pid": 4242, "started": "1"})
+    study._storage.set_trial_user_attr(held._trial_id, "nnlab:heartbeat", time.time())
+    rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    printed = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, printed[-4000:]
+    said = re.search(r"Trial 1 is held by process 4242 on node7, last heard from \d+ s ago: waiting for it to end; if "
+                     r"that worker has stopped, this one takes the trial over at (\d\d:\d\d:\d\d) "
+                     r"\(hydra.sweeper.stale_after_s=30\)", printed)  # fmt: skip
+    assert said, printed[-4000:]
+    assert printed.index(said.group(0)) < printed.index("Trial 1 (resumed")
+    study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert (sweep_dir / "experiment" / "best.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_writes_its_best_so_far_as_incomplete(tmp_path, mnist_dir):
+    args = grid_args(tmp_path, mnist_dir)
+    first = start_sweep(args, tmp_path / "first.out")
+    wait_for("sweeps/*/1/checkpoints/last.ckpt", tmp_path, first)  # trial 0 complete, trial 1 running
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) == 130
+    printed = (tmp_path / "first.out").read_text()
+    sweep_dir = only_sweep(tmp_path)
+    assert not (sweep_dir / "experiment" / "best.yaml").exists()
+    best = (sweep_dir / "experiment" / "best_incomplete.yaml").read_text()
+    assert "# INCOMPLETE study (1 of 2 trials finished; trial 1 still running)" in best
+    assert "Best so far of an INCOMPLETE study (1 of 2 trials finished; trial 1 still running)" in printed
+    assert (sweep_dir / "summary.md").read_text().startswith("INCOMPLETE study (1 of 2 trials finished")
+
+
+@pytest.mark.slow
+def test_a_sweep_folder_moved_away_mid_sweep_stops_it_in_one_line_and_leaves_nothing_behind(tmp_path, mnist_dir):
+    args = grid_args(tmp_path / "outputs", mnist_dir)
+    proc = start_sweep(args, tmp_path / "sweep.out")
+    wait_for("outputs/sweeps/*/0/checkpoints/last.ckpt", tmp_path, proc)
+    (sweep_dir,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    moved = tmp_path / "moved"
+    sweep_dir.rename(moved)
+    assert proc.wait(timeout=120) == 1
+    printed = (tmp_path / "sweep.out").read_text()
+    errors = [line for line in printed.splitlines() if line.startswith("Error: ")]
+    assert f"the sweep folder {sweep_dir} was moved or removed" in errors[-1], printed[-3000:]
+    assert all("was moved or removed" in e for e in errors)  # a trial that saw it first says so in one line too
+    assert "Traceback" not in printed
+    time.sleep(2)  # the stopped trial's last words
+    assert not sweep_dir.exists()  # no stray study.db, no trial folder made again
+    # continued where it is now
+    rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args, f"hydra.sweep.dir={moved}"], cwd=ROOT,
+                           env=sweep_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
+    study = load_study(f"sqlite:///{moved / 'study.db'}", sweep_dir.name)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert not sweep_dir.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["study.db", "multirun.yaml", "0"])
+def test_a_link_planted_in_a_sweep_folder_is_refused_and_nothing_is_written_through_it(tmp_path, mnist_dir, name):
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    sweep_dir = tmp_path / "sweeps" / "planted"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / name).symlink_to(victim)
+    proc = sweep(tmp_path, mnist_dir, "model.lr=1e-3,3e-3", "hydra.sweeper.study_name=planted", check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
+    assert f"sweep folder {sweep_dir} holds 1 symbolic link(s) that nnlab did not make ({name} -> {victim}" in errors[0]
+    assert victim.read_text() == "mine" and sorted(p.name for p in sweep_dir.iterdir()) == [name]

@@ -1098,6 +1098,12 @@ class Run:
     def fail(self, e: BaseException, one_line: bool):
         """Log the traceback into train.log, close W&B as failed, and either print one line and exit 1, or re-raise
         (a bug, or an in-process multirun, whose sweeper records the failure)."""
+        if not one_line and self.described and not self.out.is_dir():  # not a bug: the folder went away
+            e = ConfigError(
+                f"the run directory {self.out} was moved or removed while the run ran ({type(e).__name__}: {e}); "
+                "what the run wrote is wherever that folder is now"
+            )
+            one_line = not os.environ.get("HYDRA_FULL_ERROR")
         where = f" (details: {self.log_file.baseFilename})" if self.log_file else ""
         self.record_end("failed", error=f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e))
         if self.log_file is not None:

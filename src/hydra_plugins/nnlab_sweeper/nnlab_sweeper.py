@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnlab import commands
 from nnlab.atomic import append_no_follow, atomic_open, refuse_link, refuse_links_in
+from nnlab.errors import UserError
 
 
 def _loaded_on_first_use(name: str):
@@ -638,7 +639,7 @@ class StudySweeper(Sweeper):
             self.launcher = Plugins.instance().instantiate_launcher(
                 hydra_context=self.hydra_context, task_function=self.task_function, config=self.config
             )
-        except (ValueError, InstantiationException) as e:  # a setting of the sweep: one line, no traceback
+        except (ValueError, UserError, InstantiationException) as e:  # a setting of the sweep: one line
             cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
             print(f"Error: {cause}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
@@ -682,6 +683,8 @@ class StudySweeper(Sweeper):
                     )
                     log.info(f"Trial {trial.number}{which}{note if resumed else ''}: {values}")
                 rets = self.launch(overrides, [t for t, _, _ in picked])
+                if not self.in_place():  # its trials failed for that, perhaps: nothing is recorded
+                    return self.moved_away()
                 with lock:
                     for (trial, k, _), ret in zip(picked, rets, strict=True):
                         entry = self.open[trial._trial_id]
@@ -706,12 +709,15 @@ class StudySweeper(Sweeper):
                             log.info(f"Trial {trial.number} {state.name.lower()} ({self.replicates} replicates)")
 
         def heartbeat():
-            while not stop.wait(self.heartbeat_s):
+            last = time.monotonic()
+            while not stop.wait(min(1.0, self.heartbeat_s)):  # the folder checked every second, a beat when due
                 if not self.in_place():
                     return self.moved_away()
-                with lock:
-                    for trial_id in list(self.open):
-                        self.beat(trial_id)
+                if time.monotonic() - last >= self.heartbeat_s:
+                    last = time.monotonic()
+                    with lock:
+                        for trial_id in list(self.open):
+                            self.beat(trial_id)
 
         beats = threading.Thread(target=heartbeat, daemon=True)
         beats.start()
