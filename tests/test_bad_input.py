@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from tests.helpers import ROOT, train
-from tests.test_train import TINY_TEXT, run_args
+from tests.test_train import TINY, TINY_TEXT, run_args
 
 pytestmark = pytest.mark.slow
 
@@ -128,6 +130,114 @@ def test_resume_without_its_directory_says_which(tmp_path, mnist_dir):
     assert not list(tmp_path.rglob("checkpoints"))
 
 
+def test_a_run_never_starts_in_a_folder_of_your_own_files(tmp_path, mnist_dir):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name, data in {"config.yaml": b"lr: 1\n", "curves.png": b"\x89PNG my plot", "train.log": b"my notes\n"}.items():
+        (mine / name).write_bytes(data)
+    before = files(mine)
+    for resume in ([], ["resume=true"]):  # resume=true too: a folder that holds no run is not one to continue
+        proc = train("model=mlp", "logger=csv", *run_args(mine, mnist_dir), *resume, check=False)
+        one_line_error(proc, f"{mine} is not empty (config.yaml, curves.png, train.log)", "new or empty folder")
+        assert files(mine) == before and sorted(p.name for p in mine.iterdir()) == sorted(before)
+
+
+def planted(run_dir: Path, name: str, victim: Path):
+    """A link under a name the run writes, to a file (or folder) of someone else's."""
+    path = run_dir / name
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    path.symlink_to(victim)
+
+
+@pytest.mark.parametrize(
+    "name", [".lock", "train.log", "metrics.json", "config.yaml", "run.json", "end.json", "checkpoints", ".hydra"]
+)
+def test_a_link_planted_in_a_run_directory_is_refused_and_nothing_is_written_through_it(
+    name, killed_run, mnist_dir, tmp_path
+):
+    victim = tmp_path / "victim"
+    if name in ("checkpoints", ".hydra"):
+        victim.mkdir()
+        (victim / "last.ckpt").write_bytes(b"mine")
+    else:
+        victim.write_bytes(b"mine")
+    planted(killed_run, name, victim)
+    proc = train("model=mlp", "trainer.max_epochs=2", "resume=true", "logger=csv", *run_args(killed_run, mnist_dir),
+                 check=False)  # fmt: skip
+    line = one_line_error(proc, f"-> {victim}" if name != ".lock" else f"is a symbolic link (to {victim})")
+    assert "nnlab did not make" in line and "Remove" in line
+    assert (victim / "last.ckpt" if victim.is_dir() else victim).read_bytes() == b"mine"
+    assert [p.name for p in victim.iterdir()] == ["last.ckpt"] if victim.is_dir() else True
+
+
+def test_a_link_planted_as_a_new_runs_lock_is_refused(tmp_path, mnist_dir):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"mine")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").symlink_to(victim)
+    proc = train("model=mlp", "logger=csv", *run_args(tmp_path / "run", mnist_dir), check=False)
+    one_line_error(proc, f"{tmp_path / 'run' / '.lock'} is a symbolic link (to {victim})")
+    assert victim.read_bytes() == b"mine"
+
+
+def test_an_outputs_folder_others_can_write_to_is_warned_about(tmp_path, mnist_dir):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    proc = train("model=mlp", "trainer.fast_dev_run=true", "logger=csv", f"paths.log_dir={shared}",
+                 f"paths.data_dir={mnist_dir}", *TINY)  # fmt: skip
+    assert f"{shared} can be written by other users" in proc.stdout
+    mine = tmp_path / "mine"
+    proc = train("model=mlp", "trainer.fast_dev_run=true", "logger=csv", f"paths.log_dir={mine}",
+                 f"paths.data_dir={mnist_dir}", *TINY)  # fmt: skip
+    assert "can be written by other users" not in proc.stdout
+
+
+# A folder name with what shells and Hydra's override grammar treat specially
+ODD = "ré sumé 'q' \"dq\" a=b,c [x]{y} $HOME"
+
+
+def test_the_commands_a_run_prints_run_when_pasted_for_any_folder_name(tmp_path, mnist_dir):
+    from nnlab.commands import override
+
+    run_dir = tmp_path / ODD / "run"
+    args = ["model=mlp", "trainer.max_epochs=2", *TINY, f"paths.data_dir={mnist_dir}",
+            "+callbacks.signal._target_=tests.helpers.SignalAt", "+callbacks.signal.step=3",
+            override("hydra.run.dir", run_dir)]  # fmt: skip
+    proc = train(*args, check=False)  # W&B offline: its upload line too
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    (line,) = [ln for ln in proc.stdout.splitlines() if "continue with: " in ln]
+    pasted = line.split("continue with: ", 1)[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    again = subprocess.run(["bash", "-c", pasted], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
+    for printed in (proc.stdout, again.stdout):  # the upload line: its path is one word, the run's own
+        (sync,) = [ln for ln in printed.splitlines() if "upload this run with: wandb sync " in ln]
+        words = subprocess.run(["bash", "-c", "printf '%s\\n' " + sync.split("wandb sync ", 1)[1]],
+                               capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
+        assert len(words) == 1 and Path(words[0]).parent == run_dir / "wandb" and Path(words[0]).is_dir()
+
+
+def test_resume_without_a_directory_names_the_latest_as_an_override_to_paste(tmp_path, mnist_dir):
+    from nnlab.commands import override
+
+    log_dir = tmp_path / ODD
+    train("model=mlp", "trainer.fast_dev_run=true", "logger=csv", override("paths.log_dir", log_dir),
+          f"paths.data_dir={mnist_dir}", *TINY)  # fmt: skip
+    proc = train("model=mlp", "resume=true", override("paths.log_dir", log_dir), f"paths.data_dir={mnist_dir}",
+                 check=False)  # fmt: skip
+    line = one_line_error(proc, "resume=true continues a run in its own directory")
+    (latest,) = log_dir.glob("*/*")
+    word = line.split("(the latest run here: ", 1)[1][:-1]
+    (parsed,) = shlex.split(word)
+    assert parsed == override("hydra.run.dir", latest)
+
+
 # ---------------------------------------------------------------------------------------------- odd settings
 @pytest.mark.parametrize(
     "overrides,fragment",
@@ -182,6 +292,94 @@ def test_missing_data_is_one_line_with_the_traceback_in_train_log_and_no_wandb_r
         env={"HYDRA_FULL_ERROR": "1"},
     )
     assert full.returncode == 1 and "Traceback" in full.stderr  # everything, for those who ask
+    assert "├──" not in proc.stdout and len(proc.stdout.splitlines()) < 15  # no config tree before the error
+
+
+def test_a_data_folder_that_is_a_file_is_one_line(tmp_path):
+    afile = tmp_path / "data.tar"
+    afile.write_bytes(b"not a folder")
+    proc = train("model=mlp", f"hydra.run.dir={tmp_path / 'run'}", check=False, env={"NNLAB_DATA_DIR": str(afile)})
+    one_line_error(proc, f"NNLAB_DATA_DIR={afile} (paths.data_dir) is a file, not a folder")
+
+
+def test_mnist_as_its_four_gz_downloads_is_read(tmp_path, mnist_dir):
+    import gzip
+
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in (mnist_dir / "MNIST" / "raw").iterdir():
+        (raw / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+    train("model=mlp", "trainer.fast_dev_run=true", "logger=csv", *TINY, f"paths.data_dir={tmp_path / 'data'}",
+          f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert (raw / "train-images-idx3-ubyte").read_bytes() == (
+        mnist_dir / "MNIST/raw/train-images-idx3-ubyte"
+    ).read_bytes()
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    packed = raw / "t10k-labels-idx1-ubyte.gz"
+    packed.write_bytes(packed.read_bytes()[:30])  # cut short
+    proc = train("model=mlp", *TINY, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'again'}",
+                 check=False)  # fmt: skip
+    one_line_error(proc, f"{packed} cannot be decompressed", "cut short or not a gzip file")
+    assert not (raw / "t10k-labels-idx1-ubyte").exists()
+
+
+def test_speech_commands_twelve_class_task_on_a_set_without_its_words_is_one_line(tmp_path):
+    from tests.helpers import make_speech_commands
+
+    root = make_speech_commands(tmp_path / "speech")
+    words = root / "SpeechCommands" / "speech_commands_v0.02"
+    for word in ("yes", "no", "up"):
+        shutil.rmtree(words / word)
+    proc = train("model=speech_rnn", "data.labels=v12", f"paths.data_dir={root}", f"hydra.run.dir={tmp_path / 'run'}",
+                 check=False)  # fmt: skip
+    said = ("data.labels=v12 is Speech Commands' 12-class task", "holds none of them (its words: cat, dog)")
+    one_line_error(proc, *said, "data.labels=folder")
+
+
+def test_more_cpu_processes_than_cores_are_warned_about(tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    proc = train("model=mlp", "trainer=ddp_cpu", f"trainer.devices={cores + 2}", f"paths.data_dir={tmp_path / 'none'}",
+                 "data.download=false", f"hydra.run.dir={tmp_path / 'run'}", check=False)  # fmt: skip
+    said = f"trainer.devices={cores + 2} starts {cores + 2} training processes on the CPU, which has {cores} core(s)"
+    assert said in proc.stdout  # said before anything starts (here the data is missing too)
+
+
+# ----------------------------------------------------------------------------------------------- batch statistics
+def test_a_last_training_batch_of_one_sample_joins_the_one_before(tmp_path, mnist_dir):
+    """500 training images in batches of 499 (MNIST's 55,000 in batches of 679 alike): BatchNorm would see 1."""
+    train(
+        "model=mlp", "trainer.max_epochs=1", "data.val_size=100", "data.batch_size=499", *run_args(tmp_path, mnist_dir)
+    )
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 1
+
+
+def test_batches_of_one_sample_with_batch_norm_are_refused_before_training(tmp_path, mnist_dir):
+    proc = train("model=mlp", *run_args(tmp_path, mnist_dir), "data.batch_size=1", check=False)
+    one_line_error(proc, "model.net=mlp normalises by batch statistics (BatchNorm)", "data.batch_size=1",
+                   "data.batch_size=2 or more, or model.arch.batch_norm=false")  # fmt: skip
+    assert not (tmp_path / "checkpoints").exists()
+    train("model=mlp", *run_args(tmp_path / "off", mnist_dir), "data.batch_size=1", "model.arch.batch_norm=false",
+          "trainer.limit_train_batches=3", "trainer.max_epochs=1")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- schedules
+def test_a_time_limit_sizes_the_schedule_and_the_early_stop_is_said(tmp_path, mnist_dir):
+    """trainer.max_epochs=1000000000 with a 6-second limit: the one-cycle schedule runs over the 6 seconds (its peak,
+    model.lr, and down), where sized by the epochs it stayed at its warm-up floor, lr/25."""
+    proc = train("model=mlp", "trainer.max_epochs=1000000000", "+trainer.max_time=00:00:00:06", "budget.min_steps=0",
+                 *[a for a in run_args(tmp_path, mnist_dir) if not a.startswith("trainer.max_epochs")])  # fmt: skip
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    lr = 2e-3  # conf/model/mlp.yaml
+    rates = [row["lr"] for row in metrics["history"]]
+    assert max(rates) > 0.5 * lr and rates[-1] < 0.1 * lr, rates
+    assert metrics["stopped_early"]["by"] == "max_time"
+    assert "training stopped early: the time limit, trainer.max_time" in proc.stdout
+
+
+def test_a_schedule_without_a_length_is_refused(tmp_path, mnist_dir):
+    proc = train("model=mlp", *run_args(tmp_path, mnist_dir), "trainer.max_epochs=-1", check=False)
+    one_line_error(proc, "model.scheduler=onecycle runs over the whole training", "trainer.max_epochs=-1",
+                   "trainer.max_time")  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------------- checkpoints
@@ -284,6 +482,89 @@ def test_evaluating_a_text_checkpoint_takes_its_data_too(tmp_path, imdb_dir):
     config = (tmp_path / "eval" / "config.yaml").read_text()
     assert "net: lstm" in config and "vocab_size: 200" in config
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/acc"] == trained["test/acc"]
+
+
+def digits_folder(root: Path, names=tuple("0123456789"), per_class=12) -> Path:
+    """An image folder of MNIST-like grey 28x28 digits (tests.helpers.digit_images), one folder per class name."""
+    from PIL import Image
+
+    from tests.helpers import digit_images
+
+    images, labels = digit_images(per_class * 20, seed=3)
+    for i, name in enumerate(names):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for j, image in enumerate(images[labels == i][:per_class]):
+            Image.fromarray(image).save(root / name / f"{j}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "data,said",
+    [
+        (["data=image_folder", "data.path={folder3}"],
+         "classifies 10 classes (0, 1, 2, 3, 4, 5, ...); data=image_folder holds 3 classes (a, b, c)"),
+        (["data=image_folder", "data.path={folder10}", "data.channels=3"],
+         "reads 1-channel 28x28 images; data=image_folder gives 3-channel 28x28 images: test it with data.channels=1"),
+        (["data=image_folder", "data.path={named}"],
+         "classifies 10 classes (0, 1, 2, 3, 4, 5, ...); data=image_folder holds 10 classes (d0, d1, d2, d3, d4, d5"),
+    ],
+)  # fmt: skip
+def test_a_checkpoint_tested_on_data_it_does_not_fit_is_one_line_naming_both(data, said, mlp_run, tmp_path):
+    folders = {
+        "folder3": digits_folder(tmp_path / "three", names=("a", "b", "c")),
+        "folder10": digits_folder(tmp_path / "ten"),
+        "named": digits_folder(tmp_path / "named", names=tuple(f"d{i}" for i in range(10))),
+    }
+    proc = train("train=false", f"ckpt_path={mlp_run / 'checkpoints' / 'best.ckpt'}", "logger=csv",
+                 f"hydra.run.dir={tmp_path / 'eval'}", f"paths.data_dir={tmp_path}",
+                 *[d.format(**folders) for d in data], check=False)  # fmt: skip
+    one_line_error(proc, f"checkpoint {mlp_run / 'checkpoints' / 'best.ckpt'} ", said)
+    assert "├──" not in proc.stdout  # said before the config tree, before any test step
+
+
+def test_a_checkpoint_tested_on_other_data_that_fits_reads_it_as_it_was_trained(mlp_run, tmp_path):
+    """An MNIST MLP on a folder of digit images: read as 1-channel 28x28 images (the checkpoint's), tested."""
+    folder = digits_folder(tmp_path / "digits")
+    train("train=false", f"ckpt_path={mlp_run / 'checkpoints' / 'best.ckpt'}", "logger=csv", "data=image_folder",
+          f"data.path={folder}", f"hydra.run.dir={tmp_path / 'eval'}", f"paths.data_dir={tmp_path}")  # fmt: skip
+    config = (tmp_path / "eval" / "config.yaml").read_text()
+    assert "channels: 1" in config and "image_size: 28" in config
+    assert 0 <= json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/acc"] <= 1
+
+
+def test_testing_a_checkpoint_on_data_it_trained_on_says_how_much(tmp_path):
+    """Split by hash: a grown folder keeps its test images out of training, so testing an older checkpoint on it
+    overlaps nothing; another data.split_seed draws another split, and the overlap is said and recorded."""
+    folder = digits_folder(tmp_path / "digits", per_class=15)
+    args = ["model=mlp", "data=image_folder", f"data.path={folder}", "logger=csv", f"paths.data_dir={tmp_path}",
+            "trainer.max_epochs=1", "data.batch_size=16"]  # fmt: skip
+    train(*args, f"hydra.run.dir={tmp_path / 'train'}")
+    trained = torch.load(tmp_path / "train" / "checkpoints" / "best.ckpt", weights_only=True)["nnlab"]
+    assert trained["split"] == json.loads((tmp_path / "train" / "run.json").read_text())["split"]
+    assert trained["split"]["counts"]["train"] == len(trained["trained_on"])
+    from PIL import Image
+
+    for i in range(10):  # the folder grows
+        Image.fromarray(np.full((28, 28), 20 * i, dtype=np.uint8)).save(folder / str(i) / "new.png")
+    ckpt = tmp_path / "train" / "checkpoints" / "best.ckpt"
+    grown = train("train=false", f"ckpt_path={ckpt}", "logger=csv", f"hydra.run.dir={tmp_path / 'grown'}",
+                  f"paths.data_dir={tmp_path}")  # fmt: skip
+    assert json.loads((tmp_path / "grown" / "metrics.json").read_text())["test_overlap"]["samples"] == 0
+    assert "samples the checkpoint trained on" not in grown.stdout
+    reshuffled = train("train=false", f"ckpt_path={ckpt}", "logger=csv", "data.split_seed=7",
+                       f"hydra.run.dir={tmp_path / 'other'}", f"paths.data_dir={tmp_path}")  # fmt: skip
+    overlap = json.loads((tmp_path / "other" / "metrics.json").read_text())["test_overlap"]
+    assert overlap["samples"] > 0
+    said = f"{overlap['samples']} of {overlap['of']} test samples of data=image_folder are samples the checkpoint "
+    assert said + "trained on" in reshuffled.stdout
+
+
+def test_a_report_that_cannot_be_drawn_loses_no_metric(tmp_path, mnist_dir):
+    proc = train("model=mlp", "trainer.max_epochs=1", "callbacks.test_report.class_names=[only_one]",
+                 *run_args(tmp_path, mnist_dir))  # fmt: skip
+    assert "the test report (confusion_matrix.png, the test samples) could not be written" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr and "Traceback" in (tmp_path / "train.log").read_text()
+    assert 0 <= json.loads((tmp_path / "metrics.json").read_text())["test/acc"] <= 1
 
 
 # ------------------------------------------------------------------------------------------------------- noise

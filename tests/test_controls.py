@@ -279,3 +279,16 @@ def test_local_settings_are_included_when_present(tmp_path):
     assert compose_train(["paths.data_dir=/mine"], search_path=tmp_path).paths.data_dir == "/mine"  # command line wins
     assert "wandb" not in compose_train(["logger=csv"], search_path=tmp_path).logger  # settings of a logger not used
     assert compose_train([]).logger.wandb.entity is None  # without conf/local/
+
+
+def test_curves_of_a_few_epochs_tick_every_epoch_and_no_fraction():
+    import matplotlib.pyplot as plt
+
+    from nnlab.callbacks import curves_figure
+
+    for epochs in (1, 3, 30):
+        history = [{"epoch": e, "train/loss": 1 / e, "val/acc": 0.5 + e / 100} for e in range(1, epochs + 1)]
+        fig = curves_figure(history, [(1, 1e-3), (2, 2e-3)], best=epochs)
+        ticks = [t for t in fig.axes[0].get_xticks() if fig.axes[0].get_xlim()[0] <= t <= fig.axes[0].get_xlim()[1]]
+        assert all(float(t).is_integer() for t in ticks) and (epochs > 12 or ticks == list(range(1, epochs + 1)))
+        plt.close(fig)

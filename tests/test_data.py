@@ -102,3 +102,26 @@ def test_random_affine_keeps_shape_and_background():
     assert torch.allclose(out[:, :, 0, :], torch.full_like(out[:, :, 0, :], bg), atol=1e-5)
     assert not torch.allclose(out, x)
     assert torch.allclose(random_affine(x, 0.0, 0.0, 0.0, bg), x, atol=1e-5)  # the identity transform
+
+
+@pytest.mark.parametrize("n,batch,world", [(500, 499, 1), (55_000, 679, 1), (1_359, 679, 2), (10, 3, 1), (2, 1, 1)])
+def test_a_training_epoch_never_ends_in_a_batch_of_one_sample(n, batch, world):
+    """BatchNorm cannot normalise a batch of one: a lone last sample joins the batch before it, in every rank's
+    shard; every sample of the shard is still seen, and len() counts the batches iterated (Lightning's progress)."""
+    from nnlab.data.batches import BucketBatches
+
+    x, y = torch.zeros(n, 1), torch.arange(n)
+    for rank in range(world):
+        loader = TensorBatches(x, y, batch, shuffle=True, rank=rank, world=world)
+        sizes = [len(yb) for _, yb in loader]
+        assert len(sizes) == len(loader) and sum(sizes) == n // world
+        assert min(sizes) >= 2 or batch == 1
+        if batch > 1:
+            assert loader.smallest() == min(sizes)
+        offsets = torch.arange(n + 1) * 3  # texts of three tokens each
+        texts = BucketBatches(torch.ones(3 * n, dtype=torch.int32), offsets, y, torch.arange(n), batch, True, 0,
+                              rank=rank, world=world)  # fmt: skip
+        sizes = [len(yb) for _, yb in texts]
+        assert len(sizes) == len(texts) and sum(sizes) == n // world and (min(sizes) >= 2 or batch == 1)
+    evaluation = TensorBatches(x, y, batch, shuffle=False)
+    assert sum(len(yb) for _, yb in evaluation) == n  # evaluation keeps every sample, in order

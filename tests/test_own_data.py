@@ -362,3 +362,38 @@ def test_lstm_trains_on_a_text_table_and_predicts_from_the_checkpoint_alone(tmp_
 def test_a_missing_data_path_is_one_line(tmp_path):
     proc = train("model=cnn", "data=image_folder", f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert proc.returncode == 1 and "data.path" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_cache_file_planted_as_a_link_is_refused_and_not_written_through(tmp_path):
+    from nnlab.atomic import LinkError
+
+    path = make_text_table(tmp_path / "t.csv", rows=30)
+    texts(path, tmp_path)
+    (cache,) = (tmp_path / "cache").glob("text-*.pt")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"mine")
+    cache.unlink()
+    cache.symlink_to(victim)
+    with pytest.raises(LinkError, match=f"cache file {cache} is a symbolic link \\(to {victim}\\)"):
+        texts(path, tmp_path)
+    assert victim.read_bytes() == b"mine"
+
+
+def test_a_huge_image_is_said_in_one_line_of_ours(tmp_path, caplog):
+    from PIL import Image
+
+    root = make_image_folder(tmp_path / "imgs", per_class=10)
+    Image.new("L", (10_000, 10_000), 40).save(root / "class_2" / "huge.png")  # 100 million pixels
+    with caplog.at_level(logging.WARNING):
+        dm = images(root, tmp_path)
+    assert "1 image(s) of more than 89 million pixels were decoded and shrunk to 16x16" in caplog.text
+    assert "class_2/huge.png (10000x10000)" in caplog.text and "DecompressionBomb" not in caplog.text
+    assert "class_2/huge.png" in [p for s in dm.paths.values() for p in s]
+
+
+def test_a_split_too_small_for_its_share_takes_an_item_and_says_so(tmp_path, caplog):
+    rows = "text,label\n" + "".join(f"nice film number {i},good\nawful film number {i},bad\n" for i in range(3))
+    with caplog.at_level(logging.WARNING):
+        dm = texts(write(tmp_path / "t.csv", rows), tmp_path, val_share=0.05, test_share=0.05)
+    assert len(dm.labels["val"]) >= 1 and len(dm.labels["test"]) >= 1
+    assert "are too few for data." in caplog.text and "was moved there from" in caplog.text

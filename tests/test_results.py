@@ -442,3 +442,72 @@ def test_a_sweep_setting_that_cannot_work_is_one_line(tmp_path, mnist_dir, overr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
     assert proc.returncode == 1 and len(errors) == 1 and said in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stdout + proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------- moved, empty, mistyped
+@pytest.mark.slow
+def test_the_report_of_a_moved_sweep_folder_finds_its_runs_where_they_are(replicated, tmp_path):
+    _, sweep_dir, _ = replicated
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(sweep_dir, moved)
+    out = subprocess.run([sys.executable, "-m", "nnlab.report", str(moved)], cwd=ROOT, env=sweep_env(),
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    runs = read_csv(moved / "runs.csv")
+    assert all(Path(r["run_dir"]).parent == moved and Path(r["run_dir"]).is_dir() for r in runs)
+    assert [r["test_mean"] for r in read_csv(moved / "summary.csv")] == [
+        r["test_mean"] for r in read_csv(sweep_dir / "summary.csv")
+    ]  # read from the runs' metrics.json where they are now
+    page = (moved / "report.html").read_text()
+    assert str(sweep_dir) not in page.split("<script>")[0] and '<a href="0-r0/">0-r0</a>' in page
+
+
+def test_a_report_of_a_database_holding_no_study_says_so(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'study.db'}")  # tables, no study: stopped before it began
+    out = subprocess.run([sys.executable, "-m", "nnlab.report", str(sweep_dir)], cwd=ROOT, env=sweep_env(),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"Error: {sweep_dir / 'study.db'} holds no study: the sweep stopped before its study began" in out.stderr
+    assert "None" not in out.stderr
+
+
+def test_report_plots_read_grid_values_as_numbers_and_show_every_trial():
+    """A grid's values are its override strings ('1e-3'); the plots get numbers, and no trial is drawn white."""
+    import optuna.visualization as V
+    from plotly.colors import unlabel_rgb
+
+    from nnlab.report import plottable, visible
+
+    study = optuna.create_study(direction="maximize")
+    lr = optuna.distributions.CategoricalDistribution(["1e-3", "3e-3", "1e-2", "3e-2"])
+    for value, acc in (("1e-3", 0.9), ("3e-3", 0.95), ("1e-2", 0.7), ("3e-2", 0.1)):
+        study.enqueue_trial({"model.lr": value})
+        study.tell(study.ask({"model.lr": lr}), acc)
+    drawn = plottable(study)
+    assert [t.params["model.lr"] for t in drawn.trials] == [1e-3, 3e-3, 1e-2, 3e-2]
+    assert drawn.trials[0].distributions["model.lr"].log  # learning rates over a factor of 30: a log axis
+    parallel = visible(V.plot_parallel_coordinate(drawn))
+    lines = [unlabel_rgb(t.line.color) for t in parallel.data if t.mode == "lines"]
+    assert len(lines) == 4 and all(sum(c) / 3 < 215 for c in lines)  # the worst is light blue, not white (255)
+    points = visible(V.plot_slice(drawn)).data[0]
+    assert all(isinstance(x, float) for x in points.x) and points.marker.colorscale[0][1] == "#6baed6"
+    assert study.trials[0].params["model.lr"] == "1e-3"  # the stored study as it was
+
+
+def test_run_index_filters_say_what_a_value_must_be(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"test/acc": 0.991, "epochs": 3}))
+    for where, said in (
+        ("test/acc>abc", "'abc' is not a number; test/acc > compares numbers"),
+        ("test/acc>=99", 'test/acc is a fraction (the table shows 0.9912 as 99.12%): write "test/acc>=0.99"'),
+        ("epochs<x%", "'x%' is not a number"),
+    ):
+        assert runs_main(["--root", str(tmp_path), "--where", where]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("Error: --where") and said in err, err
+    assert runs_main(["--root", str(tmp_path), "--where", "test/acc>=99%"]) == 0
+    assert "99.10%" in capsys.readouterr().out  # 99% is 0.99
+    assert runs_main(["--root", str(tmp_path), "--where", "test/acc>99.5%"]) == 0
+    assert "match" in capsys.readouterr().out

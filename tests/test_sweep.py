@@ -542,3 +542,24 @@ def test_a_link_planted_in_a_sweep_folder_is_refused_and_nothing_is_written_thro
     assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
     assert f"sweep folder {sweep_dir} holds 1 symbolic link(s) that nnlab did not make ({name} -> {victim}" in errors[0]
     assert victim.read_text() == "mine" and sorted(p.name for p in sweep_dir.iterdir()) == [name]
+
+
+@pytest.mark.slow
+def test_a_sweep_in_a_folder_of_any_name_runs_and_its_printed_commands_run_when_pasted(tmp_path, mnist_dir):
+    from nnlab.commands import override
+    from tests.test_bad_input import ODD
+
+    log_dir = tmp_path / ODD
+    proc = sweep(tmp_path, mnist_dir, "model.lr=1e-3,3e-3", "trainer.max_epochs=1", override("paths.log_dir", log_dir))
+    sweep_dir = only_sweep(log_dir)
+    assert [r["state"] for r in summary(sweep_dir)] == ["complete", "complete"]
+    (reproduce,) = [ln.split("reproduce: ", 1)[1] for ln in proc.stdout.splitlines() if "reproduce: " in ln]
+    again = subprocess.run(["bash", "-c", f"{reproduce} {override('hydra.run.dir', tmp_path / 'best')} "
+                            f"paths.data_dir={mnist_dir}"], cwd=ROOT, env=sweep_env(), capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "best" / "metrics.json").read_text())["epochs"] == 1
+    (sync,) = [ln.split("wandb sync ", 1)[1] for ln in proc.stdout.splitlines() if "upload the whole sweep" in ln]
+    words = subprocess.run(["bash", "-c", f"printf '%s\\n' {sync}"], capture_output=True, text=True).stdout.split("\n")
+    found = [Path(w) for w in words if w]
+    assert len(found) == 2 and all(p.is_dir() and p.parents[2] == sweep_dir for p in found)

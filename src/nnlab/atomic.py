@@ -75,13 +75,13 @@ def atomic_open(path):
 
 
 def links_in(folder: Path, theirs: tuple[str, ...] = ("wandb",)) -> list[Path]:
-    """The symbolic links under `folder` (not followed), but for those inside the folders named in `theirs`: W&B
-    links its own logs there (to ~/.cache/wandb, say), and writes them itself."""
+    """The symbolic links under `folder` (not followed), but for those inside folders named in `theirs` (a run's, or a
+    sweep trial's): W&B links its own logs there (to ~/.cache/wandb, say), and writes them itself."""
     folder = Path(folder)
     found = []
     for here, dirs, names in os.walk(folder):
         found += [Path(here) / n for n in [*dirs, *names] if (Path(here) / n).is_symlink()]
-        dirs[:] = [d for d in dirs if not (Path(here) / d).is_symlink() and not (here == str(folder) and d in theirs)]
+        dirs[:] = [d for d in dirs if not (Path(here) / d).is_symlink() and d not in theirs]
     return found
 
 

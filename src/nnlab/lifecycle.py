@@ -414,12 +414,8 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
         if where.exists() and not where.is_dir():
             env = os.environ.get("NNLAB_DATA_DIR")
             named = f"NNLAB_DATA_DIR={env} (paths.data_dir)" if key == "data_dir" and env else f"paths.{key}={where}"
-            raise ConfigError(
-                f"{named} is a file, not a folder: point it at the folder that holds the data sets "
-                f"(MNIST/, aclImdb/, ...)"
-                if key == "data_dir"
-                else f"{named} is a file, not a folder"
-            )
+            fix = ": point it at the folder that holds MNIST/, aclImdb/, ..." if key == "data_dir" else ""
+            raise ConfigError(f"{named} is a file, not a folder{fix}")
     if not cfg.train:
         if not cfg.ckpt_path:
             raise ConfigError("train=false tests a checkpoint: add ckpt_path=<path to a .ckpt file>")

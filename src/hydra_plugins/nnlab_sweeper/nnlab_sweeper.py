@@ -826,10 +826,8 @@ class StudySweeper(Sweeper):
         if best:
             unfinished = S.incomplete(self.study)
             what = f"Best so far of an INCOMPLETE study ({unfinished})" if unfinished else "Best parameters"
-            print(
-                f"{what} as an experiment config: {best}\n"
-                f"  reproduce: python train.py -cd {commands.path(self.sweep_dir)} experiment={best.stem}"
-            )
+            again = commands.line(["python", sys.argv[0], "-cd", self.sweep_dir, f"experiment={best.stem}"])
+            print(f"{what} as an experiment config: {best}\n  reproduce: {again}")
         if any(self.sweep_dir.glob("*/wandb/offline-run-*")):
             print(
                 "W&B ran offline; upload the whole sweep with: wandb sync "
