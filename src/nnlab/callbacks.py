@@ -229,7 +229,8 @@ class LearningCurves(L.Callback):
     def on_train_start(self, trainer, pl_module):
         # About 500 points of the learning rate whatever the length; a resumed run drops what it will step again.
         total = trainer.estimated_stepping_batches  # inf for a run without an end
-        self.every = max(1, int(total // 500)) if math.isfinite(total) else 10
+        timed = any(isinstance(c, lightning.pytorch.callbacks.Timer) for c in trainer.callbacks)  # ends on time
+        self.every = max(1, int(total // 500)) if math.isfinite(total) and not timed else 10
         self.rates = [r for r in self.rates if r[0] <= trainer.global_step]
         self.history = [r for r in self.history if r["epoch"] <= trainer.current_epoch]
 
@@ -538,9 +539,10 @@ def controls_report(trainer, callbacks: list, fitted: dict) -> dict:
         if stopped:
             rank_zero_info(f"early stopping: stopped after epoch {stopper.stopped_epoch + 1} of {trainer.max_epochs}: "
                            f"{stopper.stopping_reason_message}")  # fmt: skip
-    if stopped := stopped_early(trainer):
-        report["stopped_early"] = stopped
-        rank_zero_info(f"training stopped early: {stopped['why']}")
+    if ended := stopped_early(trainer):
+        report["stopped_early"] = ended
+        if ended["by"] != "early_stopping":  # which says so itself, above
+            rank_zero_info(f"training stopped early: {ended['why']}")
     if trainer.overfit_batches and "train/acc" in fitted:
         acc = fitted["train/acc"]
         report["overfit_check"] = {"batches": trainer.overfit_batches, "train/acc": acc, "passed": acc >= 0.99}

@@ -801,6 +801,11 @@ class Run:
             if self.stop is not None:
                 self.stop.uninstall()
             self.lock.release()
+            if self.rank_zero and not self.explicit_run_dir:
+                try:
+                    self.out.rmdir()  # a refused command leaves no empty run directory behind (Hydra made it)
+                except OSError:
+                    pass  # not empty: the run's
             if self.log_file is not None:
                 logging.getLogger().removeHandler(self.log_file)
                 self.log_file.close()
@@ -860,12 +865,20 @@ class Run:
     def claim(self):
         """Mark the directory as this run's before anything else is written there (train.log, a failure's end.json):
         a first run.json, which describe() completes once the run is built."""
-        write_atomic(
-            self.out / "run.json",
-            json.dumps({"run_id": str(self.cfg.run_id), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        "command": [sys.executable, *sys.argv], "host": socket.gethostname()}, indent=2),
-        )  # fmt: skip
+        first = {"run_id": str(self.cfg.run_id), **self.start_facts()}
+        write_atomic(self.out / "run.json", json.dumps(first, indent=2))
         self.described = True
+
+    def start_facts(self) -> dict:
+        """When, how and where this start of the run runs (run.json; a resumed run keeps earlier starts' too)."""
+        return {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": [sys.executable, *sys.argv],
+            "host": socket.gethostname(),
+            "cpus": sorted(os.sched_getaffinity(0)),
+            "torch_threads": self.threads,
+            "slurm": {k[6:].lower(): os.environ[k] for k in SLURM_FACTS if k in os.environ},
+        }
 
     def complete(self, metrics: Path):
         """The run finished before: say so, and return the metric it recorded for a sweeper (nothing is written)."""
@@ -1056,14 +1069,7 @@ class Run:
         directory's lock and checks)."""
         out, hc = self.out, HydraConfig.get()
         write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        start = {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": [sys.executable, *sys.argv],
-            "host": socket.gethostname(),
-            "cpus": sorted(os.sched_getaffinity(0)),
-            "torch_threads": self.threads,
-            "slurm": {k[6:].lower(): os.environ[k] for k in SLURM_FACTS if k in os.environ},
-        }
+        start = self.start_facts()
         try:
             previous = json.loads((out / "run.json").read_text()) if resumed_from else {}
         except (OSError, ValueError):

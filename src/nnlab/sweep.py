@@ -693,6 +693,8 @@ def write_best_experiment(
             for p in parents:
                 node = node.setdefault(p, {})
             node[leaf] = o.value()
+    if "max_epochs" in values.get("trainer", {}):  # the sweep trained that many epochs exactly (TrainingBudget)
+        values.setdefault("callbacks", {}).setdefault("training_budget", {})["exact"] = True
     from omegaconf import OmegaConf
 
     body = OmegaConf.to_yaml(OmegaConf.create(values)) if values else ""
