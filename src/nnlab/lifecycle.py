@@ -645,7 +645,7 @@ class RunRecord(L.Callback):
                 )
             else:
                 log.warning(
-                    f"{seen} of {len(tested)} test samples of data={data} are identical to training samples "
+                    f"{seen} of {len(tested)} test samples of data={data} read the same as training samples "
                     "(duplicates in the data): the test accuracy is partly on data the model learnt "
                     "(metrics.json: test_overlap)"
                 )
