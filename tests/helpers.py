@@ -88,6 +88,17 @@ class PoisonWeights(L.Callback):
                     p.fill_(float("nan"))
 
 
+def paste(command: str, env: dict | None = None, timeout: int = 300):
+    """Run a command nnlab printed as a user pastes it: in bash, in the shell that ran nnlab, whose `python` is the
+    one running the tests (the virtual environment's, active or not)."""
+    import os
+
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **(env or {}), "PATH": path}
+    return subprocess.run(["bash", "-c", command], cwd=ROOT, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
 def read_wandb_records(path: Path):
     """Yield the protobuf Records of a .wandb file (a LevelDB-style log: 7-byte file header, then 32 KiB
     blocks of chunks, each `crc32c:u32 length:u16 type:u8 data`; type 1 is a whole record, 2/3/4 its

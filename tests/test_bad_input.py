@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import ROOT, train
+from tests.helpers import ROOT, paste, train
 from tests.test_train import TINY, TINY_TEXT, run_args
 
 pytestmark = pytest.mark.slow
@@ -194,10 +194,13 @@ def test_an_outputs_folder_others_can_write_to_is_warned_about(tmp_path, mnist_d
     proc = train("model=mlp", "trainer.fast_dev_run=true", "logger=csv", f"paths.log_dir={shared}",
                  f"paths.data_dir={mnist_dir}", *TINY)  # fmt: skip
     assert f"{shared} can be written by other users" in proc.stdout
+    from nnlab.lifecycle import shared_root  # the folders of every other test's runs are the user's own
+
     mine = tmp_path / "mine"
-    proc = train("model=mlp", "trainer.fast_dev_run=true", "logger=csv", f"paths.log_dir={mine}",
-                 f"paths.data_dir={mnist_dir}", *TINY)  # fmt: skip
-    assert "can be written by other users" not in proc.stdout
+    (mine / "day" / "run").mkdir(parents=True)
+    assert shared_root(mine / "day" / "run", mine) is None
+    (mine / "day").chmod(0o775)  # the group's too
+    assert shared_root(mine / "day" / "run", mine) == mine / "day"
 
 
 # A folder name with what shells and Hydra's override grammar treat specially
@@ -215,8 +218,7 @@ def test_the_commands_a_run_prints_run_when_pasted_for_any_folder_name(tmp_path,
     assert proc.returncode == 143, proc.stderr[-3000:]
     (line,) = [ln for ln in proc.stdout.splitlines() if "continue with: " in ln]
     pasted = line.split("continue with: ", 1)[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    again = subprocess.run(["bash", "-c", pasted], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    again = paste(pasted)
     assert again.returncode == 0, again.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")

@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 from nnlab.sweep import SearchSpace, as_override_value, load_study
-from tests.helpers import ROOT, read_wandb_records
+from tests.helpers import ROOT, paste, read_wandb_records
 
 TINY = ["model=mlp", "data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100"]
 
@@ -546,9 +546,7 @@ def test_a_sweep_in_a_folder_of_any_name_runs_and_its_printed_commands_run_when_
     sweep_dir = only_sweep(log_dir)
     assert [r["state"] for r in summary(sweep_dir)] == ["complete", "complete"]
     (reproduce,) = [ln.split("reproduce: ", 1)[1] for ln in proc.stdout.splitlines() if "reproduce: " in ln]
-    again = subprocess.run(["bash", "-c", f"{reproduce} {override('hydra.run.dir', tmp_path / 'best')} "
-                            f"paths.data_dir={mnist_dir}"], cwd=ROOT, env=sweep_env(), capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+    again = paste(f"{reproduce} {override('hydra.run.dir', tmp_path / 'best')} paths.data_dir={mnist_dir}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "best" / "metrics.json").read_text())["epochs"] == 1
     (sync,) = [ln.split("wandb sync ", 1)[1] for ln in proc.stdout.splitlines() if "upload the whole sweep" in ln]
