@@ -47,11 +47,16 @@ def make_mnist(root: Path, n_train: int = 600, n_test: int = 200) -> Path:
     return root
 
 
-def train(*overrides: str, timeout: int = 300, check: bool = True, env: dict | None = None):
-    """Run `python train.py overrides...` as a user would; returns the CompletedProcess."""
+def user_env(extra: dict | None = None) -> dict:
+    """The environment of a process a test starts as a user would: this checkout importable, W&B offline."""
     import os
 
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **(env or {})}
+    return {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **(extra or {})}
+
+
+def train(*overrides: str, timeout: int = 300, check: bool = True, env: dict | None = None):
+    """Run `python train.py overrides...` as a user would; returns the CompletedProcess."""
+    full_env = user_env(env)
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *overrides],
         cwd=ROOT,
@@ -94,7 +99,7 @@ def paste(command: str, env: dict | None = None, timeout: int = 300):
     import os
 
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **(env or {}), "PATH": path}
+    full_env = {**user_env(env), "PATH": path}
     return subprocess.run(["bash", "-c", command], cwd=ROOT, env=full_env, capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import ROOT, paste, train
+from tests.helpers import ROOT, paste, train, user_env
 from tests.test_train import TINY, TINY_TEXT, run_args
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def test_a_second_run_in_a_running_runs_directory_is_refused_and_changes_nothing
         "+callbacks.slow.seconds=0.2",
         *run_args(tmp_path, mnist_dir),
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    env = user_env()
     first = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=ROOT,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT, read_wandb_records
+from tests.helpers import ROOT, read_wandb_records, user_env
 
 # One cluster for these tests: pytest-xdist gives them all to the same worker, which starts it once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
@@ -23,7 +23,7 @@ PREEMPTIBLE = ["#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --open
 
 
 def job_env(slurm, **more) -> dict:
-    return {**os.environ, **slurm, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **more}
+    return user_env({**slurm, **more})
 
 
 def sbatch(slurm, tmp_path, body: str, *sbatch_options: str, wait=False) -> tuple[str, int]:

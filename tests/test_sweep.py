@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 from nnlab.sweep import SearchSpace, as_override_value, load_study
-from tests.helpers import ROOT, paste, read_wandb_records
+from tests.helpers import ROOT, paste, read_wandb_records, user_env
 
 TINY = ["model=mlp", "data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100"]
 
@@ -93,7 +93,7 @@ def sweep(log_dir: Path, data_dir: Path, *overrides: str, timeout=600, check=Tru
 
 
 def sweep_env(extra=None):
-    return {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **(extra or {})}
+    return user_env(extra)
 
 
 def only_sweep(log_dir: Path) -> Path:

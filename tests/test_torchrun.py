@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, user_env
 from tests.slurm_cluster import free_port
 from tests.test_train import TINY
 
@@ -42,7 +42,7 @@ def agent(port: int, run_dir: Path, data_dir: Path, log: Path, *overrides: str) 
         f"paths.data_dir={data_dir}",
         *overrides,
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env = user_env({"OMP_NUM_THREADS": "1"})
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nnlab.module import Classifier
-from tests.helpers import ROOT, read_wandb_records, train
+from tests.helpers import ROOT, read_wandb_records, train, user_env
 
 pytestmark = pytest.mark.slow
 TINY = ["data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100"]
@@ -429,7 +429,7 @@ def test_wandb_offline_files_hold_the_metrics(trained_run, mnist_dir):
 def stop_in_second_epoch(args, run_dir, sig) -> tuple[subprocess.Popen, str]:
     """Start train.py (with SlowSteps of 0.15 s), send `sig` half a second after the first epoch's checkpoint, that
     is into the second epoch (8 steps); returns the ended process and its output."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    env = user_env()
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=ROOT,
