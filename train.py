@@ -41,17 +41,18 @@ def train(cfg: DictConfig, run) -> float | None:
     from omegaconf import OmegaConf
 
     from nnlab.callbacks import LearningCurves, Throughput, controls_report, profiler_reports, steady_rate
-    from nnlab.checkpoint import RandomState, check_fits
-    from nnlab.lifecycle import (
+    from nnlab.checkpoint import check_fits
+    from nnlab.lifecycle import leave_process_group, write_atomic
+    from nnlab.memory import keep_freed_memory
+    from nnlab.run_callbacks import (
         EpochLog,
         PhaseMarks,
+        RandomState,
         RunRecord,
+        StopAtBatchEnd,
         WeightsDigest,
-        leave_process_group,
         show_config,
-        write_atomic,
     )
-    from nnlab.memory import keep_freed_memory
 
     timeline.mark("imports")
     keep_freed_memory()  # before the first training step: see nnlab/memory.py
@@ -80,7 +81,7 @@ def train(cfg: DictConfig, run) -> float | None:
     callbacks = (
         [instantiate(c) for c in cfg.callbacks.values()]
         + ([pruning] if pruning else [])
-        + [RandomState(), record, EpochLog(), WeightsDigest(), PhaseMarks(), run.stop]
+        + [RandomState(), record, EpochLog(), WeightsDigest(), PhaseMarks(), StopAtBatchEnd(run.stop)]
     )
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=run.loggers or False, callbacks=callbacks, plugins=run.plugins()

@@ -31,6 +31,14 @@ def one_line_error(proc, *fragments):
     return errors[0]
 
 
+IMPORTS_SHOWN = {"PYTHONPROFILEIMPORTTIME": "1"}  # Python's -X importtime: every import on stderr
+
+
+def imported(proc) -> set[str]:
+    """The modules a process started with IMPORTS_SHOWN imported."""
+    return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+
+
 def files(run_dir):
     """Every file of a run directory with its bytes (W&B's own folder aside)."""
     return {
@@ -137,9 +145,10 @@ def test_a_run_never_starts_in_a_folder_of_your_own_files(tmp_path, mnist_dir):
         (mine / name).write_bytes(data)
     before = files(mine)
     for resume in ([], ["resume=true"]):  # resume=true too: a folder that holds no run is not one to continue
-        proc = train("model=mlp", "logger=csv", *run_args(mine, mnist_dir), *resume, check=False)
+        proc = train("model=mlp", "logger=csv", *run_args(mine, mnist_dir), *resume, check=False, env=IMPORTS_SHOWN)
         one_line_error(proc, f"{mine} is not empty (config.yaml, curves.png, train.log)", "new or empty folder")
         assert files(mine) == before and sorted(p.name for p in mine.iterdir()) == sorted(before)
+        assert not imported(proc) & {"torch", "lightning"}  # answered before the heavy imports
 
 
 def planted(run_dir: Path, name: str, victim: Path):
@@ -261,10 +270,12 @@ def test_resume_without_a_directory_names_the_latest_as_an_override_to_paste(tmp
     ],
 )
 def test_a_setting_that_cannot_work_is_named_before_anything_is_built(overrides, fragment, tmp_path, mnist_dir):
-    proc = train("model=mlp", *run_args(tmp_path, mnist_dir), *overrides, check=False)  # the default W&B logger
+    proc = train("model=mlp", *run_args(tmp_path, mnist_dir), *overrides, check=False, env=IMPORTS_SHOWN)
     one_line_error(proc, fragment)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "wandb").exists()
     assert "wandb sync" not in proc.stdout
+    # answered before the heavy imports: torch only where the answer needs it (is there a GPU?)
+    assert not imported(proc) & ({"lightning", "wandb"} | ({"torch"} if overrides != ["trainer=gpu"] else set()))
 
 
 def test_one_cycle_shorter_than_its_warm_up_still_trains(tmp_path, mnist_dir):
@@ -608,8 +619,7 @@ def test_help_and_cfg_answer_without_loading_torch():
             timeout=60,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
-        imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
-        assert not imported & {"torch", "lightning", "wandb"}, flag
+        assert not imported(proc) & {"torch", "lightning", "wandb"}, flag
 
 
 def test_another_projects_checkpoint_and_a_missing_one_are_named(mlp_run, mnist_dir, tmp_path):

@@ -1,13 +1,12 @@
-"""Reading checkpoints safely, and the random state that makes a resumed run repeat an uninterrupted one."""
+"""Reading checkpoints safely (torch alone: no Lightning), and the random state that makes a resumed run repeat an
+uninterrupted one (saved and restored by nnlab.run_callbacks.RandomState)."""
 
 import random
 import warnings
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
 from nnlab.errors import CheckpointError
 
@@ -109,42 +108,6 @@ def set_rng_state(state: dict):
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
     np.random.set_state((n["bit_generator"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-
-
-class RandomState(L.Callback):
-    """Saves every rank's generators (torch CPU and CUDA, Python's, NumPy's) in each checkpoint and restores them on
-    resume, so dropout masks, augmentation, SpecAugment, noise mixing and word dropout draw what an uninterrupted
-    run draws. (Batch order needs no state: each epoch's permutation comes from the seed and the epoch.)
-
-    Under DDP every rank's state is gathered into the one checkpoint rank 0 writes; a run resumed with another
-    number of processes cannot repeat the draws and says so."""
-
-    def state_dict(self):
-        return {}  # the states travel in on_save_checkpoint, which sees the trainer (rank, world size)
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        state = rng_state()
-        if trainer.world_size > 1:
-            states = [None] * trainer.world_size
-            torch.distributed.all_gather_object(states, state)
-        else:
-            states = [state]
-        checkpoint["rng_states"] = states
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
-        states = checkpoint.get("rng_states")
-        if states is None:
-            rank_zero_warn(
-                "the checkpoint holds no random state (written by an older version): the resumed run "
-                "continues with other random draws than an uninterrupted one"
-            )
-        elif len(states) != trainer.world_size:
-            rank_zero_warn(
-                f"the checkpoint's random state comes from {len(states)} process(es), this run has "
-                f"{trainer.world_size}: the resumed run draws other random numbers than the original"
-            )
-        else:
-            set_rng_state(states[trainer.global_rank])
 
 
 def data_classes(datamodule) -> list[str] | None:

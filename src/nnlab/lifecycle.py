@@ -15,7 +15,7 @@
 
 import copy
 import fcntl
-import hashlib
+import functools
 import json
 import logging
 import os
@@ -31,30 +31,25 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-# Noise that says nothing to this project's users, silenced before Lightning is imported.
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import MissingMandatoryValue
+
+from nnlab import commands
+from nnlab.atomic import LinkError, append_no_follow, atomic_open, open_no_follow, refuse_links_in
+from nnlab.cpu import cpu_has_bf16, cpu_name
+from nnlab.errors import CheckpointError, ConfigError, UserError
+from nnlab.preemption import SignalStop, Stopped, in_slurm_batch_job, job_id, requeue_job, requeue_signal
+from nnlab.settings import check_model_settings
+
+# Noise that says nothing to this project's users, silenced before Lightning is imported. torch and Lightning are
+# imported only once a run's directory and settings are checked (train.py's recipe), so a refused command is answered
+# at once: this module imports them only where it uses them.
 warnings.filterwarnings("ignore", message=".*srun. command is available on your system but is not used")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
 warnings.filterwarnings("ignore", message="The number of training batches .* is smaller than the logging interval")
 os.environ.setdefault("WANDB_QUIET", "true")  # W&B's banner and history table; its warnings and errors remain
-
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from lightning.fabric.plugins.environments import SLURMEnvironment  # noqa: E402
-from lightning.pytorch.loggers import WandbLogger  # noqa: E402
-from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
-from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
-from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
-from omegaconf.errors import MissingMandatoryValue  # noqa: E402
-
-from nnlab import commands, timeline  # noqa: E402
-from nnlab.atomic import LinkError, append_no_follow, atomic_open, open_no_follow, refuse_links_in  # noqa: E402
-from nnlab.checkpoint import RESUME_KEYS, check_fits_data, model_from_checkpoint, read_checkpoint  # noqa: E402
-from nnlab.cpu import cpu_has_bf16, cpu_name  # noqa: E402
-from nnlab.errors import CheckpointError, ConfigError, UserError  # noqa: E402
-from nnlab.module import check_model_settings  # noqa: E402
-from nnlab.preemption import SignalStop, Stopped, in_slurm_batch_job, job_id, requeue_job, requeue_signal  # noqa: E402
 
 log = logging.getLogger("nnlab")
 DETAILS = "nnlab.details"  # a logger whose records (the tracebacks behind warnings) go to train.log, not the screen
@@ -79,6 +74,21 @@ def env_rank() -> int:
         if key in os.environ:
             return int(os.environ[key])
     return int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0))
+
+
+def rank_zero_only(method):
+    """`method` runs on global rank 0 only: Lightning's rank_zero_only, imported when the method is called (after the
+    trainer is built, which sets the rank)."""
+
+    @functools.wraps(method)
+    def on_rank_zero(*args, **kwargs):
+        from lightning.pytorch.utilities import rank_zero_only as lightning_rank_zero_only
+
+        if lightning_rank_zero_only.rank == 0:
+            return method(*args, **kwargs)
+        return None
+
+    return on_rank_zero
 
 
 def restart_count(slurm_job: bool, out: Path) -> int:
@@ -142,6 +152,8 @@ def local_processes(cfg: DictConfig) -> int:
         return devices
     if isinstance(devices, (list, str)) and devices not in ("auto", "-1"):
         return len(devices) if isinstance(devices, list) else len(devices.strip(",").split(","))
+    import torch
+
     if cfg.trainer.get("accelerator") == "gpu" or torch.cuda.is_available():
         return max(1, torch.cuda.device_count())
     return 1
@@ -154,6 +166,8 @@ def set_cpu_threads(cfg: DictConfig) -> dict:
     CPUs over its tasks) divided by the processes of this run on the machine; a single process outside SLURM keeps
     torch's default. OMP_NUM_THREADS, when set (by the user, or by torchrun: 1 per worker), is kept. Exported, so the
     processes Lightning starts inherit it. Returns what run.json records."""
+    import torch
+
     if "OMP_NUM_THREADS" in os.environ:
         threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
         torch.set_num_threads(threads)
@@ -436,27 +450,6 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
     if t.get("max_steps") == 0 or t.get("limit_train_batches") in (0, 0.0):
         key = "max_steps" if t.get("max_steps") == 0 else "limit_train_batches"
         raise ConfigError(f"trainer.{key}=0 trains nothing: give at least 1 (or leave it out)")
-    accelerator = str(t.get("accelerator"))
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"trainer.accelerator={accelerator} (trainer=gpu or trainer=ddp) but this machine has no "
-            "CUDA GPU that torch can use: leave out trainer= (the default uses a GPU when there is one, "
-            "else the CPU), or trainer=cpu / trainer=ddp_cpu"
-        )
-    precision = str(t.get("precision"))
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if precision.startswith("bf16") and on_cpu and not cpu_has_bf16():
-        raise ConfigError(
-            f"trainer.precision={precision} on a CPU without bf16 instructions ({cpu_name()}: no AVX512_BF16 or AMX "
-            "on x86, no BF16 on Arm): autocast would emulate bf16, 8 to 20 times slower than 32-true on such a CPU "
-            "(README, Controls). Use trainer=cpu, or trainer=cpu_bf16 on a CPU that has them"
-        )
-    devices = t.get("devices")
-    if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
-        raise ConfigError(
-            f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPU(s): "
-            "give trainer.devices=-1 for all of them"
-        )
     m = cfg.model  # the model checks them itself when it is built; here before any data is read or downloaded
     check_model_settings(
         m.optimizer,
@@ -469,6 +462,38 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
         m.get("anneal_to", 0.0),
         m.get("adversarial_share", 1.0),
     )
+    check_devices(str(t.get("accelerator")), str(t.get("precision")), t.get("devices"))
+
+
+def check_devices(accelerator: str, precision: str, devices):
+    """A GPU asked for where torch finds none (or fewer), and bf16 on a CPU without bf16 instructions. torch is
+    imported only where the answer needs it: a GPU asked for, or bf16 on whatever device there is."""
+    if accelerator not in ("gpu", "cuda") and not precision.startswith("bf16"):
+        return
+    if accelerator == "cpu":
+        cuda = False
+    else:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if accelerator in ("gpu", "cuda") and not cuda:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} (trainer=gpu or trainer=ddp) but this machine has no "
+            "CUDA GPU that torch can use: leave out trainer= (the default uses a GPU when there is one, "
+            "else the CPU), or trainer=cpu / trainer=ddp_cpu"
+        )
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not cuda)
+    if precision.startswith("bf16") and on_cpu and not cpu_has_bf16():
+        raise ConfigError(
+            f"trainer.precision={precision} on a CPU without bf16 instructions ({cpu_name()}: no AVX512_BF16 or AMX "
+            "on x86, no BF16 on Arm): autocast would emulate bf16, 8 to 20 times slower than 32-true on such a CPU "
+            "(README, Controls). Use trainer=cpu, or trainer=cpu_bf16 on a CPU that has them"
+        )
+    if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise ConfigError(
+            f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPU(s): "
+            "give trainer.devices=-1 for all of them"
+        )
 
 
 def check_launch(cfg: DictConfig):
@@ -556,162 +581,6 @@ def without_regularisation(cfg: DictConfig) -> list[str]:
     return changed
 
 
-@rank_zero_only
-def show_config(cfg: DictConfig):
-    """The run's resolved config as a tree on the terminal: the groups first, then the run's own settings."""
-    from rich.console import Console
-    from rich.syntax import Syntax
-    from rich.tree import Tree
-
-    config = OmegaConf.to_container(cfg, resolve=True)
-    groups = [k for k in ("model", "data", "trainer", "callbacks", "logger", "paths") if k in config]
-    groups += [k for k, v in config.items() if isinstance(v, dict) and k not in groups]
-    tree = Tree("config", guide_style="dim")
-    for key in groups:
-        tree.add(key).add(Syntax(OmegaConf.to_yaml(config[key]).rstrip(), "yaml", background_color="default"))
-    rest = {k: v for k, v in config.items() if k not in groups}
-    tree.add("run").add(Syntax(OmegaConf.to_yaml(rest).rstrip(), "yaml", background_color="default"))
-    Console(soft_wrap=True).print(tree)
-
-
-def describe(batch) -> str:
-    """A batch's tensors as `(128, 1, 28, 28) float32 in [-0.42, 2.82]`, nested as the batch is."""
-    if isinstance(batch, (tuple, list)):
-        return "(" + ", ".join(describe(b) for b in batch) + ")"
-    if isinstance(batch, torch.Tensor) and batch.numel():
-        low, high = batch.min().item(), batch.max().item()
-        return f"{tuple(batch.shape)} {str(batch.dtype).removeprefix('torch.')} in [{low:.4g}, {high:.4g}]"
-    return repr(batch)
-
-
-# ------------------------------------------------------------------------------------------------------ callbacks
-class RunRecord(L.Callback):
-    """What the run is, in every checkpoint (the config groups it was composed from, so evaluating a checkpoint
-    needs no model=...; the data split and a fingerprint of every training sample, so a test on other data can say
-    how much of it the model trained on), and in the loggers: the resolved config goes to them when the first
-    training (or test) step is about to run, so a run that fails while its data loads leaves no W&B run behind.
-
-    record_split: called once with the data's split record when the data is set up (run.json keeps it).
-    trained_on: for a test of a checkpoint (train=false), the fingerprints of what that checkpoint trained on."""
-
-    def __init__(self, choices: dict, resolved: dict, record_split=None, trained_on=None):
-        self.choices, self.resolved, self.logged = choices, resolved, False
-        self.record_split, self.trained_on = record_split, trained_on
-        self.fingerprints = None  # of this run's training split, computed for the first checkpoint
-        self.overlap: dict | None = None  # test samples that are training samples: metrics.json's test_overlap
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        dm = trainer.datamodule
-        checkpoint["nnlab"] = {
-            "choices": self.choices,
-            "run_id": self.resolved.get("run_id"),
-            "data": self.resolved.get("data"),
-        }
-        if (split := getattr(dm, "split", None)) is not None:
-            checkpoint["nnlab"]["split"] = split
-        if hasattr(dm, "fingerprints"):
-            if self.fingerprints is None:
-                self.fingerprints = dm.fingerprints("train")
-            checkpoint["nnlab"]["trained_on"] = self.fingerprints
-
-    def _log_config(self, trainer):
-        if not self.logged:
-            split = getattr(trainer.datamodule, "split", None)
-            if split is not None and self.record_split is not None:
-                self.record_split(split)
-            for lg in trainer.loggers:
-                lg.log_hyperparams(self.resolved)  # opens the W&B run (nnlab.callbacks.WandbLogger)
-            self.logged = True
-
-    def on_train_start(self, trainer, pl_module):
-        self._log_config(trainer)
-
-    def on_test_start(self, trainer, pl_module):
-        self._log_config(trainer)
-        dm = trainer.datamodule
-        if not hasattr(dm, "fingerprints"):
-            return
-        evaluating = self.trained_on is not None
-        trained = self.trained_on if evaluating else dm.fingerprints("train")
-        tested = dm.fingerprints("test")
-        seen = int(torch.isin(tested, trained.to(tested.device)).sum())
-        self.overlap = {"samples": seen, "of": len(tested)}
-        if seen and trainer.is_global_zero:
-            data = self.choices.get("data")
-            if evaluating:
-                log.warning(
-                    f"{seen} of {len(tested)} test samples of data={data} are samples the checkpoint trained on: its "
-                    "test accuracy here is partly on data it learnt (metrics.json: test_overlap)"
-                )
-            else:
-                log.warning(
-                    f"{seen} of {len(tested)} test samples of data={data} read the same as training samples "
-                    "(duplicates in the data): the test accuracy is partly on data the model learnt "
-                    "(metrics.json: test_overlap)"
-                )
-
-
-class EpochLog(L.Callback):
-    """One line per epoch in the log (and train.log): epoch, training loss, validation loss and accuracy, time. With
-    DEBUG logging (debug=anomaly) also each epoch's first training batch: shapes, types and value ranges."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == 0 and log.isEnabledFor(logging.DEBUG):
-            log.debug(f"epoch {trainer.current_epoch + 1}, first training batch: {describe(batch)}")
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self.start = time.perf_counter()
-
-    def on_train_start(self, trainer, pl_module):
-        self.start = time.perf_counter()  # an epoch resumed mid-way starts here
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if not trainer.is_global_zero:
-            return
-        metrics = trainer.callback_metrics
-        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
-        if (loss := pl_module.epoch_train_loss()) is not None:
-            parts.append(f"train/loss {loss:.4f}")
-        parts += [f"{k} {float(metrics[k]):.4f}" for k in ("val/loss", "val/acc") if k in metrics]
-        log.info("  ".join(parts) + f"  {time.perf_counter() - self.start:.1f} s")
-
-
-class PhaseMarks(L.Callback):
-    """metrics.json's `timeline` (nnlab.timeline): when the data was set up, training started (loggers started, sanity
-    check done), its first and last steps ended and testing ended."""
-
-    def setup(self, trainer, pl_module, stage):
-        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn: "fit", "test", ...
-        timeline.mark("data" if stage == "fit" else f"data_{stage}")
-
-    def on_train_start(self, trainer, pl_module):
-        timeline.mark("train_start")
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        timeline.mark("first_step", again=False)
-        timeline.mark("last_step")
-
-    def on_test_end(self, trainer, pl_module):
-        timeline.mark("tested")
-
-
-class WeightsDigest(L.Callback):
-    """Under DDP, every rank logs a digest of its weights when fit ends (`rank 1/2 on n2: weights 3f2a...`): equal
-    digests show that the ranks ended with the same model."""
-
-    def on_fit_end(self, trainer, pl_module):
-        if trainer.world_size < 2:
-            return
-        digest = hashlib.sha256()
-        for name, tensor in sorted(pl_module.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        log.info(
-            f"rank {trainer.global_rank}/{trainer.world_size} on {socket.gethostname()}: "
-            f"weights {digest.hexdigest()[:16]}"
-        )
-
-
 # ------------------------------------------------------------------------------------------------------- the run
 # Data settings that say where the data is on this machine, not what it is: never taken from a checkpoint.
 WHERE_DATA_IS = ("data_dir", "cache_dir", "download", "workers")
@@ -736,9 +605,12 @@ class NoFollowFileHandler(logging.FileHandler):
 def warn_more_processes_than_cores(cfg: DictConfig):
     """DDP on the CPU with more processes than cores: each process gets a thread, and they slow each other down."""
     devices, accelerator = cfg.trainer.get("devices"), str(cfg.trainer.get("accelerator"))
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     cores = len(os.sched_getaffinity(0))
-    if on_cpu and isinstance(devices, int) and devices > cores and env_rank() == 0:
+    if not (isinstance(devices, int) and devices > cores and env_rank() == 0 and accelerator in ("cpu", "auto")):
+        return
+    import torch
+
+    if accelerator == "cpu" or not torch.cuda.is_available():
         log.warning(
             f"trainer.devices={devices} starts {devices} training processes on the CPU, which has {cores} core(s) for "
             f"this run: they share them and train slower than {cores} would (trainer.devices={cores}, or 1)"
@@ -826,11 +698,13 @@ class Run:
         if self.resuming and (metrics := complete_run(self.out)):
             raise Complete(metrics)
         check_settings(cfg, self.explicit_run_dir, self.restarts > 0)
-        self.threads = set_cpu_threads(cfg)
-        if self.rank_zero and self.resuming and any((self.out / name).exists() for name in RUN_FILES):
+        new_run = self.rank_zero and not (self.resuming and any((self.out / name).exists() for name in RUN_FILES))
+        if self.rank_zero and not new_run:
             check_same_run(self.out, cfg)
-        elif self.rank_zero:  # a new run, or resume=true in a folder that holds none: a new or empty folder only
+        elif new_run:  # a new run, or resume=true in a folder that holds none: a new or empty folder only
             check_own_directory(self.out, sweep_trial)
+        self.threads = set_cpu_threads(cfg)  # imports torch: after every check that needs none
+        if new_run:
             self.claim()
         self.attach_log_file()
         if self.rank_zero and (shared := shared_root(self.out, Path(cfg.paths.log_dir))):
@@ -854,13 +728,15 @@ class Run:
                 # before (EADDRINUSE). Each attempt takes its own, the same on every rank (SLURM_RESTART_COUNT).
                 base = int(os.environ["SLURM_JOB_ID"][-4:])  # what Lightning takes
                 os.environ["MASTER_PORT"] = str(15000 + (base + 1000 * self.restarts) % 10000)
-        logging.getLogger("lightning").handlers.clear()  # its own console handler: every line twice otherwise
+        check_launch(cfg)
+        check_slurm(cfg)
+        import lightning  # noqa: F401  (the checks have passed: the run is going to train or test)
+
+        logging.getLogger("lightning").handlers.clear()  # its own console handler, added on import: lines twice
         for handler in logging.getLogger().handlers:
             handler.addFilter(quiet_lightning)
             if not isinstance(handler, logging.FileHandler):
                 handler.addFilter(lambda record: record.name != DETAILS)  # tracebacks of warnings: train.log only
-        check_launch(cfg)
-        check_slurm(cfg)
 
     def claim(self):
         """Mark the directory as this run's before anything else is written there (train.log, a failure's end.json):
@@ -899,11 +775,13 @@ class Run:
         self.log_file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         logging.getLogger().addHandler(self.log_file)
 
-    def join_restarted_group(self, trainer: L.Trainer):
+    def join_restarted_group(self, trainer):
         """After a torchrun restart, join the new round's process group under keys of its own. The agents keep one
         store for every round (TORCHELASTIC_USE_AGENT_STORE) and the workers' keys carry no round: a restarted worker
         would read the addresses its peers had in the round before and be refused there. Lightning then finds the
         group initialized and uses it. The first start is Lightning's own."""
+        import torch
+
         env = os.environ
         if (
             not self.restarts
@@ -938,6 +816,8 @@ class Run:
         W&B tags, and for train=false the model and data settings the checkpoint records; the network and the data
         checked to be of one kind. Returns it, and for train=false the model the checkpoint holds (read once)."""
         from hydra.utils import instantiate
+
+        from nnlab.checkpoint import model_from_checkpoint, read_checkpoint
 
         cfg, evaluated = copy.deepcopy(cfg), None
         given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
@@ -988,6 +868,8 @@ class Run:
         """What can be checked before training, done before the config tree is shown, so that a failing run ends with
         its error on a short screen: the data is found and readable (rank 0 prepares it now: downloads, decodes and
         tokenises it into the cache fit reads), and a checkpoint to test (train=false) fits that data."""
+        from nnlab.checkpoint import check_fits_data
+
         data = HydraConfig.get().runtime.choices.get("data")
         if self.checkpoint is not None and hasattr(datamodule, "vocabulary"):
             datamodule.vocabulary = (self.checkpoint.get("preprocessing") or {}).get("tokenizer")
@@ -1027,6 +909,8 @@ class Run:
     def resume_from(self) -> tuple[str | None, dict | None]:
         """The checkpoint fit starts from, and its content (read once, checked): last.ckpt when resuming (or
         ckpt_path, when given with resume=true); else ckpt_path (fine-tuning from its weights and state)."""
+        from nnlab.checkpoint import RESUME_KEYS, read_checkpoint
+
         cfg = self.cfg
         if not self.resuming:
             return (cfg.ckpt_path, read_checkpoint(cfg.ckpt_path, RESUME_KEYS)) if cfg.ckpt_path else (None, None)
@@ -1046,6 +930,8 @@ class Run:
 
     def alternative(self, damaged: Path) -> str:
         """What to resume from instead of a damaged checkpoint."""
+        from nnlab.checkpoint import RESUME_KEYS, read_checkpoint
+
         best = self.last_ckpt.parent / "best.ckpt"
         if best != damaged and best.is_file():
             try:
@@ -1067,6 +953,8 @@ class Run:
         """The directory holds what reproduces the run: resolved config, commit, versions, command; the composed,
         unresolved config and the overrides in .hydra/ (Hydra's own copy is off: it would be written before the
         directory's lock and checks)."""
+        import torch
+
         out, hc = self.out, HydraConfig.get()
         write_atomic(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         start = self.start_facts()
@@ -1132,10 +1020,16 @@ class Run:
         except OSError as w:  # a full disk: the run's own files matter more
             log.warning(f"could not record how the run ended ({w})")
 
-    @rank_zero_only
     def finish_wandb(self, exit_code: int, preempted: bool = False):
         """Close the W&B run (marked failed on a non-zero exit code, preempted when it will be resumed) so the next
         run in this process is a new one. A run that never started one (it failed before training) has none."""
+        if self.loggers:  # built with the trainer: Lightning is imported
+            self.finish_wandb_run(exit_code, preempted)
+
+    @rank_zero_only
+    def finish_wandb_run(self, exit_code: int, preempted: bool):
+        from lightning.pytorch.loggers import WandbLogger
+
         for lg in self.loggers:
             if isinstance(lg, WandbLogger) and lg._experiment is not None:
                 run_dir = Path(lg.experiment.dir).parent
@@ -1149,7 +1043,7 @@ class Run:
                         f"{commands.path(run_dir)}"
                     )
 
-    def end_stopped(self, trainer: L.Trainer):
+    def end_stopped(self, trainer):
         """Training stopped on a signal with its checkpoint written: close the W&B run as preempted, requeue the
         SLURM job if the signal asked for it, say how the run continues, and exit (0 when requeued, else 128 + the
         signal: 130 for Ctrl-C, 143 for SIGTERM)."""
@@ -1178,7 +1072,7 @@ class Run:
         raise SystemExit(0 if requeued else 128 + stop.received)
 
     @contextmanager
-    def stopping(self, trainer: L.Trainer):
+    def stopping(self, trainer):
         """Around fit and test: a stop on a signal ends as end_stopped says; anything else goes on up."""
         try:
             yield
@@ -1192,9 +1086,13 @@ class Run:
 
     def stopped(self, e: BaseException) -> bool:
         """Whether an exception out of fit or test is this run's signal stop."""
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
         return isinstance(e, (Stopped, SIGTERMException)) and self.stop.received is not None
 
     def plugins(self) -> list:
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
         from nnlab.callbacks import AtomicCheckpointIO
 
         plugins = [AtomicCheckpointIO()]
@@ -1214,5 +1112,7 @@ def leave_process_group():
     """Under DDP, destroy the process group while the interpreter is still whole: left to interpreter shutdown, gloo's
     threads can abort the process ("terminate called without an active exception", PyTorch issue 190489; seen on a
     2-task SLURM job). Only on orderly ends, where every rank gets here."""
+    import torch
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

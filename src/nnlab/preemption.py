@@ -9,6 +9,9 @@ the same job id, so it finds its run directory and resumes from last.ckpt into t
 
 This is the only requeue owner: Lightning's own SLURM auto-requeue is switched off (`SLURMEnvironment(auto_requeue=
 False)`), and under the submitit launcher the handler here replaces submitit's for the signal submitit asked SLURM for.
+
+`SignalStop` notes the signals from the run's first moment, before Lightning is imported; the trainer's callback that
+acts on them at a batch end is nnlab.run_callbacks.StopAtBatchEnd. Only the standard library here.
 """
 
 import logging
@@ -16,10 +19,6 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-
-import lightning as L
-from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nnlab.errors import ConfigError
 
@@ -37,7 +36,7 @@ class Stopped(Exception):
 
 def in_slurm_batch_job() -> bool:
     """A SLURM job's batch script or one of its srun steps (not `srun --pty bash`, where Lightning starts processes)."""
-    return "SLURM_JOB_ID" in os.environ and SLURMEnvironment.job_name() not in ("bash", "interactive")
+    return "SLURM_JOB_ID" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
 
 
 def requeue_signal(configured: str) -> signal.Signals:
@@ -56,24 +55,18 @@ def requeue_signal(configured: str) -> signal.Signals:
         ) from None
 
 
-class SignalStop(L.Callback):
+class SignalStop:
     """Notes SIGTERM and the requeue signal from the start of the run (a signal that arrives while data loads must
-    not kill the process) and stops training at the next batch end, after saving `checkpoint`.
+    not kill the process); training stops at the next batch end after saving `checkpoint` (StopAtBatchEnd, the
+    trainer's callback, reads and sets what this records: `received`, `training`, `saved`)."""
 
-    Under DDP the ranks agree every `sync_every` batches (one all-reduce of a flag: about 170 us with gloo on this
-    project's CPU, where the default MLP's gradient all-reduce takes 5.8 ms), so they stop at the same batch even when
-    the signal reaches them at different moments; alone, a process checks after every batch.
-    """
-
-    def __init__(self, checkpoint: Path, requeue: signal.Signals | None, sync_every: int = 10):
+    def __init__(self, checkpoint: Path, requeue: signal.Signals | None):
         self.checkpoint = Path(checkpoint)
         self.requeue = requeue
-        self.sync_every = sync_every
         self.received: signal.Signals | None = None
         self.saved = False
         self.training = False  # before training there is nothing to save: Ctrl-C then stops at once
         self._previous = {}
-        self._batches = 0  # the same count on every rank: all ranks run the same number of batches
 
     def install(self):
         for sig in {signal.SIGTERM, signal.SIGINT, self.requeue} - {None}:
@@ -84,6 +77,13 @@ class SignalStop(L.Callback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+    def take_back_sigterm(self):
+        """Lightning wraps SIGTERM at the start of fit and test in a handler of its own, which forwards it to the DDP
+        ranks it started and makes each stop at its own next step: ranks that stop at different steps wait for each
+        other forever (seen with 2 CPU processes). Only this handler notes it; the ranks agree where to stop."""
+        if signal.SIGTERM in self._previous:
+            signal.signal(signal.SIGTERM, self._note)
 
     def _note(self, signum, frame):  # a signal handler: no logging (it may interrupt a write to the same stream)
         if signum == signal.SIGINT:  # Ctrl-C: like SIGTERM; a second one stops at once
@@ -99,54 +99,6 @@ class SignalStop(L.Callback):
     @property
     def requeue_requested(self) -> bool:
         return self.requeue is not None and self.received == self.requeue
-
-    def _stop_requested(self, trainer) -> bool:
-        requested = self.received is not None
-        if trainer.world_size > 1:
-            self._batches += 1
-            if self._batches % self.sync_every:
-                return False
-            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-            if requested and self.received is None:
-                self.received = signal.SIGTERM  # another rank was signalled first
-        return requested
-
-    def _save(self, trainer):
-        trainer.save_checkpoint(self.checkpoint)
-        self.saved = True
-
-    def on_train_start(self, trainer, pl_module):
-        self.training = True
-        self._take_back_sigterm()
-
-    def on_test_start(self, trainer, pl_module):
-        self._take_back_sigterm()
-
-    def _take_back_sigterm(self):
-        """Lightning wraps SIGTERM at the start of fit and test in a handler of its own, which forwards it to the DDP
-        ranks it started and makes each stop at its own next step: ranks that stop at different steps wait for each
-        other forever (seen with 2 CPU processes). Only this handler notes it; the ranks agree where to stop."""
-        if signal.SIGTERM in self._previous:
-            signal.signal(signal.SIGTERM, self._note)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        # Not at an epoch's last batch: Lightning resumes a checkpoint written there by skipping that epoch's
-        # validation and end (its learning-rate step too), so the run would not repeat. The epoch ends as usual
-        # (last.ckpt is written) and the stop comes at the next batch. Every rank skips the same batch.
-        if batch_idx + 1 >= trainer.num_training_batches:
-            return
-        if self._stop_requested(trainer):
-            self._save(trainer)
-            raise Stopped(self.received, self.checkpoint)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if self._stop_requested(trainer):  # fit is over and last.ckpt holds it: the restart only tests again
-            raise Stopped(self.received, None)
-
-    def on_exception(self, trainer, pl_module, exception):
-        # Lightning's own SIGTERM handling can stop a step before on_train_batch_end sees the signal.
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and not self.saved:
-            self._save(trainer)
 
 
 def job_id() -> str:

@@ -724,7 +724,7 @@ class StudySweeper(Sweeper):
         slots = self.launcher.n_jobs if streaming else 1
         # SIGTERM stops the sweep; in a SLURM job so does the requeue signal (scripts/slurm/sweep_worker.sbatch), and
         # the worker then requeues itself: its restart resumes the released trials.
-        from nnlab.preemption import in_slurm_batch_job, requeue_job, requeue_signal  # Lightning: only when sweeping
+        from nnlab.preemption import in_slurm_batch_job, requeue_job, requeue_signal
 
         received = []
         stop_signals = {signal.SIGTERM}
