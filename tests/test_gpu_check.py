@@ -1,4 +1,6 @@
-"""scripts/gpu_check.sh in its CPU mode, on the tests' small data: every step it runs on a GPU runs and reports."""
+"""scripts/gpu_check.sh in its CPU mode, on the tests' small data: every step it runs on a GPU runs and reports. The
+whole check is rehearsed as on a GPU machine: a fresh Python 3.12 environment of the GPU image's packages, nnlab and
+the rest installed from the wheelhouse with no index (scripts/gpu_rehearsal.sh)."""
 
 import json
 import os
@@ -13,15 +15,23 @@ from tests.test_train import TINY, TINY_SPEECH, TINY_TEXT
 
 pytestmark = pytest.mark.slow
 
+WHEELHOUSE = ROOT / "wheelhouse"
 
-def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path, mnist_dir, imdb_dir, speech_dir):
+
+def test_the_gpu_check_rehearsed_in_the_gpu_image_runs_every_step_on_the_cpu(tmp_path, mnist_dir, imdb_dir, speech_dir):
+    """The image's packages come from uv's cache (UV_OFFLINE: every process a test starts stays on this machine);
+    .ci/run builds the wheelhouse and fills that cache first (`scripts/gpu_rehearsal.sh --prepare`)."""
+    if not (WHEELHOUSE / "image.txt").is_file():
+        message = "no wheelhouse/: bash scripts/gpu_wheelhouse.sh && bash scripts/gpu_rehearsal.sh --prepare"
+        if os.environ.get("NNLAB_REQUIRE_GPU_REHEARSAL"):
+            pytest.fail(message)
+        pytest.skip(message)
     out = tmp_path / "check" / "results.json"
     env = {
-        **os.environ,
-        "GPU_CHECK_DEVICE": "cpu",
+        **{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+        "UV_OFFLINE": "1",
         "GPU_CHECK_OUT": str(out),
-        "PYTHON": sys.executable,
-        "PYTHONPATH": str(ROOT),
+        "GPU_CHECK_WHEELHOUSE": str(WHEELHOUSE),
         "MNIST_DIR": str(mnist_dir),
         "IMDB_DIR": str(imdb_dir),
         "SPEECH_DIR": str(speech_dir),
@@ -30,25 +40,32 @@ def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path, mnist_dir, imdb_dir,
         "SPEECH_OVERRIDES": " ".join(TINY_SPEECH),
     }
     proc = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        ["bash", str(ROOT / "scripts" / "gpu_rehearsal.sh")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "gpu_check: every step passed (cpu)" in proc.stdout
     result = json.loads(out.read_text())
     steps = {s["step"]: s for s in result["steps"]}
     assert result["passed"] and list(steps) == [
+        "install",
+        "versions",
         "mlp",
         "cnn",
         "lstm",
         "speech_rnn",
-        "ddp",
-        "sweep",
-        "sweep_trials",
         "benchmark",
         "benchmark_sequences",
         "benchmark_speech",
         "predict_text",
         "predict_audio",
+        "ddp",
+        "sweep",
+        "sweep_trials",
         "benchmark_compile",
         "cpu_bf16",
         "benchmark_cpu_bf16",
@@ -56,6 +73,15 @@ def test_the_gpu_check_runs_every_step_on_the_cpu(tmp_path, mnist_dir, imdb_dir,
     assert any("`model.compile=true`" in row for row in steps["benchmark_compile"]["table"])
     assert any("`trainer=cpu_bf16`" in row for row in steps["benchmark_cpu_bf16"]["table"])
     assert "bf16:" in steps["cpu_bf16"]["output"][-1]
+    # the image's versions where they differ from what the tests ran with, each named (scripts/gpu_image.txt)
+    tested, image = ({n: v for n, _, v in (p.partition("==") for p in (WHEELHOUSE / f).read_text().split())}
+                     for f in ("tested.txt", "image.txt"))  # fmt: skip
+    differ = {f"{n}: {v} here, {tested[n]} tested" for n, v in image.items() if v != tested[n]}
+    differ |= {f"{n}: not installed here, {tested[n]} tested" for n in ("optuna-dashboard", "bottle")}
+    versions = steps["versions"]["output"]
+    assert set(versions[:-1]) == differ and versions[-1] == (
+        f"{len(tested) - len(differ)} of {len(tested)} packages as tested; {len(differ)} differ (named above)"
+    )
     for name in ("mlp", "cnn", "lstm", "speech_rnn", "ddp"):
         assert steps[name]["metrics"]["epochs"] == 1 and 0 <= steps[name]["metrics"]["test/acc"] <= 1
     assert [t["state"] for t in steps["sweep_trials"]["trials"]] == ["complete", "complete"]
@@ -91,3 +117,47 @@ def test_the_gpu_check_stops_at_the_first_failing_step_and_names_it(tmp_path):
     result = json.loads(out.read_text())
     assert not result["passed"] and [s["step"] for s in result["steps"]] == ["mlp"]
     assert Path(result["steps"][0]["log"]).is_file()
+
+
+def test_the_gpu_checks_data_keeps_whole_mnist_and_named_subsets_of_the_others(tmp_path):
+    """scripts/gpu_data.sh on small data in the real datasets' formats and archive names."""
+    import gzip
+    import tarfile
+
+    from tests.helpers import make_aclimdb, make_mnist, make_speech_commands
+
+    source = tmp_path / "datasets"
+    make_mnist(source)
+    for name, folder in (("aclImdb_labeled.tar.gz", "aclImdb"), ("speech_commands_fsdd.tar.gz", "SpeechCommands")):
+        made = tmp_path / folder
+        make_aclimdb(made) if folder == "aclImdb" else make_speech_commands(made, speakers=2, takes=15)
+        with tarfile.open(source / name, "w:gz") as tar:
+            tar.add(made / folder, arcname=folder)
+    out = tmp_path / "gpu_data"
+    for _ in range(2):  # a second build replaces the first
+        proc = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "gpu_data.sh"), str(out)],
+            env={**os.environ, "GPU_CHECK_SOURCE": str(source)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+    raw = source / "MNIST" / "raw"
+    for path in raw.iterdir():  # all of MNIST, compressed as downloaded
+        assert gzip.decompress((out / "MNIST" / "raw" / f"{path.name}.gz").read_bytes()) == path.read_bytes()
+    with tarfile.open(out / "aclImdb_labeled.tar.gz") as tar:  # the tiny set is under the limits: every review
+        assert len([m for m in tar.getnames() if m.endswith(".txt")]) == 4 * 6
+    with tarfile.open(out / "speech_commands_fsdd.tar.gz") as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    speech = tmp_path / "unpacked" / "SpeechCommands" / "speech_commands_v0.02"
+    kept = sorted(p.relative_to(speech).as_posix() for p in speech.glob("*/*_nohash_*.wav"))
+    takes = {int(clip.rsplit("_", 1)[1][:-4]) for clip in kept}
+    assert takes == {0, 5, 10, 11, 12, 13} and len(kept) == 5 * 2 * 6 + 1  # + the stereo clip, take 0
+    assert "dog/spk9_nohash_1.wav" not in kept and (speech / "_background_noise_" / "white_noise.wav").is_file()
+    made = tmp_path / "SpeechCommands" / "SpeechCommands" / "speech_commands_v0.02"
+    for name in ("testing_list.txt", "validation_list.txt"):  # each list: the clips it named that were kept
+        listed = (speech / name).read_text().split()
+        assert listed and listed == [c for c in (made / name).read_text().split() if c in kept]
+    assert (out / "overrides.env").read_text() == "IMDB_OVERRIDES=data.val_size=250\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("gpu_data")) == ["gpu_data"]
