@@ -34,7 +34,9 @@ if command -v uv >/dev/null; then uv=(uv); else uv=(python3 -m uv); fi
 place=$(mktemp -d)
 trap 'rm -rf "$place"' EXIT
 "$python312" -m venv "$place/venv"
-"${uv[@]}" pip install --quiet --python "$place/venv/bin/python" --no-deps --requirement "$wheelhouse/image.txt"
+# Compiled now, as the image's are: where PYTHONDONTWRITEBYTECODE is set, every step would compile torch again.
+"${uv[@]}" pip install --quiet --compile-bytecode --python "$place/venv/bin/python" --no-deps \
+    --requirement "$wheelhouse/image.txt"
 if [ "${1:-}" = --prepare ]; then
     exit 0
 fi
