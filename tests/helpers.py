@@ -304,3 +304,110 @@ def make_text_table(path: Path, rows: int = 60, fmt: str = "csv", labels=("good"
             writer.writeheader()
             writer.writerows(records)
     return path
+
+
+# Small-data settings for the tests' generated sets (conftest.py's mnist_dir, imdb_dir, speech_dir).
+TINY = ["data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100"]
+
+
+def run_args(run_dir, data_dir, *more):
+    """A run in `run_dir` on the MNIST files in `data_dir`, with TINY and `more`."""
+    return [f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", *TINY, *more]
+
+
+TINY_TEXT = [
+    "data.val_size=8",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "data.vocab_size=200",
+    "data.min_frequency=1",
+]
+
+
+TINY_SPEECH = ["data.batch_size=16", "data.eval_batch_size=64", "data.max_bad_share=0.05", "data.workers=1"]
+
+
+def stop_in_second_epoch(args, run_dir, sig) -> tuple[subprocess.Popen, str]:
+    """Start train.py (with SlowSteps of 0.15 s), send `sig` half a second after the first epoch's checkpoint, that
+    is into the second epoch (8 steps); returns the ended process and its output."""
+    env = user_env()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    return proc, proc.communicate(timeout=60)[0]
+
+
+SWEEP_TINY = ["model=mlp", "data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100"]
+
+
+def sweep(log_dir: Path, data_dir: Path, *overrides: str, timeout=600, check=True, env=None):
+    """`python train.py -m overrides...` with W&B offline; returns the CompletedProcess."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            *SWEEP_TINY,
+            f"paths.data_dir={data_dir}",
+            f"paths.log_dir={log_dir}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=user_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sweep failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def only_sweep(log_dir: Path) -> Path:
+    """The one sweep folder under `log_dir`."""
+    (sweep_dir,) = (log_dir / "sweeps").iterdir()
+    return sweep_dir
+
+
+OPTUNA = [
+    "hydra/sweeper=optuna",
+    "model.lr=choice(3e-3,1e-9)",
+    "seed=1",
+    "hydra.sweeper.sampler.n_startup_trials=4",
+    "hydra.sweeper.pruner.n_startup_trials=1",
+    "hydra.sweeper.pruner.n_warmup_steps=0",
+    "trainer.max_epochs=2",
+]
+
+
+ODD = "ré sumé 'q' \"dq\" a=b,c [x]{y} $HOME"
+
+
+def datamodule(data_dir, **overrides):
+    """An MNIST data module over `data_dir` with small splits and augmentation off; `overrides` replace settings."""
+    from nnlab.data.mnist import MNISTDataModule
+
+    args = dict(
+        channels=1,
+        image_size=28,
+        num_classes=10,
+        data_dir=str(data_dir),
+        download=False,
+        val_size=100,
+        split_seed=1,
+        batch_size=64,
+        eval_batch_size=500,
+        augment={"rotate": 0.0, "scale": 0.0, "translate": 0.0},
+    )
+    return MNISTDataModule(**{**args, **overrides})

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import ROOT, paste, train, user_env
-from tests.test_train import TINY, TINY_TEXT, run_args
+from tests.helpers import ODD, ROOT, TINY, TINY_TEXT, paste, run_args, train, user_env
 
 pytestmark = pytest.mark.slow
 
@@ -213,7 +212,6 @@ def test_an_outputs_folder_others_can_write_to_is_warned_about(tmp_path, mnist_d
 
 
 # A folder name with what shells and Hydra's override grammar treat specially
-ODD = "ré sumé 'q' \"dq\" a=b,c [x]{y} $HOME"
 
 
 def test_the_commands_a_run_prints_run_when_pasted_for_any_folder_name(tmp_path, mnist_dir):

@@ -16,8 +16,7 @@ import nnlab.config  # noqa: F401
 from nnlab.cpu import cpu_has_bf16
 from nnlab.lifecycle import without_regularisation
 from nnlab.module import Classifier
-from tests.helpers import ROOT, train
-from tests.test_data import datamodule
+from tests.helpers import ROOT, datamodule, train
 
 CONF = ROOT / "conf"
 TINY = ["data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100", "logger=csv"]

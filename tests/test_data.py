@@ -4,24 +4,8 @@ import pytest
 import torch
 
 from nnlab.data.batches import TensorBatches
-from nnlab.data.mnist import MEAN, STD, DatasetError, MNISTDataModule, random_affine
-from tests.helpers import make_mnist
-
-
-def datamodule(data_dir, **overrides):
-    args = dict(
-        channels=1,
-        image_size=28,
-        num_classes=10,
-        data_dir=str(data_dir),
-        download=False,
-        val_size=100,
-        split_seed=1,
-        batch_size=64,
-        eval_batch_size=500,
-        augment={"rotate": 0.0, "scale": 0.0, "translate": 0.0},
-    )
-    return MNISTDataModule(**{**args, **overrides})
+from nnlab.data.mnist import MEAN, STD, DatasetError, random_affine
+from tests.helpers import datamodule, make_mnist
 
 
 def test_reads_idx_files_with_torchvision_and_splits_with_a_seed(mnist_dir):

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
-from tests.test_train import TINY, TINY_SPEECH, TINY_TEXT
+from tests.helpers import ROOT, TINY, TINY_SPEECH, TINY_TEXT
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nnlab.module import Classifier
-from tests.test_data import datamodule
+from tests.helpers import datamodule
 
 ARCH = dict(in_channels=1, image_size=28, num_classes=10, hidden=[32], batch_norm=True, dropout=0.1)
 

@@ -19,9 +19,8 @@ import pytest
 from nnlab.runs import main as runs_main
 from nnlab.sweep import Estimate, load_study, mean_curve, replicates_of, welch_p, write_summary
 from tests.browser import Browser, chromium, open_page, screenshot
-from tests.helpers import ROOT, read_wandb_records, train
+from tests.helpers import OPTUNA, ROOT, SWEEP_TINY, only_sweep, read_wandb_records, sweep, train, user_env
 from tests.slurm_cluster import free_port
-from tests.test_sweep import OPTUNA, TINY, only_sweep, sweep, sweep_env
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -159,7 +158,7 @@ def test_the_report_renders_every_plot_in_a_real_browser(replicated, tmp_path):
     assert "a grid runs its points in a fixed order" in page and "importances need two or more parameters" in page
     # the command makes it again, the same plots
     (sweep_dir / "report.html").unlink()
-    out = subprocess.run([sys.executable, "-m", "nnlab.report", str(sweep_dir)], cwd=ROOT, env=sweep_env(),
+    out = subprocess.run([sys.executable, "-m", "nnlab.report", str(sweep_dir)], cwd=ROOT, env=user_env(),
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0 and (sweep_dir / "report.html").is_file(), out.stderr
     renders_in_a_browser(sweep_dir / "report.html", plots, tmp_path)
@@ -319,12 +318,12 @@ def test_the_run_index_lists_filters_diffs_and_survives_damaged_runs(replicated,
 # ------------------------------------------------------------------------------------------------ interruptions
 @pytest.mark.slow
 def test_a_sweep_interrupted_mid_replicate_resumes_only_what_is_unfinished(tmp_path, mnist_dir):
-    args = [*TINY, f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}", "hydra.sweeper.replicates=2",
+    args = [*SWEEP_TINY, f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}", "hydra.sweeper.replicates=2",
             "trainer.max_epochs=3", "+callbacks.slow._target_=tests.helpers.SlowSteps",
             "+callbacks.slow.seconds=0.2"]  # fmt: skip
     command = [sys.executable, str(ROOT / "train.py"), "-m", *args]  # one configuration, two seeds: nothing swept
     with open(tmp_path / "sweep.out", "w") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=sweep_env(), stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command, cwd=ROOT, env=user_env(), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("sweeps/*/0-r1/checkpoints/last.ckpt")):
@@ -340,7 +339,7 @@ def test_a_sweep_interrupted_mid_replicate_resumes_only_what_is_unfinished(tmp_p
     assert t.state.name == "RUNNING" and replicates_of(t)[0]["state"] == "complete"
     assert replicates_of(t)[1]["state"] == "running" and not (sweep_dir / "0-r1" / "metrics.json").exists()
 
-    rerun = subprocess.run(command, cwd=ROOT, env=sweep_env(), capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(command, cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     said = rerun.stdout + rerun.stderr
     assert "Trial 0 replicate 1 (seed=43) (resumed" in said and "Trial 0 replicate 0" not in said
@@ -370,7 +369,7 @@ def test_pruning_compares_replicate_means_and_a_pruned_trial_starts_no_more_repl
 
 @pytest.mark.slow
 def test_resume_latest_continues_the_last_stopped_run_of_the_same_command(tmp_path, mnist_dir, capsys):
-    args = [*TINY, f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}", "trainer.max_epochs=2",
+    args = [*SWEEP_TINY, f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}", "trainer.max_epochs=2",
             "+callbacks.stop._target_=tests.helpers.SignalAt", "+callbacks.stop.step=3"]  # fmt: skip
     stopped = train(*args, check=False)
     assert stopped.returncode == 143, stopped.stderr[-2000:]
@@ -383,7 +382,7 @@ def test_resume_latest_continues_the_last_stopped_run_of_the_same_command(tmp_pa
     assert "Traceback" not in other.stderr
 
     poison = ["+callbacks.poison._target_=tests.helpers.PoisonWeights", "+callbacks.poison.epoch=0"]
-    failed = train(*args[:6], "trainer.max_epochs=1", "seed=3", *poison, check=False)  # TINY, data, outputs
+    failed = train(*args[:6], "trainer.max_epochs=1", "seed=3", *poison, check=False)  # SWEEP_TINY, data, outputs
     assert failed.returncode != 0
     assert runs_main(["--root", str(tmp_path), "--json", "--state", "failed"]) == 0
     (bad,) = json.loads(capsys.readouterr().out)
@@ -450,7 +449,7 @@ def test_the_report_of_a_moved_sweep_folder_finds_its_runs_where_they_are(replic
     _, sweep_dir, _ = replicated
     moved = tmp_path / "elsewhere" / "renamed"
     shutil.copytree(sweep_dir, moved)
-    out = subprocess.run([sys.executable, "-m", "nnlab.report", str(moved)], cwd=ROOT, env=sweep_env(),
+    out = subprocess.run([sys.executable, "-m", "nnlab.report", str(moved)], cwd=ROOT, env=user_env(),
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr
     runs = read_csv(moved / "runs.csv")
@@ -466,7 +465,7 @@ def test_a_report_of_a_database_holding_no_study_says_so(tmp_path):
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
     optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'study.db'}")  # tables, no study: stopped before it began
-    out = subprocess.run([sys.executable, "-m", "nnlab.report", str(sweep_dir)], cwd=ROOT, env=sweep_env(),
+    out = subprocess.run([sys.executable, "-m", "nnlab.report", str(sweep_dir)], cwd=ROOT, env=user_env(),
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"Error: {sweep_dir / 'study.db'} holds no study: the sweep stopped before its study began" in out.stderr

@@ -8,8 +8,7 @@ import signal
 import pytest
 import torch
 
-from tests.helpers import ROOT, train
-from tests.test_train import TINY, TINY_SPEECH, TINY_TEXT, stop_in_second_epoch
+from tests.helpers import ROOT, TINY, TINY_SPEECH, TINY_TEXT, stop_in_second_epoch, train
 
 pytestmark = pytest.mark.slow
 SLOW = ["+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.15"]

@@ -15,9 +15,7 @@ import optuna
 import pytest
 
 from nnlab.sweep import SearchSpace, as_override_value, load_study
-from tests.helpers import ROOT, paste, read_wandb_records, user_env
-
-TINY = ["model=mlp", "data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100"]
+from tests.helpers import ODD, OPTUNA, ROOT, SWEEP_TINY, only_sweep, paste, read_wandb_records, sweep, user_env
 
 
 # ------------------------------------------------------------------------------------------------ search spaces
@@ -69,36 +67,6 @@ def test_sweeping_a_hydra_setting_is_refused_with_the_key():
 
 
 # ------------------------------------------------------------------------------------------------------ end to end
-def sweep(log_dir: Path, data_dir: Path, *overrides: str, timeout=600, check=True, env=None):
-    """`python train.py -m overrides...` with W&B offline; returns the CompletedProcess."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "-m",
-            *TINY,
-            f"paths.data_dir={data_dir}",
-            f"paths.log_dir={log_dir}",
-            *overrides,
-        ],
-        cwd=ROOT,
-        env=sweep_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"sweep failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def sweep_env(extra=None):
-    return user_env(extra)
-
-
-def only_sweep(log_dir: Path) -> Path:
-    (sweep_dir,) = (log_dir / "sweeps").iterdir()
-    return sweep_dir
 
 
 def summary(sweep_dir: Path) -> list[dict]:
@@ -123,15 +91,6 @@ def wandb_runs(sweep_dir: Path) -> dict[str, dict]:
 
 
 # Random startup trials (seed 1) draw good, good, bad, good: the bad learning rate is pruned at its first epoch.
-OPTUNA = [
-    "hydra/sweeper=optuna",
-    "model.lr=choice(3e-3,1e-9)",
-    "seed=1",
-    "hydra.sweeper.sampler.n_startup_trials=4",
-    "hydra.sweeper.pruner.n_startup_trials=1",
-    "hydra.sweeper.pruner.n_warmup_steps=0",
-    "trainer.max_epochs=2",
-]
 
 
 @pytest.mark.slow
@@ -170,7 +129,7 @@ def test_optuna_sweep_prunes_groups_wandb_runs_and_a_rerun_extends_the_study(tmp
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_its_running_trial_from_the_checkpoint(tmp_path, mnist_dir):
     args = [
-        *TINY,
+        *SWEEP_TINY,
         f"paths.data_dir={mnist_dir}",
         f"paths.log_dir={tmp_path}",
         "hydra/sweeper=optuna",
@@ -185,7 +144,7 @@ def test_interrupted_sweep_resumes_its_running_trial_from_the_checkpoint(tmp_pat
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "train.py"), "-m", *args],
             cwd=ROOT,
-            env=sweep_env(),
+            env=user_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -206,7 +165,7 @@ def test_interrupted_sweep_resumes_its_running_trial_from_the_checkpoint(tmp_pat
     rerun = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "-m", *args],
         cwd=ROOT,
-        env=sweep_env(),
+        env=user_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -292,7 +251,7 @@ def test_replicates_run_side_by_side_on_the_parallel_launcher(tmp_path, mnist_di
 def test_two_workers_share_one_study_in_a_journal_file(tmp_path, mnist_dir):
     journal = tmp_path / "shared-fs" / "study.log"
     args = [
-        *TINY,
+        *SWEEP_TINY,
         f"paths.data_dir={mnist_dir}",
         f"paths.log_dir={tmp_path}",
         "hydra/sweeper=optuna",
@@ -307,7 +266,7 @@ def test_two_workers_share_one_study_in_a_journal_file(tmp_path, mnist_dir):
         subprocess.Popen(
             [sys.executable, str(ROOT / "train.py"), "-m", *args],
             cwd=ROOT,
-            env=sweep_env(),
+            env=user_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -363,8 +322,8 @@ def test_wandb_sweeps_definition_drives_train_py_as_the_agent_would(tmp_path, mn
     }
     cmd = [part for item in spec["command"] for part in macros.get(item, [item])]
     run_dir = tmp_path / "run"
-    cmd += [f"paths.data_dir={mnist_dir}", f"hydra.run.dir={run_dir}", "trainer.max_epochs=1", *TINY[1:]]
-    env = sweep_env({"WANDB_SWEEP_ID": "abc123", "WANDB_RUN_ID": "agentrun1"})
+    cmd += [f"paths.data_dir={mnist_dir}", f"hydra.run.dir={run_dir}", "trainer.max_epochs=1", *SWEEP_TINY[1:]]
+    env = user_env({"WANDB_SWEEP_ID": "abc123", "WANDB_RUN_ID": "agentrun1"})
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     config = (run_dir / "config.yaml").read_text()
@@ -421,7 +380,7 @@ def test_a_study_name_is_one_plain_folder_name(tmp_path, mnist_dir, name):
 
 def start_sweep(args: list[str], output: Path) -> subprocess.Popen:
     with open(output, "w") as out:
-        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
+        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=user_env(),
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
 
@@ -433,7 +392,7 @@ def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, seconds=300):
 
 
 def grid_args(log_dir: Path, data_dir: Path, *more: str) -> list[str]:
-    return [*TINY, f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", "model.lr=1e-3,3e-3",
+    return [*SWEEP_TINY, f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", "model.lr=1e-3,3e-3",
             "trainer.max_epochs=2", "logger=csv", "+callbacks.slow._target_=tests.helpers.SlowSteps",
             "+callbacks.slow.seconds=0.1", *more]  # fmt: skip
 
@@ -447,7 +406,7 @@ def test_a_rerun_right_after_a_killed_sweep_takes_its_trial_over_and_finishes_th
     wait_for("sweeps/*/0/checkpoints/last.ckpt", tmp_path, first)
     first.kill()  # SIGKILL to the sweep alone: its trial, a process of its own, trains on
     first.wait()
-    rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
+    rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=user_env(),
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     printed = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, printed[-4000:]
@@ -481,7 +440,7 @@ def test_a_trial_held_by_a_worker_elsewhere_is_named_and_taken_over_when_it_fall
     # as a worker on another machine that has just said it is alive
     study._storage.set_trial_user_attr(held._trial_id, "nnlab:worker", {"host": "node7", "pid": 4242, "started": "1"})
     study._storage.set_trial_user_attr(held._trial_id, "nnlab:heartbeat", time.time())
-    rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=sweep_env(),
+    rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=user_env(),
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     printed = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, printed[-4000:]
@@ -514,7 +473,7 @@ def test_a_sweep_folder_moved_away_mid_sweep_stops_it_in_one_line_and_leaves_not
     assert not sweep_dir.exists()  # no stray study.db, no trial folder made again
     # continued where it is now
     rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args, f"hydra.sweep.dir={moved}"], cwd=ROOT,
-                           env=sweep_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+                           env=user_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
     study = load_study(f"sqlite:///{moved / 'study.db'}", sweep_dir.name)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
@@ -539,7 +498,6 @@ def test_a_link_planted_in_a_sweep_folder_is_refused_and_nothing_is_written_thro
 @pytest.mark.slow
 def test_a_sweep_in_a_folder_of_any_name_runs_and_its_printed_commands_run_when_pasted(tmp_path, mnist_dir):
     from nnlab.commands import override
-    from tests.test_bad_input import ODD
 
     log_dir = tmp_path / ODD
     proc = sweep(tmp_path, mnist_dir, "model.lr=1e-3,3e-3", "trainer.max_epochs=1", override("paths.log_dir", log_dir))

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT, user_env
+from tests.helpers import ROOT, TINY, user_env
 from tests.slurm_cluster import free_port
-from tests.test_train import TINY
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import matplotlib.image as plt_image
 import numpy as np
@@ -13,14 +12,17 @@ import pytest
 import torch
 
 from nnlab.module import Classifier
-from tests.helpers import ROOT, read_wandb_records, train, user_env
+from tests.helpers import (
+    ROOT,
+    TINY_SPEECH,
+    TINY_TEXT,
+    read_wandb_records,
+    run_args,
+    stop_in_second_epoch,
+    train,
+)
 
 pytestmark = pytest.mark.slow
-TINY = ["data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100"]
-
-
-def run_args(run_dir, data_dir, *more):
-    return [f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", *TINY, *more]
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
@@ -28,15 +30,6 @@ def test_fast_dev_run(model, tmp_path, mnist_dir):
     train(f"model={model}", "trainer.fast_dev_run=true", "logger=csv", *run_args(tmp_path, mnist_dir))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["test/loss"] > 0
-
-
-TINY_TEXT = [
-    "data.val_size=8",
-    "data.batch_size=8",
-    "data.eval_batch_size=16",
-    "data.vocab_size=200",
-    "data.min_frequency=1",
-]
 
 
 @pytest.fixture(scope="module")
@@ -234,9 +227,6 @@ def test_seed_lstm_is_a_binary_classifier(tmp_path, imdb_dir):
     assert label in ("negative", "positive") and float(confidence) >= 0.5
 
 
-TINY_SPEECH = ["data.batch_size=16", "data.eval_batch_size=64", "data.max_bad_share=0.05", "data.workers=1"]
-
-
 @pytest.fixture(scope="module")
 def speech_run(tmp_path_factory, speech_dir):
     """Two epochs of model=speech_rnn on the tiny clips, with the default (W&B offline) logger."""
@@ -424,27 +414,6 @@ def test_wandb_offline_files_hold_the_metrics(trained_run, mnist_dir):
     # The model summary's parameter counts, in the W&B summary and metrics.json
     params = sum(p.numel() for p in Classifier.load_from_checkpoint(run_dir / "checkpoints" / "best.ckpt").parameters())
     assert summary["model/params"] == params == json.loads((run_dir / "metrics.json").read_text())["model/params"]
-
-
-def stop_in_second_epoch(args, run_dir, sig) -> tuple[subprocess.Popen, str]:
-    """Start train.py (with SlowSteps of 0.15 s), send `sig` half a second after the first epoch's checkpoint, that
-    is into the second epoch (8 steps); returns the ended process and its output."""
-    env = user_env()
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(sig)
-    return proc, proc.communicate(timeout=60)[0]
 
 
 def test_kill_and_resume_ends_after_the_same_epochs(tmp_path, mnist_dir):
