@@ -9,6 +9,7 @@ import lightning as L
 import optuna
 
 from nnlab.sweep import curve_key, live_trial, mean_curve, replicate_key
+from nnlab.upstream import id_of, study_storage
 
 
 class PruneTrial(L.Callback):
@@ -55,7 +56,7 @@ class PruneTrial(L.Callback):
 
     def report_replicate(self, value: float, step: int) -> bool:
         study = self.trial.study
-        storage, tid = study._storage, self.trial._trial_id
+        storage, tid = study_storage(study), id_of(self.trial)
         now = storage.get_trial(tid)
         if now.state != optuna.trial.TrialState.RUNNING:
             return now.state == optuna.trial.TrialState.PRUNED  # a sibling replicate got the trial pruned
@@ -74,14 +75,15 @@ class PruneTrial(L.Callback):
 
     def record_pruned(self):
         """Rank 0, once training stopped: the study records the trial as pruned (unless a sibling replicate did)."""
-        study, tid = self.trial.study, self.trial._trial_id
-        now = study._storage.get_trial(tid)
+        study, tid = self.trial.study, id_of(self.trial)
+        now = study_storage(study).get_trial(tid)
         if now.state != optuna.trial.TrialState.RUNNING:
             return
         if self.replicate is not None:  # recorded before the trial ends: a finished trial takes no more attributes
             key = replicate_key(self.replicate)
             info = dict(now.user_attrs.get(key) or {})
-            study._storage.set_trial_user_attr(tid, key, {**info, "state": "pruned", "epochs": self.pruned_at + 1})
+            info.update(state="pruned", epochs=self.pruned_at + 1)
+            study_storage(study).set_trial_user_attr(tid, key, info)
         study.tell(self.number, state=optuna.trial.TrialState.PRUNED)
 
     def state_dict(self):

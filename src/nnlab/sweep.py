@@ -22,6 +22,7 @@ from hydra.core.override_parser.types import Override
 from nnlab import commands
 from nnlab.atomic import atomic_open
 from nnlab.errors import UserError
+from nnlab.upstream import id_by_number
 
 log = logging.getLogger("nnlab.sweep")
 
@@ -172,7 +173,7 @@ def load_study(url: str, name: str) -> optuna.Study:
 def live_trial(url: str, name: str, number: int) -> optuna.Trial:
     """The running trial `number` of a stored study, for a trial process to report to."""
     study = load_study(url, name)
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    trial_id = id_by_number(study, number)
     return optuna.Trial(study, trial_id)
 
 

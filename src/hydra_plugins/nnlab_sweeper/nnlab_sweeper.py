@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nnlab import commands
 from nnlab.atomic import append_no_follow, atomic_open, refuse_link, refuse_links_in
 from nnlab.errors import UserError
+from nnlab.upstream import id_of, job_value, study_storage
 
 
 def _loaded_on_first_use(name: str):
@@ -419,7 +420,7 @@ class StudySweeper(Sweeper):
         trials = self.study.get_trials(deepcopy=False)
         for t in trials:
             if S.is_stale(t, self.stale_after_s):
-                self.beat(t._trial_id)
+                self.beat(id_of(t))
                 return t, True
         if len([t for t in trials if t.state != optuna.trial.TrialState.WAITING]) >= self.target:
             return None
@@ -434,14 +435,14 @@ class StudySweeper(Sweeper):
             trial = self.study.ask(self.grid_distributions)
         else:
             trial = self.study.ask(self.space.distributions)
-        self.beat(trial._trial_id)
-        return self.study._storage.get_trial(trial._trial_id), False
+        self.beat(id_of(trial))
+        return study_storage(self.study).get_trial(id_of(trial)), False
 
     def beat(self, trial_id: int, when: float | None = None):
         """Say this worker is alive and runs the trial (when=0: it lets go of it, for a rerun to take over at once)."""
-        self.study._storage.set_trial_user_attr(trial_id, S.HEARTBEAT, time.time() if when is None else when)
+        study_storage(self.study).set_trial_user_attr(trial_id, S.HEARTBEAT, time.time() if when is None else when)
         if when is None:
-            self.study._storage.set_trial_user_attr(trial_id, S.WORKER, self.worker)
+            study_storage(self.study).set_trial_user_attr(trial_id, S.WORKER, self.worker)
 
     def in_place(self) -> bool:
         """Whether the sweep's folder is still where the sweep runs it (not renamed or removed meanwhile)."""
@@ -455,7 +456,7 @@ class StudySweeper(Sweeper):
         return [
             t
             for t in self.study.get_trials(deepcopy=False)
-            if t.state == optuna.trial.TrialState.RUNNING and t._trial_id not in self.open
+            if t.state == optuna.trial.TrialState.RUNNING and id_of(t) not in self.open
         ]
 
     def say_held(self, trials: list, said: set):
@@ -490,21 +491,21 @@ class StudySweeper(Sweeper):
     def overrides_for(self, trial: optuna.trial.FrozenTrial, k: int, resumed: bool) -> list[str]:
         import secrets
 
-        storage, name = self.study._storage, self.study.study_name
+        storage, name = study_storage(self.study), self.study.study_name
         params = [f"{key}={S.as_override_value(v)}" for key, v in trial.params.items()]
         fixed, extra = self.space.fixed, []
         if self.replicates == 1:
             run_id = trial.user_attrs.get("run_id") or secrets.token_hex(4)
-            storage.set_trial_user_attr(trial._trial_id, "run_id", run_id)
-            storage.set_trial_user_attr(trial._trial_id, "run_dir", str(self.trial_dir(trial)))
+            storage.set_trial_user_attr(id_of(trial), "run_id", run_id)
+            storage.set_trial_user_attr(id_of(trial), "run_dir", str(self.trial_dir(trial)))
         else:
-            now = storage.get_trial(trial._trial_id)
+            now = storage.get_trial(id_of(trial))
             info = dict(now.user_attrs.get(S.replicate_key(k)) or {})
             run_id = info.get("run_id") or secrets.token_hex(4)
             seed = info.get("seed", S.replicate_seed(self.base_seed(trial), k))
             info.update(seed=seed, run_id=run_id, run_dir=str(self.trial_dir(trial, k)), state="running")
-            storage.set_trial_user_attr(trial._trial_id, S.replicate_key(k), info)
-            storage.set_trial_user_attr(trial._trial_id, "run_dir", str(self.sweep_dir / f"{trial.number}-r*"))
+            storage.set_trial_user_attr(id_of(trial), S.replicate_key(k), info)
+            storage.set_trial_user_attr(id_of(trial), "run_dir", str(self.sweep_dir / f"{trial.number}-r*"))
             not_seed = lambda o: o.lstrip("+~").split("=", 1)[0] != "seed"  # the replicate's seed replaces them
             fixed, params = [o for o in fixed if not_seed(o)], [o for o in params if not_seed(o)]
             extra = [f"seed={seed}", f"sweep.replicate={k}"]
@@ -547,7 +548,7 @@ class StudySweeper(Sweeper):
         if any(r.get("state") == "fail" for r in recorded.values()):
             pending.clear()  # the trial has failed already: it starts no more
         entry = {"trial": trial, "pending": pending, "running": set()}
-        self.open[trial._trial_id] = entry
+        self.open[id_of(trial)] = entry
         if not pending:  # every replicate ended, but its worker stopped before telling the study
             self.finish(entry)
             return self.next_unit()
@@ -555,12 +556,12 @@ class StudySweeper(Sweeper):
 
     def record_replicate(self, trial: optuna.trial.FrozenTrial, k: int, ret: JobReturn):
         """Replicate k's end in its trial's user attributes (state, value, epochs, error); the trial's state."""
-        storage = self.study._storage
-        now = storage.get_trial(trial._trial_id)
+        storage = study_storage(self.study)
+        now = storage.get_trial(id_of(trial))
         if now.state == optuna.trial.TrialState.PRUNED:
             return "pruned"  # the replicate that got it pruned recorded itself; a finished trial takes no more
         info = dict(now.user_attrs.get(S.replicate_key(k)) or {})
-        value = ret._return_value
+        value = job_value(ret)
         try:
             info["epochs"] = json.loads((Path(ret.working_dir) / "metrics.json").read_text()).get("epochs")
         except (OSError, ValueError, AttributeError):
@@ -569,13 +570,13 @@ class StudySweeper(Sweeper):
             info.update(state="complete", value=float(value))
         else:
             info.update(state="fail", error=self.failure(ret))
-        storage.set_trial_user_attr(trial._trial_id, S.replicate_key(k), info)
+        storage.set_trial_user_attr(id_of(trial), S.replicate_key(k), info)
         return info["state"]
 
     def finish(self, entry: dict):
         """A trial whose replicates have all ended: its value is their mean (its intermediate values the mean curve);
         it fails if one of them failed. A pruned trial was told so by its replicate."""
-        storage, tid = self.study._storage, entry["trial"]._trial_id
+        storage, tid = study_storage(self.study), id_of(entry["trial"])
         del self.open[tid]
         now = storage.get_trial(tid)
         if now.state != optuna.trial.TrialState.RUNNING:
@@ -595,21 +596,21 @@ class StudySweeper(Sweeper):
 
     def failure(self, ret: JobReturn) -> str:
         """The error line of a run that ended without a finite metric (a failed one's whole output goes to the log)."""
-        value = ret._return_value
+        value = job_value(ret)
         if ret.status == JobStatus.COMPLETED:
             return f"{self.config.get('optimized_metric')} is {value!r} (see {ret.working_dir}/metrics.json)"
         log.error(str(value))
         return str(value).splitlines()[0]
 
     def record(self, trial: optuna.trial.FrozenTrial, ret: JobReturn):
-        now = self.study._storage.get_trial(trial._trial_id)
+        now = study_storage(self.study).get_trial(id_of(trial))
         if now.state != optuna.trial.TrialState.RUNNING:
             return now.state  # the trial process said it was pruned
-        value = ret._return_value
+        value = job_value(ret)
         if ret.status == JobStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
             self.study.tell(trial.number, float(value))
             return optuna.trial.TrialState.COMPLETE
-        self.study._storage.set_trial_user_attr(trial._trial_id, "error", self.failure(ret))
+        study_storage(self.study).set_trial_user_attr(id_of(trial), "error", self.failure(ret))
         self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         return optuna.trial.TrialState.FAIL
 
@@ -625,9 +626,9 @@ class StudySweeper(Sweeper):
             wind_down = seen - metrics["launched_at"] - metrics["timeline"]["last_step"]
         except (OSError, ValueError, KeyError, TypeError):
             return ""
-        if self.study._storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING:
-            self.study._storage.set_trial_user_attr(trial._trial_id, "startup_s", round(startup, 3))
-            self.study._storage.set_trial_user_attr(trial._trial_id, "wind_down_s", round(wind_down, 3))
+        if study_storage(self.study).get_trial(id_of(trial)).state == optuna.trial.TrialState.RUNNING:
+            study_storage(self.study).set_trial_user_attr(id_of(trial), "startup_s", round(startup, 3))
+            study_storage(self.study).set_trial_user_attr(id_of(trial), "wind_down_s", round(wind_down, 3))
         return f"  (first step {startup:.1f} s after its launch; result here {wind_down:.1f} s after its last step)"
 
     # ------------------------------------------------------------------------------------------------------- sweep
@@ -687,16 +688,16 @@ class StudySweeper(Sweeper):
                     return self.moved_away()
                 with lock:
                     for (trial, k, _), ret in zip(picked, rets, strict=True):
-                        entry = self.open[trial._trial_id]
+                        entry = self.open[id_of(trial)]
                         entry["running"].discard(k)
                         ret.working_dir = str(self.trial_dir(trial, k))  # submitit's returns hold the job's cwd
                         if stop.is_set():  # interrupted: leave it running for a rerun to resume
-                            self.beat(trial._trial_id, 0.0)
+                            self.beat(id_of(trial), 0.0)
                             continue
                         cost = self.fixed_cost(trial, Path(ret.working_dir))
                         returns.append(ret)
                         if self.replicates == 1:
-                            del self.open[trial._trial_id]
+                            del self.open[id_of(trial)]
                             state = self.record(trial, ret)
                             log.info(f"Trial {trial.number} {state.name.lower()}: {ret.working_dir}{cost}")
                             continue
