@@ -20,11 +20,10 @@ WHEELHOUSE = ROOT / "wheelhouse"
 def test_the_gpu_check_rehearsed_in_the_gpu_image_runs_every_step_on_the_cpu(tmp_path, mnist_dir, imdb_dir, speech_dir):
     """The image's packages come from uv's cache (UV_OFFLINE: every process a test starts stays on this machine);
     .ci/run builds the wheelhouse and fills that cache first (`scripts/gpu_rehearsal.sh --prepare`)."""
+    required = os.environ.get("NNLAB_REQUIRE_GPU_REHEARSAL")  # .ci/run: a skip would be a failure
     if not (WHEELHOUSE / "image.txt").is_file():
         message = "no wheelhouse/: bash scripts/gpu_wheelhouse.sh && bash scripts/gpu_rehearsal.sh --prepare"
-        if os.environ.get("NNLAB_REQUIRE_GPU_REHEARSAL"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(message) if required else pytest.skip(message)
     out = tmp_path / "check" / "results.json"
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
@@ -46,6 +45,8 @@ def test_the_gpu_check_rehearsed_in_the_gpu_image_runs_every_step_on_the_cpu(tmp
         text=True,
         timeout=900,
     )
+    if proc.returncode == 2 and "no Python 3.12 found" in proc.stderr and not required:
+        pytest.skip(proc.stderr.strip())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "gpu_check: every step passed (cpu)" in proc.stdout
     result = json.loads(out.read_text())
