@@ -16,6 +16,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-gpu_data}
 source=${GPU_CHECK_SOURCE:-../shared/datasets}
+for need in MNIST/raw/train-images-idx3-ubyte aclImdb_labeled.tar.gz speech_commands_fsdd.tar.gz; do
+    if [ ! -f "$source/$need" ]; then
+        echo "gpu_data: $source/$need not found: GPU_CHECK_SOURCE names the folder of the real datasets" >&2
+        exit 2
+    fi
+done
 tmp="$dir.partial"
 rm -rf "$tmp"
 mkdir -p "$tmp/MNIST/raw" "$tmp/unpacked"

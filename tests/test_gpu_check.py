@@ -161,3 +161,11 @@ def test_the_gpu_checks_data_keeps_whole_mnist_and_named_subsets_of_the_others(t
         assert listed and listed == [c for c in (made / name).read_text().split() if c in kept]
     assert (out / "overrides.env").read_text() == "IMDB_OVERRIDES=data.val_size=250\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("gpu_data")) == ["gpu_data"]
+    (source / "speech_commands_fsdd.tar.gz").unlink()
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_data.sh"), str(out)], capture_output=True, text=True,
+                          env={**os.environ, "GPU_CHECK_SOURCE": str(source)}, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr == (
+        f"gpu_data: {source}/speech_commands_fsdd.tar.gz not found: GPU_CHECK_SOURCE names the folder of the real "
+        "datasets\n"
+    )
+    assert (out / "overrides.env").is_file()  # the last complete build stays
