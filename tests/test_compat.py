@@ -1,0 +1,40 @@
+"""Checkpoints written by earlier versions of nnlab keep working (tests/fixtures/README.md says how each was made):
+loaded with `torch.load(weights_only=True)` and without Hydra, evaluated by train.py to the accuracy they recorded,
+and read by nnlab.predict."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from nnlab.module import Classifier
+from tests.helpers import ROOT, digit_images, run_args, train, user_env
+
+MLP_0_1_0 = ROOT / "tests" / "fixtures" / "mlp-0.1.0.ckpt"
+
+
+def test_a_0_1_0_checkpoint_loads_safely_and_without_hydra():
+    ckpt = torch.load(MLP_0_1_0, weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["hyper_parameters"]["arch"]["hidden"] == [16]
+    model = Classifier.load_from_checkpoint(MLP_0_1_0, map_location="cpu").eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_a_0_1_0_checkpoint_evaluates_to_its_recorded_accuracy_and_predicts(tmp_path, mnist_dir):
+    train("model=mlp", "train=false", f"ckpt_path={MLP_0_1_0}", "logger=csv", *run_args(tmp_path / "eval", mnist_dir))
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["test/acc"] == pytest.approx(0.9449999928474426, abs=1e-7)  # as 0.1.0 recorded it
+    images, labels = digit_images(3, seed=7)
+    Image.fromarray(images[0]).save(tmp_path / "digit.png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlab.predict", str(MLP_0_1_0), str(tmp_path / "digit.png")],
+        capture_output=True, text=True, env=user_env(), timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    first, *_ = proc.stdout.split()
+    assert first == str(labels[0]) and proc.stdout.rstrip().endswith("digit.png")
