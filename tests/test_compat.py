@@ -3,6 +3,7 @@ loaded with `torch.load(weights_only=True)` and without Hydra, evaluated by trai
 and read by nnlab.predict."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from nnlab.module import Classifier
 from tests.helpers import ROOT, digit_images, run_args, train, user_env
 
 MLP_0_1_0 = ROOT / "tests" / "fixtures" / "mlp-0.1.0.ckpt"
+STOPPED_0_1_0 = ROOT / "tests" / "fixtures" / "mlp-0.1.0-stopped"  # the same run, stopped by SIGTERM at step 10
 
 
 def test_a_0_1_0_checkpoint_loads_safely_and_without_hydra():
@@ -38,3 +40,16 @@ def test_a_0_1_0_checkpoint_evaluates_to_its_recorded_accuracy_and_predicts(tmp_
     assert proc.returncode == 0, proc.stderr
     first, *_ = proc.stdout.split()
     assert first == str(labels[0]) and proc.stdout.rstrip().endswith("digit.png")
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_0_1_0_resumes_elsewhere_to_the_uninterrupted_result(tmp_path, mnist_dir):
+    """Its directory moved, its data elsewhere: resume=true finishes it, and it tests as the whole run did."""
+    run_dir = tmp_path / "moved"
+    shutil.copytree(STOPPED_0_1_0, run_dir)
+    last = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    train("model=mlp", "model.arch.hidden=[16]", "trainer.max_epochs=2", "logger=csv", "resume=true",
+          *run_args(run_dir, mnist_dir))  # fmt: skip
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["resumed_from"] and metrics["test/acc"] == 0.9449999928474426
+    assert (STOPPED_0_1_0 / "checkpoints" / "last.ckpt").read_bytes() == last  # the fixture is only read
