@@ -202,7 +202,7 @@ class StopAtBatchEnd(L.Callback):
         return requested
 
     def _save(self, trainer):
-        trainer.save_checkpoint(self.stop.checkpoint)
+        trainer.save_checkpoint(self.stop.checkpoint, weights_only=False)  # all of it: the run resumes from here
         self.stop.saved = True
 
     def on_train_start(self, trainer, pl_module):
