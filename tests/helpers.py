@@ -353,25 +353,10 @@ SWEEP_TINY = ["model=mlp", "data.val_size=100", "data.batch_size=64", "data.eval
 
 def sweep(log_dir: Path, data_dir: Path, *overrides: str, timeout=600, check=True, env=None):
     """`python train.py -m overrides...` with W&B offline; returns the CompletedProcess."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "-m",
-            *SWEEP_TINY,
-            f"paths.data_dir={data_dir}",
-            f"paths.log_dir={log_dir}",
-            *overrides,
-        ],
-        cwd=ROOT,
-        env=user_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"sweep failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
+    return train(
+        "-m", *SWEEP_TINY, f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", *overrides,
+        timeout=timeout, check=check, env=env,
+    )  # fmt: skip
 
 
 def only_sweep(log_dir: Path) -> Path:

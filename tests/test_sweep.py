@@ -15,6 +15,7 @@ import optuna
 import pytest
 
 from nnlab.sweep import SearchSpace, as_override_value, load_study
+from nnlab.upstream import id_of, study_storage
 from tests.helpers import ODD, OPTUNA, ROOT, SWEEP_TINY, only_sweep, paste, read_wandb_records, sweep, user_env
 
 
@@ -341,7 +342,7 @@ def test_workers_sharing_a_seed_do_not_repeat_each_others_draws():
     space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     workers = [
-        optuna.load_study(study_name=study.study_name, storage=study._storage, sampler=make_sampler(config))
+        optuna.load_study(study_name=study.study_name, storage=study_storage(study), sampler=make_sampler(config))
         for _ in range(2)
     ]
     draws = [w.ask(space).params["lr"] for _ in range(3) for w in workers]
@@ -438,8 +439,9 @@ def test_a_trial_held_by_a_worker_elsewhere_is_named_and_taken_over_when_it_fall
     study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
     held = study.trials[1]
     # as a worker on another machine that has just said it is alive
-    study._storage.set_trial_user_attr(held._trial_id, "nnlab:worker", {"host": "node7", "pid": 4242, "started": "1"})
-    study._storage.set_trial_user_attr(held._trial_id, "nnlab:heartbeat", time.time())
+    storage = study_storage(study)
+    storage.set_trial_user_attr(id_of(held), "nnlab:worker", {"host": "node7", "pid": 4242, "started": "1"})
+    storage.set_trial_user_attr(id_of(held), "nnlab:heartbeat", time.time())
     rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=user_env(),
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     printed = rerun.stdout + rerun.stderr

@@ -698,13 +698,13 @@ class Run:
         if self.resuming and (metrics := complete_run(self.out)):
             raise Complete(metrics)
         check_settings(cfg, self.explicit_run_dir, self.restarts > 0)
-        new_run = self.rank_zero and not (self.resuming and any((self.out / name).exists() for name in RUN_FILES))
-        if self.rank_zero and not new_run:
+        continues = self.resuming and any((self.out / name).exists() for name in RUN_FILES)
+        if self.rank_zero and continues:
             check_same_run(self.out, cfg)
-        elif new_run:  # a new run, or resume=true in a folder that holds none: a new or empty folder only
+        elif self.rank_zero:  # a new run, or resume=true in a folder that holds none: a new or empty folder only
             check_own_directory(self.out, sweep_trial)
         self.threads = set_cpu_threads(cfg)  # imports torch: after every check that needs none
-        if new_run:
+        if self.rank_zero and not continues:
             self.claim()
         self.attach_log_file()
         if self.rank_zero and (shared := shared_root(self.out, Path(cfg.paths.log_dir))):
