@@ -202,7 +202,7 @@ def test_an_outputs_folder_others_can_write_to_is_warned_about(tmp_path, mnist_d
     proc = train("model=mlp", "trainer.fast_dev_run=true", "logger=csv", f"paths.log_dir={shared}",
                  f"paths.data_dir={mnist_dir}", *TINY)  # fmt: skip
     assert f"{shared} can be written by other users" in proc.stdout
-    from nnlab.lifecycle import shared_root  # the folders of every other test's runs are the user's own
+    from nnlab.run.directory import shared_root  # the folders of every other test's runs are the user's own
 
     mine = tmp_path / "mine"
     (mine / "day" / "run").mkdir(parents=True)

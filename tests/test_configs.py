@@ -3,10 +3,10 @@
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import nnlab.config  # noqa: F401
+from nnlab import app
 from tests.helpers import ROOT, train
 
 CONF = ROOT / "conf"
@@ -47,12 +47,9 @@ def test_config_composes_and_instantiates(group, name, tmp_path, mnist_dir, monk
     monkeypatch.setenv("WANDB_MODE", "offline")
     extra = ON_CPU.get(name, []) if group == "trainer" else EXTRA.get((group, name), [])
     cfg = compose_train([f"{group}={name}", f"paths.data_dir={mnist_dir}", *extra], tmp_path)
-    datamodule = instantiate(cfg.data, _convert_="all")
-    model = instantiate(cfg.model, _convert_="all")
+    datamodule, model = app.data(cfg), app.network(cfg)
     assert model.reads.name == datamodule.kind  # the network reads what the data module provides
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    loggers = [instantiate(c) for c in cfg.logger.values()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer = app.trainer(cfg, app.callbacks(cfg), app.loggers(cfg))
     assert trainer.max_epochs == (1 if cfg.trainer.fast_dev_run else cfg.trainer.max_epochs)  # debug=fdr: one
 
 

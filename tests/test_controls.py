@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 import nnlab.config  # noqa: F401
 from nnlab.cpu import cpu_has_bf16
-from nnlab.lifecycle import without_regularisation
 from nnlab.module import Classifier
+from nnlab.run.settle import without_regularisation
 from tests.helpers import ROOT, datamodule, train
 
 CONF = ROOT / "conf"

@@ -93,3 +93,9 @@ def refuse_links_in(folder: Path, what: str):
             f"{what} {folder} holds {len(found)} symbolic link(s) that nnlab did not make ({shown}"
             f"{', ...' if len(found) > 3 else ''}): it never writes through a link. Remove them and run again"
         )
+
+
+def write_atomic(path: Path, text: str):
+    """Write `text` to `path` atomically (atomic_open)."""
+    with atomic_open(path) as f:
+        f.write(text.encode())

@@ -1,5 +1,5 @@
 """Reading checkpoints safely (torch alone: no Lightning), and the random state that makes a resumed run repeat an
-uninterrupted one (saved and restored by nnlab.run_callbacks.RandomState)."""
+uninterrupted one (saved and restored by nnlab.run.callbacks.RandomState)."""
 
 import random
 import warnings

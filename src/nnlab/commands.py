@@ -4,6 +4,7 @@ quoted so that they run as they are, pasted into a shell, for paths with spaces,
 
 import re
 import shlex
+import sys
 from pathlib import Path
 
 # What Hydra's grammar reads unquoted in a value (ASCII letters and digits, and a few signs): anything else is quoted.
@@ -36,3 +37,10 @@ def line(args) -> str:
 def path(value: Path | str) -> str:
     """A path as one shell word."""
     return shlex.quote(str(value))
+
+
+def shell_command(extra: list[str] = (), drop: tuple[str, ...] = ()) -> str:
+    """This command as the user would type it again, without the overrides that start with `drop`, plus `extra`
+    (made with nnlab.commands.override): it runs when pasted into a shell in the folder it was started from."""
+    args = [a for a in sys.argv[1:] if not a.lstrip("+~").startswith(drop)]
+    return line(["python", sys.argv[0], *args, *extra])

@@ -725,7 +725,7 @@ class StudySweeper(Sweeper):
         slots = self.launcher.n_jobs if streaming else 1
         # SIGTERM stops the sweep; in a SLURM job so does the requeue signal (scripts/slurm/sweep_worker.sbatch), and
         # the worker then requeues itself: its restart resumes the released trials.
-        from nnlab.preemption import in_slurm_batch_job, requeue_job, requeue_signal
+        from nnlab.run.signals import in_slurm_batch_job, requeue_job, requeue_signal
 
         received = []
         stop_signals = {signal.SIGTERM}

@@ -21,7 +21,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
       accounting) fails alone; the other jobs of its array are still waited for and recorded;
     - `terminate()` cancels the jobs of the running batch (the sweeper calls it when interrupted), so a rerun does not
       resume a trial whose job is still running; SLURM's SIGTERM makes each trial write its checkpoint first;
-    - each trial requeues itself on submitit's signal (nnlab/preemption.py), so submitit's own requeue never runs.
+    - each trial requeues itself on submitit's signal (nnlab/run/signals.py), so submitit's own requeue never runs.
     """
 
     def __init__(self, **params):

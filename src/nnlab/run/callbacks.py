@@ -1,6 +1,6 @@
 """The callbacks every run adds to its trainer (train.py): the run's record in checkpoints and loggers, the random
 state in every checkpoint, a line per epoch, the times of its phases, the ranks' weight digests under DDP, and the stop
-at a batch end that a signal asks for (nnlab.preemption notes the signals); and the config tree a run shows."""
+at a batch end that a signal asks for (nnlab.run.signals notes the signals); and the config tree a run shows."""
 
 import hashlib
 import logging
@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nnlab import timeline
 from nnlab.checkpoint import rng_state, set_rng_state
-from nnlab.preemption import SignalStop, Stopped
+from nnlab.run.signals import SignalStop, Stopped
 
 log = logging.getLogger("nnlab")
 
@@ -177,7 +177,7 @@ class WeightsDigest(L.Callback):
 
 
 class StopAtBatchEnd(L.Callback):
-    """Stops training at the end of the batch in which a signal noted by `stop` (nnlab.preemption.SignalStop) arrived,
+    """Stops training at the end of the batch in which a signal noted by `stop` (nnlab.run.signals.SignalStop) arrived,
     after saving its checkpoint; fit then ends with `Stopped`.
 
     Under DDP the ranks agree every `sync_every` batches (one all-reduce of a flag: about 170 us with gloo on this

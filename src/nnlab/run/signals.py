@@ -11,7 +11,7 @@ This is the only requeue owner: Lightning's own SLURM auto-requeue is switched o
 False)`), and under the submitit launcher the handler here replaces submitit's for the signal submitit asked SLURM for.
 
 `SignalStop` notes the signals from the run's first moment, before Lightning is imported; the trainer's callback that
-acts on them at a batch end is nnlab.run_callbacks.StopAtBatchEnd. Only the standard library here.
+acts on them at a batch end is nnlab.run.callbacks.StopAtBatchEnd. Only the standard library here.
 """
 
 import logging

@@ -1,0 +1,1 @@
+"""A run's life around the training nnlab.app builds: see nnlab.run.lifecycle."""
