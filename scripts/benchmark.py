@@ -10,24 +10,31 @@
     python scripts/benchmark.py --compare callbacks/progress_bar=none callbacks/progress_bar=tqdm --models mlp
     python scripts/benchmark.py --trial-overhead 5 --models mlp   # a sweep of one-batch trials: the fixed cost
 
-Both sides train the same network (the default model config) with the same optimizer, batch size and
-gradient clipping on the same data in memory, augmentation (what the data module lists in its
-`augmentation_off`) and schedule off. The plain loop iterates the data module's own training loader, the very
-batches train.py's training sees (image or clip slices of the in-memory tensors, length-bucketed padded token
-batches), and calls its on_after_batch_transfer (int16 clips to float); the network computes its log-mel
-features and SpecAugment on both sides. Ours is the full pipeline train.py builds: Trainer, callbacks, metrics,
-checkpoints and the offline W&B logger. Throughput is training samples per second (and tokens per second for
-text), the first epoch of each side (warm-up) and validation excluded. An LSTM epoch takes
-minutes on a CPU, so --batches N cuts every epoch to N batches (both sides). Small
-machines are noisy (two plain-loop runs in a row can differ by 10%), so the sides alternate for
-several rounds and the median of the per-round ratios is reported.
+Ours is `python train.py model=<model>` itself, started as a user starts it: its defaults (every callback, the
+progress bar, the W&B logger, offline without credentials, the run's lifecycle), with augmentation off (what the data
+module lists in its `augmentation_off`), `trainer.max_epochs=--epochs` (exactly that many: given on the command line),
+one validation and one test batch, and the overrides given here; its rate is what its Throughput callback wrote to
+metrics.json (each epoch from its first step to its last, validation excluded; the first epoch, warm-up, excluded).
+The plain loop runs in this process, built by the same functions train.py builds with (nnlab.app.network and
+nnlab.app.data, from the same composed config): the network, the optimizer its model configures and the same
+one-cycle schedule, and for each batch of the data module's own training loader (image or clip slices of the
+in-memory tensors, length-bucketed padded token batches) the data module's on_after_batch_transfer (int16 clips to
+float), forward, loss, backward, gradient clipping as configured, step. The network computes its log-mel features
+and SpecAugment on both sides. Both run with the same threads (torch's default, or OMP_NUM_THREADS). Throughput is
+training samples per second (and tokens per second for text). An LSTM epoch takes minutes on a CPU, so --batches N
+cuts every epoch to N batches (both sides). Small machines are noisy (two plain-loop runs in a row can differ by
+10%), so the sides alternate for several rounds and the median of the per-round ratios is reported.
+
+The time to an accuracy (--time-to-acc) is `python train.py <recipe> seed=<n>` with the recipe's own augmentation
+and schedule, tested after every training epoch (+callbacks.stop_at_test_accuracy: nnlab.callbacks.StopAtTestAccuracy)
+until the test accuracy reaches --target: training time only, validation and those test passes excluded.
 
 --ddp-cpu compares two train.py runs instead, as a user starts them: `trainer=ddp_cpu` (two processes over gloo,
 each with the same data.batch_size, so the global batch is twice as large, and each with its share of the cores)
 against `trainer=cpu` (one process, all cores), with the same overrides (augmentation and schedule off, one
 validation batch); samples per second over both processes, from each run's metrics.json.
 
---compare A B ... trains our pipeline under each set of overrides in turn (alternating, every round), with the same
+--compare A B ... runs `python train.py` under each set of overrides in turn (alternating, every round), with the same
 settings as above, and reports per variant the first epoch's time (warm-up: torch.compile compiles there, with a
 fresh inductor cache per benchmark run), the steady throughput, the time per step, and the ratio to the first
 variant. A variant of several overrides is one quoted argument: "trainer=cpu_bf16 data.batch_size=256".
@@ -50,14 +57,13 @@ import time
 import warnings
 from pathlib import Path
 
-import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 import nnlab.config  # noqa: F401  (registers the resolvers conf/ uses)
-from nnlab.callbacks import AtomicCheckpointIO, Throughput, steady_rate
+from nnlab import app
+from nnlab.callbacks import steady_rate
 from nnlab.memory import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,11 +92,23 @@ def training_loss(model, x, y):
 
 def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
     """What one writes by hand: for each batch of the data module's own training loader, forward, loss, backward,
-    (clip,) step. Returns (samples/s, tokens/s); the kind of data counts a batch."""
+    (clip,) step, and the learning rate's one-cycle schedule over the steps. Returns (samples/s, tokens/s); the kind
+    of data counts a batch."""
     torch.manual_seed(cfg.seed)
-    model = instantiate(cfg.model, _convert_="all").to(device).train()
+    model = app.network(cfg).to(device).train()
+    scheduler = model.hparams.scheduler
+    model.hparams.scheduler = "none"  # the optimizer alone: the schedule is built below, over this loop's steps
     optimizer = model.configure_optimizers()
     clip, limit = cfg.trainer.gradient_clip_val, cfg.trainer.limit_train_batches
+    batches = len(dm.train_dataloader())
+    steps = epochs * (batches if limit is None else min(batches, limit))
+    schedule = {
+        "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=model.hparams.lr, total_steps=steps, pct_start=max(model.hparams.warmup_pct, 1.5 / steps)
+        ),
+        "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps),
+        "none": lambda: None,
+    }[scheduler]()
     samples, tokens = [], []
     for epoch in range(epochs):
         loader = dm.train_dataloader()
@@ -106,6 +124,8 @@ def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
             if clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             counted = model.reads.count(x)
             n, t = n + counted[0], t + counted[1]
         sync(device)
@@ -121,7 +141,7 @@ def training_flops(cfg, dm, device, batches: int) -> tuple[float, float]:
     optimizer's few FLOPs per parameter and the FFT of log-mel features are not counted. oneDNN is off while counting:
     its fused LSTM and GRU kernels are invisible to the counter; the plain implementation does the same products."""
     torch.manual_seed(cfg.seed)
-    model = instantiate(cfg.model, _convert_="all").to(device).train()
+    model = app.network(cfg).to(device).train()
     loader = dm.train_dataloader()
     loader.epoch, loader.finished = (lambda: 0), (lambda: 0)  # epoch 0, from its first batch
     flops = samples = tokens = 0
@@ -169,80 +189,35 @@ def _timed(device, fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def ours(cfg, dm, epochs: int) -> tuple[float, float]:
-    """The pipeline train.py builds, with the config's own callbacks and logger: steady (samples/s, tokens/s)."""
-    throughput = run_ours(cfg, dm, epochs)
-    return steady_rate(throughput.samples_per_s), steady_rate(throughput.tokens_per_s) or 0.0
+def train_py(model: str | None, overrides: list[str], out: str, name: str = "run") -> dict:
+    """`python train.py [model=<model>] <overrides>` as a user runs it; its metrics.json."""
+    run_dir = tempfile.mkdtemp(prefix=f"{model or name}-", dir=out)
+    chosen = [f"model={model}"] if model else []
+    cmd = [sys.executable, str(ROOT / "train.py"), *chosen, *overrides, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
 
 
-def run_ours(cfg, dm, epochs: int) -> Throughput:
-    """Train the pipeline train.py builds for `epochs` epochs; its Throughput callback, which measured each."""
-    L.seed_everything(cfg.seed, verbose=False)
-    model = instantiate(cfg.model, _convert_="all")
-    loggers = [instantiate(c) for c in cfg.logger.values()]
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    trainer = instantiate(
-        cfg.trainer,
-        max_epochs=epochs,
-        logger=loggers,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+def rates(metrics: dict) -> tuple[float, float]:
+    """A train.py run's steady (samples/s, tokens/s): the epochs after the first, validation excluded."""
+    return metrics["train/samples_per_s"], metrics["train/tokens_per_s"] or 0.0
+
+
+STOP_AT = "+callbacks.stop_at_test_accuracy"
+
+
+def time_to_accuracy(recipe: list[str], out: str, target: float):
+    """`python train.py <recipe>` (its augmentation and schedule, its logger and callbacks), tested after every
+    training epoch (nnlab.callbacks.StopAtTestAccuracy) until the test accuracy reaches the target: (training
+    seconds, epoch, accuracy), or None. Training time only: validation and the test passes are excluded."""
+    metrics = train_py(
+        None, [*recipe, f"{STOP_AT}._target_=nnlab.callbacks.StopAtTestAccuracy", f"{STOP_AT}.target={target}"], out
     )
-    trainer.fit(model, datamodule=dm)
-    for lg in loggers:
-        if hasattr(lg, "experiment") and hasattr(lg.experiment, "finish"):
-            lg.experiment.finish()
-    return next(c for c in callbacks if isinstance(c, Throughput))
-
-
-class StopAtAccuracy(L.Callback):
-    """Tests after every training epoch; stops once test accuracy reaches the target."""
-
-    def __init__(self, dm, target: float):
-        self.dm, self.target, self.spent, self.reached = dm, target, 0.0, None
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        sync(pl_module.device)
-        self.start = time.perf_counter()
-
-    @torch.no_grad()
-    def on_train_epoch_end(self, trainer, pl_module):
-        sync(pl_module.device)
-        self.spent += time.perf_counter() - self.start
-        pl_module.eval()
-        right = total = 0
-        for batch in self.dm.test_dataloader():
-            x, y = self.dm.on_after_batch_transfer(batch, 0)
-            right += (pl_module(x).argmax(-1) == y).sum().item()
-            total += len(y)
-        acc = right / total
-        pl_module.train()
-        epoch = trainer.current_epoch + 1
-        print(f"  epoch {epoch}: test/acc {acc:.4f}, training time so far {self.spent:.1f} s")
-        if acc >= self.target and self.reached is None:
-            self.reached = (self.spent, epoch, acc)
-            trainer.should_stop = True
-
-
-def time_to_accuracy(cfg, dm, target: float):
-    """Train a default config (its augmentation and schedule) until test accuracy reaches the target.
-
-    Counts training time only: the per-epoch test pass and validation are excluded."""
-    L.seed_everything(cfg.seed, verbose=False)
-    stop = StopAtAccuracy(dm, target)
-    trainer = instantiate(
-        cfg.trainer,
-        logger=False,
-        callbacks=[stop],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(instantiate(cfg.model, _convert_="all"), datamodule=dm)
-    return stop.reached
+    if "time_to_target/epoch" not in metrics:
+        return None
+    return metrics["time_to_target/seconds"], int(metrics["time_to_target/epoch"]), metrics["time_to_target/acc"]
 
 
 def augmentation_off(model: str, extra: list[str], out: str) -> list[str]:
@@ -255,19 +230,7 @@ def augmentation_off(model: str, extra: list[str], out: str) -> list[str]:
 
 def train_py_rate(model: str, trainer: str, overrides: list[str], out: str) -> float:
     """Samples per second of one `python train.py model=<model> trainer=<trainer> ...` (its metrics.json)."""
-    run_dir = tempfile.mkdtemp(prefix=f"{model}-{trainer}-", dir=out)
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        f"model={model}",
-        f"trainer={trainer}",
-        *overrides,
-        f"hydra.run.dir={run_dir}",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads((Path(run_dir) / "metrics.json").read_text())["train/samples_per_s"]
+    return train_py(model, [f"trainer={trainer}", *overrides], out)["train/samples_per_s"]
 
 
 def ddp_cpu_against_cpu(args, extra: list[str], out: str):
@@ -299,38 +262,37 @@ def ddp_cpu_against_cpu(args, extra: list[str], out: str):
         print(f"| {name} | {one:,.0f} | {two:,.0f} | {ratio:.2f} |")
 
 
+def measured(args, model: str, extra: list[str], out: str) -> list[str]:
+    """The overrides of a measured train.py run, on top of its defaults: augmentation off (what the data module lists
+    in its `augmentation_off`), --epochs epochs (--batches batches each), one validation and one test batch."""
+    limit = [f"trainer.limit_train_batches={args.batches}"] if args.batches else []
+    return [
+        *augmentation_off(model, extra, out),
+        f"trainer.max_epochs={args.epochs}",  # given on the command line: exactly these epochs, also on small data
+        *extra,
+        *limit,
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+    ]
+
+
 def compare(args, extra: list[str], out: str):
-    """--compare: our pipeline under each variant's overrides, alternating every round."""
+    """--compare: `python train.py` under each variant's overrides, alternating every round."""
     rows = []
     for name in args.models:
-        limit = [f"trainer.limit_train_batches={args.batches}"] if args.batches else []
-        base = [
-            *augmentation_off(name, extra, out),
-            "model.scheduler=none",
-            "budget.min_steps=0",  # the epochs asked for, also on small data (the budget would add epochs)
-            *extra,
-            *limit,
-            "trainer.limit_val_batches=1",
-        ]
-        cfgs = {v: load_cfg(name, [*base, *v.split()], out) for v in args.compare}
-        dm = instantiate(cfgs[args.compare[0]].data, _convert_="all")  # the variants share the data
-        for cfg in cfgs.values():
-            if cfg.data.get("num_classes", 0) is None:
-                cfg.data.num_classes = len(dm.class_names_found())
-        dm.prepare_data()
-        dm.setup()
-        rates, first = {v: [] for v in args.compare}, {}
+        base = measured(args, name, extra, out)
+        steady, first = {v: [] for v in args.compare}, {}
         for r in range(args.rounds):
-            for v, cfg in cfgs.items():
-                throughput = run_ours(cfg, dm, args.epochs)
-                rates[v].append(steady_rate(throughput.samples_per_s))
-                first.setdefault(v, throughput.seconds[0])  # round 1: a cold start (compilation, caches)
-                seconds = throughput.seconds[0]
-                print(f"{name} round {r + 1}, {v}: first epoch {seconds:.1f} s, {rates[v][-1]:,.0f} samples/s")
-        batch = cfgs[args.compare[0]].data.batch_size
+            for v in args.compare:
+                metrics = train_py(name, [*base, *v.split()], out)
+                steady[v].append(metrics["train/samples_per_s"])
+                seconds = metrics["train/epoch_seconds"][0]
+                first.setdefault(v, seconds)  # round 1: a cold start (compilation, caches)
+                print(f"{name} round {r + 1}, {v}: first epoch {seconds:.1f} s, {steady[v][-1]:,.0f} samples/s")
+        batch = load_cfg(name, [*base, *args.compare[0].split()], out).data.batch_size
         for v in args.compare:
-            rate = statistics.median(rates[v])
-            ratios = [a / b for a, b in zip(rates[v], rates[args.compare[0]])]
+            rate = statistics.median(steady[v])
+            ratios = [a / b for a, b in zip(steady[v], steady[args.compare[0]])]
             rows.append((name, v, first[v], rate, 1000 * batch / rate, statistics.median(ratios)))
     print(f"\n{args.rounds} rounds of {args.epochs} epochs a variant; steady: the epochs after the first, medians:")
     print(
@@ -469,20 +431,9 @@ def main():
     print(f"matmul peak: {told}")
     rows, usage = [], []
     for name in args.models:
-        limit = [f"trainer.limit_train_batches={args.batches}"] if args.batches else []
-        cfg = load_cfg(
-            name,
-            [
-                *augmentation_off(name, extra, out),
-                "model.scheduler=none",
-                "budget.min_steps=0",  # the epochs asked for, also on small data (the budget would add epochs)
-                *extra,
-                *limit,
-                "trainer.limit_val_batches=1",
-            ],
-            out,
-        )
-        dm = instantiate(cfg.data, _convert_="all")
+        overrides = measured(args, name, extra, out)
+        cfg = load_cfg(name, overrides, out)
+        dm = app.data(cfg)
         if cfg.data.get("num_classes", 0) is None:  # as train.py: the classes the data set finds
             cfg.data.num_classes = len(dm.class_names_found())
         dm.prepare_data()
@@ -491,7 +442,7 @@ def main():
         plain, our = [], []
         for r in range(args.rounds):
             plain.append(plain_loop(cfg, dm, args.epochs, device))
-            our.append(ours(cfg, dm, args.epochs))
+            our.append(rates(train_py(name, overrides, out)))
             i = 1 if plain[-1][1] else 0  # tokens where the kind of data has them
             unit = "tokens/s" if i else "samples/s"
             print(
@@ -549,20 +500,19 @@ def time_to_accuracy_table(args, extra: list[str], out: str, device):
     """Each recipe's training time to the target test accuracy, seeds 1..N: median and range."""
     rows = []
     for recipe in args.time_to_acc:
-        times, epochs, missed, dm = [], [], 0, None
+        times, epochs, missed = [], [], 0
         for seed in range(1, args.seeds + 1):
-            cfg = load_cfg(None, [*recipe.split(), *extra, f"seed={seed}"], out)
-            if dm is None:  # the seeds share the data (its split has a seed of its own): read it once
-                dm = instantiate(cfg.data, _convert_="all")
-                dm.prepare_data()
             print(f"\n{recipe} seed={seed}: time to {args.target:.1%} test accuracy")
-            reached = time_to_accuracy(cfg, dm, args.target)
+            reached = time_to_accuracy([*recipe.split(), *extra, f"seed={seed}"], out, args.target)
             if reached is None:
                 missed += 1
-                print(f"  not reached in {cfg.trainer.max_epochs} epochs")
+                print(f"  not reached in {load_cfg(None, [*recipe.split(), *extra], out).trainer.max_epochs} epochs")
             else:
                 times.append(reached[0])
                 epochs.append(reached[1])
+                print(
+                    f"  reached after epoch {reached[1]}: test/acc {reached[2]:.4f}, training time {reached[0]:.1f} s"
+                )
         rows.append((recipe, times, epochs, missed))
     print(f"\nTraining time to {args.target:.1%} test accuracy (validation and the test passes excluded) on {device}:")
     print("| recipe | seeds | reached | median | range | epochs |\n|---|---|---|---|---|---|")

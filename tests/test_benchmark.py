@@ -12,9 +12,9 @@ from tests.helpers import ROOT
 pytestmark = pytest.mark.slow
 
 
-def benchmark(data_dir, model: str, *args: str) -> str:
-    """`python scripts/benchmark.py --data-dir <data_dir> --models <model> --rounds 1 --no-time-to-acc args...` (after
-    the option that takes several values); its output."""
+def benchmark(data_dir, model: str, *args: str, time_to_acc: bool = False) -> str:
+    """`python scripts/benchmark.py --data-dir <data_dir> --models <model> --rounds 1 [--no-time-to-acc] args...`
+    (after the option that takes several values); its output."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -25,7 +25,7 @@ def benchmark(data_dir, model: str, *args: str) -> str:
             model,
             "--rounds",
             "1",
-            "--no-time-to-acc",
+            *([] if time_to_acc else ["--no-time-to-acc"]),
             *args,
         ],
         capture_output=True,
@@ -39,7 +39,19 @@ def benchmark(data_dir, model: str, *args: str) -> str:
 
 
 def test_benchmark_script_runs(mnist_dir):
-    out = benchmark(mnist_dir, "mlp", "data.val_size=100")
+    recipe = "model=mlp trainer.max_epochs=4"
+    out = benchmark(
+        mnist_dir,
+        "mlp",
+        "data.val_size=100",
+        "--time-to-acc",
+        recipe,
+        "--seeds",
+        "1",
+        "--target",
+        "0.5",
+        time_to_acc=True,
+    )
     assert "| mlp | 128 |" in out
     # Training FLOPs per sample of the default MLP, 784-1024-1024-10: forward 2 x (784 + 1024 + 10) x 1024 FLOPs,
     # the weights' gradients as many, the inputs' gradients of the second and third layer 2 x (1024 + 10) x 1024:
@@ -47,6 +59,10 @@ def test_benchmark_script_runs(mnist_dir):
     usage = next(line for line in out.splitlines() if line.startswith("| mlp |") and "(fp32)" in line)
     cells = [c.strip() for c in usage.split("|")[1:-1]]
     assert cells[1] == "9.6" and cells[-1].endswith("%") and "matmul peak: fp32" in out
+    # The recipe's time to the target, measured in `python train.py` (nnlab.callbacks.StopAtTestAccuracy)
+    row = next(line for line in out.splitlines() if line.startswith(f"| `{recipe}` |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1:3] == ["1-1", "1 of 1"] and cells[3].endswith(" s"), row
 
 
 def test_benchmark_script_runs_the_lstm(imdb_dir):

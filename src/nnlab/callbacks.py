@@ -45,7 +45,31 @@ def steady_rate(per_epoch: list[float]) -> float | None:
     return sum(rates) / len(rates) if rates else None
 
 
-class Throughput(L.Callback):
+class EpochClock(L.Callback):
+    """Times each training epoch from its start to its end with validation taken out (it runs inside the epoch, before
+    on_train_epoch_end), the device synchronised: `elapsed(trainer)` at the epoch's end."""
+
+    def _now(self, trainer):
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.start, self.paused = self._now(trainer), 0.0
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.val_start = self._now(trainer)
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.paused += self._now(trainer) - self.val_start
+
+    def elapsed(self, trainer) -> float:
+        return self._now(trainer) - self.start - self.paused
+
+
+class Throughput(EpochClock):
     """Logs training samples per second for each epoch (and tokens per second for token sequences):
     validation excluded, device synchronised."""
 
@@ -54,13 +78,9 @@ class Throughput(L.Callback):
         self.tokens_per_s: list[float] = []
         self.seconds: list[float] = []  # each epoch's training time
 
-    def _now(self, trainer):
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
     def on_train_epoch_start(self, trainer, pl_module):
-        self.samples, self.tokens, self.start, self.paused = 0, 0, self._now(trainer), 0.0
+        super().on_train_epoch_start(trainer, pl_module)
+        self.samples, self.tokens = 0, 0
 
     def on_train_start(self, trainer, pl_module):
         self.on_train_epoch_start(trainer, pl_module)  # a run resumed mid-epoch starts measuring here
@@ -70,17 +90,8 @@ class Throughput(L.Callback):
         self.samples += samples
         self.tokens += tokens
 
-    # Validation runs inside the training epoch (before on_train_epoch_end): take its time out.
-    def on_validation_start(self, trainer, pl_module):
-        if not trainer.sanity_checking:
-            self.val_start = self._now(trainer)
-
-    def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking:
-            self.paused += self._now(trainer) - self.val_start
-
     def on_train_epoch_end(self, trainer, pl_module):
-        seconds = self._now(trainer) - self.start - self.paused
+        seconds = self.elapsed(trainer)
         self.seconds.append(seconds)
         rate = self.samples * trainer.world_size / seconds
         self.samples_per_s.append(rate)
@@ -88,6 +99,42 @@ class Throughput(L.Callback):
         if self.tokens:
             self.tokens_per_s.append(self.tokens * trainer.world_size / seconds)
             pl_module.log("train/tokens_per_s", self.tokens_per_s[-1], rank_zero_only=True)
+
+
+class StopAtTestAccuracy(EpochClock):
+    """Tests after every training epoch and stops training once the test accuracy reaches `target`: how
+    scripts/benchmark.py measures a recipe's training time to an accuracy (`+callbacks.stop_at_test_accuracy`). Not
+    for choosing a model: that is what the validation split is for. Logs `time_to_target/seconds` (training time so
+    far: each epoch from its first step to its last, validation and these test passes excluded) and
+    `time_to_target/test_acc` every epoch; `time_to_target/epoch` and `time_to_target/acc` once reached."""
+
+    def __init__(self, target: float):
+        self.target, self.spent, self.reached = target, 0.0, False
+
+    @torch.no_grad()
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.spent += self.elapsed(trainer)
+        dm, right, total = trainer.datamodule, 0, 0
+        was_training = pl_module.training
+        pl_module.eval()
+        for batch in dm.test_dataloader():
+            x, y = dm.on_after_batch_transfer(dm.transfer_batch_to_device(batch, pl_module.device, 0), 0)
+            right += (pl_module(x).argmax(-1) == y).sum().item()
+            total += len(y)
+        pl_module.train(was_training)
+        acc = right / total
+        pl_module.log("time_to_target/seconds", self.spent, rank_zero_only=True)
+        pl_module.log("time_to_target/test_acc", acc, rank_zero_only=True)
+        from lightning.pytorch.utilities import rank_zero_info
+
+        rank_zero_info(
+            f"epoch {trainer.current_epoch + 1}: test/acc {acc:.4f}, training time so far {self.spent:.1f} s"
+        )
+        if acc >= self.target and not self.reached:
+            self.reached = True
+            pl_module.log("time_to_target/epoch", float(trainer.current_epoch + 1), rank_zero_only=True)
+            pl_module.log("time_to_target/acc", acc, rank_zero_only=True)
+            trainer.should_stop = True
 
 
 class TrainingBudget(L.Callback):
