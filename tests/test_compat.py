@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from nnlab.module import Classifier
-from tests.helpers import ROOT, digit_images, run_args, train, user_env
+from tests.helpers import ROOT, TINY_TEXT, digit_images, run_args, train, user_env
 
 MLP_0_1_0 = ROOT / "tests" / "fixtures" / "mlp-0.1.0.ckpt"
 STOPPED_0_1_0 = ROOT / "tests" / "fixtures" / "mlp-0.1.0-stopped"  # the same run, stopped by SIGTERM at step 10
@@ -53,3 +53,47 @@ def test_a_run_stopped_by_0_1_0_resumes_elsewhere_to_the_uninterrupted_result(tm
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["resumed_from"] and metrics["test/acc"] == 0.9449999928474426
     assert (STOPPED_0_1_0 / "checkpoints" / "last.ckpt").read_bytes() == last  # the fixture is only read
+
+
+LSTM_0_1_0 = ROOT / "tests" / "fixtures" / "lstm-0.1.0.ckpt"  # with adversarial training (model.adversarial=5.0)
+LSTM_STOPPED_0_1_0 = ROOT / "tests" / "fixtures" / "lstm-0.1.0-stopped"  # the same run, stopped by SIGTERM at step 20
+LSTM_RUN = ["model=lstm", "model.arch.embed_dim=16", "model.arch.hidden=8", "model.lr=0.01", "trainer.max_epochs=12",
+            "logger=csv", *TINY_TEXT]  # fmt: skip
+LSTM_TEST_LOSS = 0.6739226579666138  # its best checkpoint's (epoch 2 of 12; test/acc 1.0), as 0.1.0 recorded it
+
+
+def test_a_0_1_0_lstm_checkpoint_loads_safely_and_without_hydra():
+    ckpt = torch.load(LSTM_0_1_0, weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["hyper_parameters"]["adversarial"] == 5.0
+    model = Classifier.load_from_checkpoint(LSTM_0_1_0, map_location="cpu").eval()
+    with torch.no_grad():
+        assert model((torch.randint(1, 200, (2, 7)), torch.tensor([7, 4]))).shape == (2, 2)
+
+
+@pytest.mark.slow
+def test_a_0_1_0_lstm_checkpoint_evaluates_to_its_recorded_loss_and_predicts(tmp_path, imdb_dir):
+    run_dir = tmp_path / "eval"
+    train("train=false", f"ckpt_path={LSTM_0_1_0}", "logger=csv", f"hydra.run.dir={run_dir}",
+          f"paths.data_dir={imdb_dir}", f"paths.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test/loss"] == LSTM_TEST_LOSS and metrics["test/acc"] == 1.0
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlab.predict", str(LSTM_0_1_0), "a wonderful moving film, great acting"],
+        capture_output=True, text=True, env=user_env(), timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "positive", proc.stdout
+
+
+@pytest.mark.slow
+def test_a_0_1_0_lstm_run_stopped_and_moved_resumes_to_the_uninterrupted_result(tmp_path, imdb_dir):
+    """Moved to another folder, the resumed run still knows its best checkpoint (epoch 2): a later epoch of lower
+    or equal validation accuracy does not replace it, and the test reads the moved folder's file."""
+    run_dir = tmp_path / "moved"
+    shutil.copytree(LSTM_STOPPED_0_1_0, run_dir)
+    train(*LSTM_RUN, "resume=true", f"hydra.run.dir={run_dir}", f"paths.data_dir={imdb_dir}",
+          f"paths.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 12 and metrics["checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt")
+    assert metrics["test/loss"] == LSTM_TEST_LOSS
+    assert torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == 1

@@ -1,6 +1,7 @@
 """Lightning callbacks and plugins the configs refer to."""
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -24,6 +25,27 @@ def survive(what: str, draw, *args):
     except Exception as e:  # any failure of a picture
         logging.getLogger("nnlab").warning(f"{what} could not be written ({type(e).__name__}: {e}); the run goes on")
         logging.getLogger("nnlab.details").warning(f"{what} failed", exc_info=True)
+
+
+class ModelCheckpoint(lightning.pytorch.callbacks.ModelCheckpoint):
+    """Lightning's ModelCheckpoint, for a run resumed in another folder than it was written in (its directory moved or
+    copied, its file system mounted elsewhere): Lightning then forgets the best score and keeps the old folder's path
+    as the best checkpoint, so the first epoch after the resume became the best whatever its score, and the test read
+    the old folder's file. Here the paths the state records under its old folder are read under the new one, and the
+    scores are kept. The same name (its state's key) as Lightning's: checkpoints of either load into the other."""
+
+    def load_state_dict(self, state_dict: dict):
+        recorded, here = (state_dict.get("dirpath") or "").rstrip(os.sep), (self.dirpath or "").rstrip(os.sep)
+        if recorded and here and recorded != here:
+            moved = lambda path: here + path[len(recorded) :] if str(path).startswith(recorded + os.sep) else path
+            paths = ("best_model_path", "kth_best_model_path", "last_model_path")
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                **{k: moved(state_dict[k]) for k in paths if k in state_dict},
+                "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()},
+            }
+        super().load_state_dict(state_dict)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
