@@ -83,10 +83,10 @@ def sync(device):
 
 
 def training_loss(model, x, y):
-    """The loss training_step computes: label smoothing as configured; with model.adversarial, plus the loss under
-    the perturbation."""
-    if model.hparams.adversarial:
-        return model.adversarial_step(x, y)[1]
+    """The loss training_step computes: label smoothing as configured; with an objective (model.objective: adversarial
+    training, say), what it adds."""
+    if model.objective is not None:
+        return model.objective.step(model, x, y)[1]
     return model.loss(model(x), y, model.hparams.label_smoothing)
 
 

@@ -28,6 +28,7 @@ EXTRA = {
     ("data", "image_folder"): ["data.path=/nowhere", "data.num_classes=3"],
     ("data", "text_table"): ["model=lstm", "data.path=/nowhere.csv", "data.num_classes=3"],
     ("recipe", "lstm_imdb"): ["model=lstm"],
+    ("objective", "adversarial"): ["model=lstm"],
     ("recipe", "speech_rnn_speech_commands"): ["model=speech_rnn", *SPEECH],
 }
 

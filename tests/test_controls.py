@@ -114,7 +114,7 @@ def test_debug_runs(tmp_path, mnist_dir):
     [
         ("cnn", ["data.augment.rotate=0", "data.augment.scale=0", "data.augment.translate=0", "model.arch.dropout=0"]),
         ("mlp", ["data.augment.rotate=0", "data.augment.scale=0", "data.augment.translate=0", "model.arch.dropout=0"]),
-        ("lstm", ["model.arch.dropout=0", "model.arch.word_dropout=0", "model.adversarial=0"]),
+        ("lstm", ["model.arch.dropout=0", "model.arch.word_dropout=0", "model.objective=null"]),
         (
             "speech_rnn",
             ["data.time_shift_ms=0", "data.noise_prob=0", "model.arch.spec_masks=0", "model.arch.dropout=0"],
@@ -122,7 +122,7 @@ def test_debug_runs(tmp_path, mnist_dir):
     ],
 )
 def test_overfitting_turns_off_every_regulariser_of_each_model(model, expected):
-    """The data module's augmentation, the network's own (SpecAugment), dropout and adversarial training."""
+    """The data module's augmentation, the network's own (SpecAugment), dropout and the objective (adversarial)."""
     cfg = compose_train(
         [f"model={model}", "debug=overfit", *(["data.num_classes=10"] if model == "speech_rnn" else [])]
     )
@@ -138,7 +138,7 @@ def test_overfit_debug_run_learns_its_batch_with_augmentation_and_dropout_off(tm
     (run_dir,) = out.glob("debug/*/*")
     result = metrics(run_dir)
     assert result["overfit_check"]["passed"] and result["train/acc"] >= 0.99 and result["epochs"] == 60
-    assert "augmentation, dropout and adversarial training off (data.augment.rotate=0" in proc.stdout
+    assert "augmentation, dropout and the training objective off (data.augment.rotate=0" in proc.stdout
     assert "model.arch.dropout=0" in proc.stdout and "overfit check: training accuracy 1.0000" in proc.stdout
     config = OmegaConf.load(run_dir / "config.yaml")
     assert config.model.arch.dropout == 0 and config.data.augment.rotate == 0

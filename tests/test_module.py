@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nnlab.module import Classifier
+from nnlab.objectives import Adversarial
 from tests.helpers import datamodule
 
 ARCH = dict(in_channels=1, image_size=28, num_classes=10, hidden=[32], batch_norm=True, dropout=0.1)
@@ -93,40 +94,52 @@ def lstm_classifier(arch: dict | None = None, **settings):
     return Classifier(**{"net": "lstm", "arch": {**base, **(arch or {})}, **defaults, **settings})
 
 
+def adversarial(norm: float = 5.0, length: int | None = None, share: float = 1.0) -> dict:
+    return {"name": "adversarial", "norm": norm, "length": length, "share": share}
+
+
 def test_adversarial_training_adds_the_loss_under_the_worst_perturbation():
     torch.manual_seed(0)
-    model = lstm_classifier(adversarial=1.0)
+    model = lstm_classifier(objective=adversarial(1.0))
     tokens, lengths = torch.randint(2, 50, (4, 7)), torch.tensor([7, 5, 3, 1])
     tokens[torch.arange(7)[None, :] >= lengths[:, None]] = 0
     y = torch.tensor([0, 1, 0, 1])
-    logits, loss = model.adversarial_step((tokens, lengths), y)
+    logits, loss = model.objective.step(model, (tokens, lengths), y)
     clean = model.loss(logits, y)
     assert loss > 2 * clean  # clean loss plus a larger loss under the perturbation
-    with pytest.raises(ValueError, match="model.adversarial=1.0 perturbs word embeddings.*'mlp'"):
-        Classifier(
-            net="mlp",
-            arch=ARCH,
-            optimizer="adam",
-            lr=1e-3,
-            weight_decay=0.0,
-            momentum=0.0,
-            scheduler="none",
-            warmup_pct=0.0,
-            adversarial=1.0,
-        )
+
+
+def test_an_objective_a_network_cannot_serve_is_named():
+    settings = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.0, scheduler="none", warmup_pct=0.0)
+    with pytest.raises(ValueError, match="objective=adversarial perturbs word embeddings, which model.net='mlp'"):
+        Classifier(net="mlp", arch=ARCH, objective=adversarial(1.0), **settings)
+    with pytest.raises(ValueError, match="model.objective.name='sharpness' is not an objective"):
+        Classifier(net="mlp", arch=ARCH, objective={"name": "sharpness"}, **settings)
+    with pytest.raises(ValueError, match="model.objective: .*unexpected keyword argument 'radius'"):
+        lstm_classifier(objective={"name": "adversarial", "radius": 1.0})
+
+
+def test_the_classifier_knows_no_network_and_reads_0_1_0_settings_as_their_objective():
+    """Adversarial training is an objective any perturbable text network takes; the keys nnlab 0.1.0 recorded
+    (adversarial, adversarial_length, adversarial_share) mean the same objective and are not recorded again."""
+    old = lstm_classifier(adversarial=5.0, adversarial_length=256, adversarial_share=0.5)
+    assert old.hparams.objective == adversarial(5.0, 256, 0.5)
+    assert not {"adversarial", "adversarial_length", "adversarial_share"} & set(old.hparams)
+    assert lstm_classifier(adversarial=0.0).objective is None and lstm_classifier().hparams.objective is None
+    assert not [name for name in vars(Classifier) if "adversarial" in name or "perturbation" in name]
 
 
 @pytest.mark.parametrize("share", [1.0, 0.5])
 def test_the_adversarial_step_equals_its_formula_with_one_backward_pass_of_the_clean_loss(share):
     """The step reuses the clean pass's parameter gradients instead of backpropagating the summed losses through the
     clean graph again; the value and every gradient equal the formula's, computed by hand with the same random draws
-    (dropout masks; with adversarial_share=0.5 the half of the texts that takes the adversarial loss)."""
+    (dropout masks; with share=0.5 the half of the texts that takes the adversarial loss)."""
     torch.manual_seed(0)
     arch = dict(embed_dim=16, layers=2, dropout=0.3, word_dropout=0.2)
-    model = lstm_classifier(arch, adversarial=5.0, adversarial_length=256, adversarial_share=share)
+    model = lstm_classifier(arch, objective=adversarial(5.0, 256, share))
     tokens, lengths, y = torch.randint(2, 60, (6, 12)), torch.tensor([12, 9, 7, 5, 3, 1]), torch.randint(0, 2, (6,))
     torch.manual_seed(1)
-    _, loss = model.adversarial_step((tokens, lengths), y)
+    _, loss = model.objective.step(model, (tokens, lengths), y)
     loss.backward()
     ours = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -135,7 +148,7 @@ def test_the_adversarial_step_equals_its_formula_with_one_backward_pass_of_the_c
     clean = model.loss(logits, y)
     (grad,) = torch.autograd.grad(clean, embedded, retain_graph=True)
     pick = torch.randperm(6)[:3] if share < 1 else torch.arange(6)
-    perturbation = model.perturbation(grad[pick], lengths[pick])
+    perturbation = model.objective.perturbation(grad[pick], lengths[pick])
     by_hand = clean + model.loss(model.net(tokens[pick], lengths[pick], perturbation=perturbation), y[pick])
     by_hand.backward()
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
@@ -145,15 +158,15 @@ def test_the_adversarial_step_equals_its_formula_with_one_backward_pass_of_the_c
 
 @pytest.mark.parametrize("share", [0.0, 1.5, "half"])
 def test_an_adversarial_share_outside_0_to_1_is_named(share):
-    with pytest.raises(ValueError, match=f"model.adversarial_share={share} is not a share in \\(0, 1\\]"):
-        lstm_classifier(adversarial=5.0, adversarial_share=share)
+    with pytest.raises(ValueError, match=f"model.objective.share={share} is not a share in \\(0, 1\\]"):
+        lstm_classifier(objective=adversarial(5.0, share=share))
 
 
 def test_the_adversarial_norm_follows_the_text_length():
     grad, lengths = torch.randn(3, 16, 8), torch.tensor([16, 4, 1])
-    per_text = lstm_classifier(adversarial=2.0).perturbation(grad, lengths).flatten(1).norm(dim=1)
+    per_text = Adversarial(2.0, None).perturbation(grad, lengths).flatten(1).norm(dim=1)
     assert torch.allclose(per_text, torch.full((3,), 2.0))  # Miyato et al.: one norm whatever the length
-    scaled = lstm_classifier(adversarial=2.0, adversarial_length=4).perturbation(grad, lengths).flatten(1).norm(dim=1)
+    scaled = Adversarial(2.0, 4).perturbation(grad, lengths).flatten(1).norm(dim=1)
     assert torch.allclose(scaled, torch.tensor([4.0, 2.0, 1.0]))  # 2 * sqrt(L / 4): the same per token
 
 

@@ -1,6 +1,5 @@
 """The LightningModule: one classifier over any network in nnlab.nets."""
 
-import inspect
 import math
 
 import lightning as L
@@ -9,6 +8,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from nnlab import objectives
 from nnlab.errors import ConfigError, UserError
 from nnlab.kinds import kind
 from nnlab.nets import network
@@ -35,17 +35,16 @@ class Classifier(L.LightningModule):
         cross-entropy; otherwise softmax and cross-entropy over num_classes outputs.
     optimizer: sgd (with momentum) | adam | adamw;  scheduler: none | cosine | onecycle (warmup_pct)
     anneal_to: the share of lr the cosine or one-cycle schedule ends at (0: all the way down)
-    adversarial: > 0 adds adversarial training on the word embeddings, this the perturbation's norm for a text
-        of `adversarial_length` tokens; a text of L tokens gets adversarial * sqrt(L / adversarial_length), the
-        same strength per token (None: this norm for every text, as Miyato et al.). Text networks only; each step
-        costs about twice as much.
-    adversarial_share: the adversarial loss is taken on this share of each batch (texts drawn at random), an unbiased
-        estimate of the loss on all of them: a step costs 1 + share clean steps instead of 2.
+    objective: what a training step minimises beyond the loss, as nnlab.objectives builds it ({"name":
+        "adversarial", "norm": 5.0, "length": 256, "share": 1.0}: adversarial training on word embeddings); None: the
+        loss alone
     compile: compile the network with torch.compile when fit starts (nn.Module.compile: the state dict's keys stay
         those of the plain network, so checkpoints load either way); predict and load_from_checkpoint run it eagerly
     label_smoothing: the share of each training target spread evenly over the classes (cross-entropy's
         label_smoothing; for one sigmoid output, targets 1 - s/2 and s/2); validation and test losses are plain
     input: ignored; checkpoints written before networks declared what they read recorded it here
+    adversarial, adversarial_length, adversarial_share: read from nnlab 0.1.0's checkpoints, as the objective they
+        meant (nnlab.objectives.from_legacy)
     """
 
     def __init__(
@@ -59,26 +58,28 @@ class Classifier(L.LightningModule):
         scheduler: str,
         warmup_pct: float,
         anneal_to: float = 0.0,
-        adversarial: float = 0.0,
-        adversarial_length: int | None = None,
-        adversarial_share: float = 1.0,
+        objective: dict | None = None,
         compile: bool = False,
         label_smoothing: float = 0.0,
         input: str | None = None,
+        **legacy,
     ):
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["input"])
+        unknown = set(legacy) - set(objectives.LEGACY_KEYS)
+        if unknown:
+            raise TypeError(f"Classifier got unexpected arguments: {', '.join(sorted(unknown))}")
+        objective = objectives.from_legacy({"objective": objective, **legacy})["objective"]
+        self.save_hyperparameters(logger=False, ignore=["input", *objectives.LEGACY_KEYS])
+        for key in ("legacy", *objectives.LEGACY_KEYS):
+            self.hparams.pop(key, None)
+        self.hparams["objective"] = objective
         net_class = network(net)
         self.reads = kind(net_class.reads)
-        check_model_settings(
-            optimizer, lr, weight_decay, scheduler, warmup_pct, arch, label_smoothing, anneal_to, adversarial_share
-        )
+        check_model_settings(optimizer, lr, weight_decay, scheduler, warmup_pct, arch, label_smoothing, anneal_to)
         self.net = net_class(**arch)
-        if adversarial and "return_embedding" not in inspect.signature(self.net.forward).parameters:
-            raise ConfigError(
-                f"model.adversarial={adversarial} perturbs word embeddings, which model.net={net!r} "
-                "has none of; set model.adversarial=0 (it works with lstm)"
-            )
+        self.objective = objectives.build(objective)
+        if self.objective is not None:
+            self.objective.check(self.net, net)
         # One output is a binary classifier; metrics and reports see it as two classes.
         self.binary = arch["num_classes"] == 1
         num_classes = max(arch["num_classes"], 2)
@@ -143,8 +144,8 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        if self.hparams.adversarial:
-            logits, loss = self.adversarial_step(x, y)
+        if self.objective is not None:
+            logits, loss = self.objective.step(self, x, y)
         else:
             logits = self(x)
             loss = self.loss(logits, y, self.hparams.label_smoothing)
@@ -158,40 +159,6 @@ class Classifier(L.LightningModule):
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", loss.detach())
         return loss
-
-    def adversarial_step(self, x, y):
-        """Adversarial training on word embeddings (Miyato et al., 2017): the loss plus the loss under the
-        perturbation of norm `adversarial` (per review) that raises it most, to first order."""
-        smoothing = self.hparams.label_smoothing
-        logits, embedded = self.net(*x, return_embedding=True)
-        loss = self.loss(logits, y, smoothing)
-        # One backward pass through the clean loss gives both the direction and the clean loss's parameter gradients
-        # (backpropagating the sum afterwards would pass through the clean graph a second time: a third of the step).
-        # A GradScaler (16-mixed) scales what training_step returns; the clean pass is scaled alike against underflow.
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer else None
-        scale = scaler.get_scale() if scaler is not None else 1.0
-        params = [p for p in self.parameters() if p.requires_grad]
-        grad, *clean = torch.autograd.grad(loss * scale, [embedded, *params], allow_unused=True)
-        (tokens, lengths), share = x, self.hparams.adversarial_share
-        if share < 1:  # the texts drawn: the mean of their losses estimates the batch's without bias
-            pick = torch.randperm(len(y), device=y.device)[: max(1, round(share * len(y)))]
-            tokens, lengths, grad, y = tokens[pick], lengths[pick.to(lengths.device)], grad[pick], y[pick]
-        adversarial = self.loss(self.net(tokens, lengths, perturbation=self.perturbation(grad, lengths)), y, smoothing)
-        # What training_step returns has the value loss + adversarial loss, and backpropagating it adds the clean
-        # gradients to the adversarial loss's: through a term linear in the parameters whose value is 0. Lightning
-        # (and DDP's gradient reduction) see one backward pass as usual, with accumulation and scaling applied to all.
-        carried = sum((p * (g / scale if scale != 1 else g)).sum() for p, g in zip(params, clean) if g is not None)
-        return logits, loss.detach() + adversarial + (carried - carried.detach())
-
-    def perturbation(self, grad, lengths):
-        """The gradient's direction, each text's scaled to its norm: `adversarial`, times sqrt(L / adversarial_length)
-        for a text of L tokens when adversarial_length is set (a norm that grows with the text, the same per token)."""
-        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
-        radius = torch.full_like(norm, self.hparams.adversarial)
-        if self.hparams.adversarial_length:
-            lengths = lengths.to(norm.device, norm.dtype)[:, None, None]
-            radius = radius * (lengths / self.hparams.adversarial_length).sqrt()
-        return radius * grad / norm
 
     def _watch_loss(self, loss):
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)

@@ -151,6 +151,7 @@ class LSTM(nn.Module):
     """
 
     reads = "text"  # the kind of data (nnlab.kinds)
+    perturbable = True  # forward takes perturbation= and return_embedding= (nnlab.objectives.Adversarial)
 
     def __init__(
         self,

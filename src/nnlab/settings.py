@@ -16,7 +16,6 @@ def check_model_settings(
     arch: dict,
     label_smoothing: float = 0.0,
     anneal_to: float = 0.0,
-    adversarial_share: float = 1.0,
 ):
     """The optimisation settings and dropout rates, checked when the model is built (before any data is read),
     naming the key: an unknown name or a rate out of range would fail deep inside torch, or silently train badly."""
@@ -36,5 +35,3 @@ def check_model_settings(
             raise ConfigError(f"model.arch.{key}={arch[key]}: a dropout rate is at least 0 and below 1")
     if not (isinstance(anneal_to, (int, float)) and 0 <= anneal_to < 1):
         raise ConfigError(f"model.anneal_to={anneal_to}: the schedule ends at a share of model.lr in [0, 1)")
-    if not (isinstance(adversarial_share, (int, float)) and 0 < adversarial_share <= 1):
-        raise ConfigError(f"model.adversarial_share={adversarial_share} is not a share in (0, 1]; 1 takes all")

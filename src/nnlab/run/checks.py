@@ -5,9 +5,9 @@ import os
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from nnlab import commands
+from nnlab import commands, objectives
 from nnlab.cpu import cpu_has_bf16, cpu_name
 from nnlab.errors import ConfigError
 from nnlab.run.directory import latest_run
@@ -64,8 +64,9 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
         m.arch,
         m.get("label_smoothing", 0.0),
         m.get("anneal_to", 0.0),
-        m.get("adversarial_share", 1.0),
     )
+    if m.get("objective"):
+        objectives.build(OmegaConf.to_container(m.objective, resolve=True))  # its settings, before torch is imported
     check_devices(str(t.get("accelerator")), str(t.get("precision")), t.get("devices"))
 
 

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from nnlab import commands
 from nnlab.commands import shell_command
 from nnlab.errors import CheckpointError, ConfigError
+from nnlab.objectives import from_legacy
 
 log = logging.getLogger("nnlab")
 
@@ -48,6 +49,8 @@ def check_same_run(out: Path, cfg: DictConfig):
     except Exception as e:  # noqa: BLE001  hand-edited, cut short: the check cannot be made, the run can still go on
         log.warning(f"cannot read {record} ({type(e).__name__}): this command is not checked against the run's")
         return
+    if isinstance(recorded.get("model"), dict):  # a run started by nnlab 0.1.0 recorded its objective in other keys
+        recorded["model"] = from_legacy(recorded["model"])
     now = OmegaConf.to_container(cfg, resolve=True)
     diff = [d for key in ("model", "data", "seed") for d in differences({key: recorded.get(key)}, {key: now.get(key)})]
     if now["model"].get("scheduler", "none") != "none":  # the schedule spans the steps the run was started with

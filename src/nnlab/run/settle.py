@@ -16,7 +16,7 @@ log = logging.getLogger("nnlab")
 def without_regularisation(cfg: DictConfig) -> list[str]:
     """For trainer.overfit_batches: turn off in `cfg` what keeps a network from learning its batches by heart (the
     augmentation the data module and the network list in their `augmentation_off`; every dropout rate of the network;
-    adversarial training). Returns what it changed, as overrides."""
+    the training objective: adversarial training). Returns what it changed, as overrides."""
     import yaml
     from hydra.utils import get_class
 
@@ -25,7 +25,7 @@ def without_regularisation(cfg: DictConfig) -> list[str]:
     changes = [f"data.{o}" for o in getattr(get_class(cfg.data._target_), "augmentation_off", ())]
     changes += [f"model.arch.{o}" for o in getattr(network(cfg.model.net), "augmentation_off", ())]  # SpecAugment
     changes += [f"model.arch.{k}=0" for k, v in cfg.model.arch.items() if str(k).endswith("dropout") and v]
-    changes += ["model.adversarial=0"] if cfg.model.get("adversarial") else []
+    changes += ["model.objective=null"] if cfg.model.get("objective") else []
     changed = []
     for change in changes:
         key, value = change.split("=", 1)
@@ -87,7 +87,7 @@ def settle(cfg: DictConfig, run_id: str | None) -> tuple[DictConfig, object | No
             off = without_regularisation(cfg)
             log.info(
                 f"trainer.overfit_batches={cfg.trainer.overfit_batches}: the same batches every epoch, with "
-                f"augmentation, dropout and adversarial training off ({' '.join(off) or 'none was on'})"
+                f"augmentation, dropout and the training objective off ({' '.join(off) or 'none was on'})"
             )
         if (
             cfg.train
