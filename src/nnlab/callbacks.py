@@ -68,8 +68,10 @@ def steady_rate(per_epoch: list[float]) -> float | None:
 
 
 class EpochClock(L.Callback):
-    """Times each training epoch from its start to its end with validation taken out (it runs inside the epoch, before
-    on_train_epoch_end), the device synchronised: `elapsed(trainer)` at the epoch's end."""
+    """Times each training epoch from its start to its last training step, the validation runs inside it taken out,
+    the device synchronised: `elapsed(trainer)` at the epoch's end. Validation runs inside the training epoch (before
+    on_train_epoch_end), and what follows an epoch's last validation (its checkpoints, written on validation end, and
+    the other callbacks' epoch-end work) is not training either."""
 
     def _now(self, trainer):
         if trainer.strategy.root_device.type == "cuda":
@@ -77,7 +79,10 @@ class EpochClock(L.Callback):
         return time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self.start, self.paused = self._now(trainer), 0.0
+        self.start, self.paused, self.validated_at = self._now(trainer), 0.0, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.validated_at = None  # a training step since the last validation: the epoch's training goes on
 
     def on_validation_start(self, trainer, pl_module):
         if not trainer.sanity_checking:
@@ -85,10 +90,12 @@ class EpochClock(L.Callback):
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
-            self.paused += self._now(trainer) - self.val_start
+            self.validated_at = self._now(trainer)
+            self.paused += self.validated_at - self.val_start
 
     def elapsed(self, trainer) -> float:
-        return self._now(trainer) - self.start - self.paused
+        end = self.validated_at if self.validated_at is not None else self._now(trainer)
+        return end - self.start - self.paused
 
 
 class Throughput(EpochClock):
@@ -108,6 +115,7 @@ class Throughput(EpochClock):
         self.on_train_epoch_start(trainer, pl_module)  # a run resumed mid-epoch starts measuring here
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         samples, tokens = pl_module.reads.count(batch[0])  # the kind of data counts its batch
         self.samples += samples
         self.tokens += tokens
