@@ -1,7 +1,8 @@
-"""Our training pipeline against a plain PyTorch loop, in one run, on the same data.
+"""`python train.py` against a plain PyTorch loop, in one run, on the same data.
 
     python scripts/benchmark.py                       # MLP and CNN throughput, then CNN time to 99%
     python scripts/benchmark.py --models mlp --rounds 2 --no-time-to-acc
+    python scripts/benchmark.py --models mlp --no-time-to-acc --bare   # and a bare Lightning Trainer: the floor
     python scripts/benchmark.py --models cnn data.batch_size=256      # any Hydra override, both sides
     python scripts/benchmark.py --models lstm --rounds 3 --batches 60 --data-dir /path/holding/aclImdb
     python scripts/benchmark.py --models speech_rnn --rounds 3 --data-dir /path/holding/SpeechCommands
@@ -187,6 +188,26 @@ def _timed(device, fn, *args) -> float:
     fn(*args)
     sync(device)
     return time.perf_counter() - start
+
+
+def bare_lightning(cfg, dm, epochs: int) -> tuple[float, float]:
+    """--bare: the same network and data module in a Lightning Trainer with nothing of train.py's (no callback but
+    the one that measures, no logger, progress bar, checkpoints or run lifecycle): Lightning's own loop, the floor
+    under train.py's ratio. Its model still computes its metrics. Steady (samples/s, tokens/s)."""
+    import lightning as L
+
+    from nnlab.callbacks import Throughput
+
+    L.seed_everything(cfg.seed, verbose=False)
+    clock = Throughput()
+    trainer = L.Trainer(
+        max_epochs=epochs, limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=0, logger=False,
+        callbacks=[clock], enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+        gradient_clip_val=cfg.trainer.gradient_clip_val, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(app.network(cfg), datamodule=dm)
+    dm.trainer = None  # the plain loop's next epochs read the loader without this trainer
+    return steady_rate(clock.samples_per_s), steady_rate(clock.tokens_per_s) or 0.0
 
 
 def train_py(model: str | None, overrides: list[str], out: str, name: str = "run") -> dict:
@@ -408,6 +429,9 @@ def main():
     p.add_argument("--ddp-cpu", action="store_true", help="train.py trainer=ddp_cpu against trainer=cpu instead")
     p.add_argument("--compare", nargs="+", metavar="OVERRIDES", help="our pipeline under each set of overrides")
     p.add_argument(
+        "--bare", action="store_true", help="also a bare Lightning Trainer on the same network and data: the floor"
+    )
+    p.add_argument(
         "--trial-overhead", type=int, metavar="N", help="a sweep of N one-batch trials: the phases of its fixed cost"
     )
     p.add_argument("overrides", nargs="*", help="Hydra overrides for both sides, e.g. data.batch_size=256")
@@ -439,18 +463,24 @@ def main():
         dm.prepare_data()
         dm.setup()
         train_size = sum(len(y) for _, y in dm.train_dataloader())  # one whole epoch, before a trainer has used it
-        plain, our = [], []
+        plain, our, bare = [], [], []
         for r in range(args.rounds):
             plain.append(plain_loop(cfg, dm, args.epochs, device))
             our.append(rates(train_py(name, overrides, out)))
             i = 1 if plain[-1][1] else 0  # tokens where the kind of data has them
             unit = "tokens/s" if i else "samples/s"
+            if args.bare:
+                bare.append(bare_lightning(cfg, dm, args.epochs))
+            floor = f", bare Lightning {bare[-1][i]:,.0f} ({bare[-1][i] / plain[-1][i]:.2f})" if args.bare else ""
             print(
                 f"{name} round {r + 1}: plain loop {plain[-1][i]:,.0f} {unit}, nnlab {our[-1][i]:,.0f} {unit}, "
-                f"ratio {our[-1][i] / plain[-1][i]:.2f}"
+                f"ratio {our[-1][i] / plain[-1][i]:.2f}{floor}"
             )
         i = 1 if plain[-1][1] else 0
         ratio = statistics.median(o[i] / p[i] for o, p in zip(our, plain))
+        if args.bare:
+            floor = statistics.median(b[i] / p[i] for b, p in zip(bare, plain))
+            print(f"{name}: bare Lightning against the plain loop, median of the rounds {floor:.2f}")
         samples = statistics.median(o[0] for o in our)
         epoch_s = train_size / samples
         plain_samples, plain_tokens = (statistics.median(p[k] for p in plain) for k in (0, 1))

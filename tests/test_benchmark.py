@@ -4,6 +4,7 @@ README's, measured with nothing else running; here only that the script works an
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,7 @@ def test_benchmark_script_runs(mnist_dir):
         mnist_dir,
         "mlp",
         "data.val_size=100",
+        "--bare",
         "--time-to-acc",
         recipe,
         "--seeds",
@@ -52,7 +54,7 @@ def test_benchmark_script_runs(mnist_dir):
         "0.5",
         time_to_acc=True,
     )
-    assert "| mlp | 128 |" in out
+    assert "| mlp | 128 |" in out and "mlp: bare Lightning against the plain loop, median of the rounds" in out
     # Training FLOPs per sample of the default MLP, 784-1024-1024-10: forward 2 x (784 + 1024 + 10) x 1024 FLOPs,
     # the weights' gradients as many, the inputs' gradients of the second and third layer 2 x (1024 + 10) x 1024:
     # 9.56 MFLOP; then its share of the matmul peak measured in the same run.
@@ -97,3 +99,17 @@ def test_benchmark_breaks_a_sweep_trials_fixed_cost_into_its_phases(mnist_dir):
     # two trials: each median is a mean, so the phases add up to the totals (to the printed rounding)
     phases = list(seconds.values())
     assert abs(sum(phases[:7]) - startup) < 0.05 and abs(sum(phases[7:10]) - wind_down) < 0.05
+
+
+def test_start_time_measures_the_launch_to_the_first_training_step(mnist_dir, tmp_path):
+    command = (f"python train.py model=mlp trainer.max_epochs=1 trainer.limit_train_batches=2 logger=csv "
+               f"paths.data_dir={mnist_dir} hydra.run.dir={tmp_path / 'run'} data.val_size=100")  # fmt: skip
+    on_path = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # `python`
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "start_time.py"), "--runs", "1", "--threads", "1", command],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=on_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| `python train.py"))
+    median = float(row.split("|")[2].strip().removesuffix(" s"))
+    assert 0 < median < 300
