@@ -258,7 +258,8 @@ def test_optuna_dashboard_reads_the_study(replicated):
 def test_the_run_index_lists_filters_diffs_and_survives_damaged_runs(replicated, tmp_path, capsys):
     _, sweep_dir, _ = replicated
     root = tmp_path / "outputs"
-    shutil.copytree(sweep_dir.parent.parent, root)  # the whole outputs/ tree
+    # the whole outputs/ tree, but the report another test rewrites meanwhile (it has no run of its own)
+    shutil.copytree(sweep_dir.parent.parent, root, ignore=shutil.ignore_patterns("report.html", "plots"))
     trial_dirs = sorted((root / "sweeps" / sweep_dir.name).glob("*-r*"))
     # damage: a cut metrics.json; garbage run.json with no metrics; a lock left by a killed process; a bare log
     shutil.copytree(trial_dirs[0], root / "2026-12-01" / "cut")
