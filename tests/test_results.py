@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -76,8 +77,8 @@ def test_a_seed_sweep_is_summarised_per_configuration(tmp_path):
 @pytest.fixture(scope="session")
 def replicated(tmp_path_factory, mnist_dir):
     """2 learning rates x 2 replicates of the tiny MLP: 4 runs, one study, made once for the whole session. pytest-xdist
-    3.8 under pytest 9 does not keep an xdist_group on one worker, so the first worker to need the sweep makes it in
-    the session's shared temporary folder, under a lock, and the others wait for it and read it."""
+    The tests that read it run on several workers: the first worker to need the sweep makes it in the session's shared
+    temporary folder, under a lock, and the others wait for it and read it."""
     import fcntl
     import types
 
@@ -225,27 +226,37 @@ def blank(png: Path) -> bool:
 @pytest.mark.slow
 def test_optuna_dashboard_reads_the_study(replicated):
     _, sweep_dir, _ = replicated
-    port = free_port()
     dashboard = Path(sys.executable).parent / "optuna-dashboard"
-    proc = subprocess.Popen([str(dashboard), f"sqlite:///{sweep_dir / 'study.db'}", "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        deadline, studies = time.monotonic() + 120, None
-        while studies is None:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "optuna-dashboard did not answer within 120 s"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
-                    studies = json.load(r)["study_summaries"]
-            except OSError:
-                time.sleep(0.5)
-        (summary,) = studies
-        assert summary["study_name"] == sweep_dir.name
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=30) as r:
-            detail = json.load(r)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    for _ in range(3):  # another process may take the free port before the dashboard binds it: then another port
+        port, said = free_port(), []
+        command = [str(dashboard), f"sqlite:///{sweep_dir / 'study.db'}", "--host", "127.0.0.1", "--port", str(port)]
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # read as it comes: the dashboard logs each request there, and a full pipe would stop it mid-request
+        reader = threading.Thread(target=said.extend, args=(proc.stderr,), daemon=True)
+        reader.start()
+        try:
+            deadline, studies, last = time.monotonic() + 120, None, None
+            while studies is None and proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                        studies = json.load(r)["study_summaries"]
+                except OSError as e:
+                    last = e
+                    time.sleep(0.5)
+            if studies is not None:
+                url = f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}"
+                with urllib.request.urlopen(url, timeout=30) as r:
+                    detail = json.load(r)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            reader.join(timeout=10)
+        if studies is not None or "Address already in use" not in "".join(said):
+            break
+    log = f"exit code {proc.returncode}, last: {last!r}; it said:\n" + "".join(said)[-3000:]
+    assert studies is not None, f"optuna-dashboard gave no studies ({log})"
+    (summary,) = studies
+    assert summary["study_name"] == sweep_dir.name
     study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
     assert [(t["number"], t["state"], t["values"]) for t in detail["trials"]] == [
         (t.number, "Complete", [t.value]) for t in study.trials
