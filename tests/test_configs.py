@@ -1,6 +1,7 @@
 """Every config composes and instantiates; bad keys and bad pairings fail before training."""
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -111,9 +112,15 @@ def test_a_bad_requeue_signal_name_fails_before_training(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_explicit_number_of_epochs_turns_the_training_budget_off():
+def test_an_explicit_number_of_epochs_turns_the_training_budget_off_on_the_command_line_or_in_a_file(tmp_path):
     def budget(*overrides):
-        out = train(*overrides, "--cfg", "job", "--resolve").stdout
-        return out.split("training_budget:")[1].split("exact: ")[1].split()[0]
+        cfg = yaml.safe_load(train(*overrides, "--cfg", "job", "--resolve").stdout)
+        assert cfg["callbacks"]["training_budget"]["exact"] == cfg["budget"]["exact"]
+        return cfg["trainer"]["max_epochs"], cfg["budget"]["exact"]
 
-    assert budget("model=cnn") == "false" and budget("model=cnn", "trainer.max_epochs=3") == "true"
+    assert budget("model=cnn") == (6, False)
+    assert budget("model=cnn", "trainer.max_epochs=3") == (3, True)
+    mine = tmp_path / "conf" / "experiment" / "three.yaml"  # the same length set in a file
+    mine.parent.mkdir(parents=True)
+    mine.write_text("# @package _global_\ntrainer:\n  max_epochs: 3\nbudget:\n  exact: true\n")
+    assert budget("model=cnn", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "experiment=three") == (3, True)

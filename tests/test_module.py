@@ -66,7 +66,7 @@ def test_a_schedule_ends_at_the_share_of_the_learning_rate_asked_for(scheduler, 
     assert last_rate() < 0.02e-3  # 0: all the way down, as before
     for bad in (1.0, -0.1, "end"):
         with pytest.raises(
-            ValueError, match=rf"model.anneal_to={bad}: the schedule ends at a share of model.lr in \[0, 1\)"
+            ValueError, match=rf"model.anneal_to={bad}: the share of model.lr the schedule ends at, at least 0 and"
         ):
             classifier(anneal_to=bad)
 
@@ -74,7 +74,7 @@ def test_a_schedule_ends_at_the_share_of_the_learning_rate_asked_for(scheduler, 
 @pytest.mark.parametrize("field,value", [("optimizer", "rmsprop"), ("scheduler", "step")])
 def test_unknown_optimizer_or_schedule_is_named(field, value, mnist_dir, tmp_path):
     trainer = L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
-    with pytest.raises(ValueError, match=f"model.{field}={value!r}"):
+    with pytest.raises(ValueError, match=f"model.{field}={value}: one of "):
         trainer.fit(classifier(**{field: value}), datamodule=datamodule(mnist_dir))
 
 

@@ -443,8 +443,10 @@ def test_a_replicate_reports_the_mean_of_the_replicates_and_stops_once_a_sibling
     "overrides, said",
     [
         ([], "nothing to sweep"),
-        (["model.lr=1e-3,2e-3", "hydra.sweeper.replicates=0"], "hydra.sweeper.replicates=0: give the number of runs"),
-        (["model.lr=1e-3,2e-3", "hydra.sweeper.replicates=two"], "hydra.sweeper.replicates='two'"),
+        (["model.lr=1e-3,2e-3", "hydra.sweeper.replicates=0"], "hydra.sweeper.replicates=0: a whole number of runs"),
+        (["model.lr=1e-3,2e-3", "hydra.sweeper.replicates=two"], "hydra.sweeper.replicates=two: a whole number"),
+        ([*OPTUNA, "hydra.sweeper.n_trials=abc"], "hydra.sweeper.n_trials=abc: a whole number of trials, at least 1"),
+        (["model.lr=1e-3,2e-3", "trainer.max_epochs=1.5"], "trainer.max_epochs=1.5: a whole number of epochs"),
         (["model.lr=1e-3,2e-3", "hydra.launcher.n_jobs=0"], "hydra.launcher.n_jobs=0: must be at least 1"),
     ],
 )

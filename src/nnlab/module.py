@@ -8,11 +8,10 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from nnlab import objectives
+from nnlab import objectives, schema
 from nnlab.errors import ConfigError, UserError
 from nnlab.kinds import kind
 from nnlab.nets import network
-from nnlab.settings import check_model_settings
 
 # Steps between checks for a non-finite loss: each check waits for the device once.
 NONFINITE_CHECK_EVERY = 50
@@ -70,12 +69,12 @@ class Classifier(L.LightningModule):
             raise TypeError(f"Classifier got unexpected arguments: {', '.join(sorted(unknown))}")
         objective = objectives.from_legacy({"objective": objective, **legacy})["objective"]
         self.save_hyperparameters(logger=False, ignore=["input", *objectives.LEGACY_KEYS])
-        for key in ("legacy", *objectives.LEGACY_KEYS):
+        for key in objectives.LEGACY_KEYS:
             self.hparams.pop(key, None)
         self.hparams["objective"] = objective
         net_class = network(net)
         self.reads = kind(net_class.reads)
-        check_model_settings(optimizer, lr, weight_decay, scheduler, warmup_pct, arch, label_smoothing, anneal_to)
+        schema.check_model(dict(self.hparams))
         self.net = net_class(**arch)
         self.objective = objectives.build(objective)
         if self.objective is not None:

@@ -333,9 +333,11 @@ class StudySweeper(Sweeper):
 
     # --------------------------------------------------------------------------------------------------- the study
     def open_study(self, arguments: list[str]):
-        r = self.replicates
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise ValueError(f"hydra.sweeper.replicates={r!r}: give the number of runs (seeds) per trial, 1 or more")
+        from nnlab import schema
+
+        # the sweep's settings and the config every trial starts from: a mistake is one line, before any trial
+        schema.check(schema.Sweeper, schema.plain(self.config.hydra.sweeper), "hydra.sweeper.")
+        schema.check_run(self.config)
         args = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         self.space = S.SearchSpace.parse(args)
         self.grid = self.sampler_cfg is None

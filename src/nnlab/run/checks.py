@@ -1,5 +1,6 @@
 """Settings that would fail deep inside torch or Lightning, or silently do nothing, refused with the key and the fix
-before anything is built."""
+before anything is built: what the schema (nnlab.schema, each key's type and range) cannot say, settings that do not
+work together or not on this machine."""
 
 import os
 from pathlib import Path
@@ -11,18 +12,10 @@ from nnlab import commands, objectives
 from nnlab.cpu import cpu_has_bf16, cpu_name
 from nnlab.errors import ConfigError
 from nnlab.run.directory import latest_run
-from nnlab.settings import check_model_settings
-
-
-def positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
-    """Settings that would fail deep inside torch or Lightning, or silently do nothing, refused with the key."""
-    for key in cfg.data:  # not items(): a ??? left unset (data.path) may be filled from a checkpoint
-        if str(key).endswith("batch_size") and not positive_int(value := cfg.data[key]):
-            raise ConfigError(f"data.{key}={value}: a batch size is a whole number of samples, at least 1")
+    """The run's settings that do not work together, or not here, refused with the keys and the fix."""
     if cfg.resume and not explicit_run_dir and not restarted and cfg.sweep.trial is None:
         latest = latest_run(Path(cfg.paths.log_dir))
         hint = f" (the latest run here: {commands.path(commands.override('hydra.run.dir', latest))})" if latest else ""
@@ -46,27 +39,8 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
             "trainer.max_steps or trainer.max_time trains without end: give one of the three (the schedule then "
             "spans it), or model.scheduler=none"
         )
-    if t.get("max_epochs") is not None and (t.max_epochs == 0 or t.max_epochs < -1):
-        raise ConfigError(
-            f"trainer.max_epochs={t.max_epochs} trains nothing: give at least 1 (to test a checkpoint "
-            "without training: train=false ckpt_path=<checkpoint>)"
-        )
-    if t.get("max_steps") == 0 or t.get("limit_train_batches") in (0, 0.0):
-        key = "max_steps" if t.get("max_steps") == 0 else "limit_train_batches"
-        raise ConfigError(f"trainer.{key}=0 trains nothing: give at least 1 (or leave it out)")
-    m = cfg.model  # the model checks them itself when it is built; here before any data is read or downloaded
-    check_model_settings(
-        m.optimizer,
-        m.lr,
-        m.weight_decay,
-        m.scheduler,
-        m.warmup_pct,
-        m.arch,
-        m.get("label_smoothing", 0.0),
-        m.get("anneal_to", 0.0),
-    )
-    if m.get("objective"):
-        objectives.build(OmegaConf.to_container(m.objective, resolve=True))  # its settings, before torch is imported
+    if cfg.model.get("objective"):  # its settings, before torch is imported
+        objectives.build(OmegaConf.to_container(cfg.model.objective, resolve=True))
     check_devices(str(t.get("accelerator")), str(t.get("precision")), t.get("devices"))
 
 

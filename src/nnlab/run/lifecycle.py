@@ -29,7 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from nnlab import commands
+from nnlab import commands, schema
 from nnlab.atomic import LinkError, refuse_links_in
 from nnlab.commands import shell_command
 from nnlab.errors import ConfigError, UserError
@@ -132,6 +132,7 @@ class Run:
     def open(self):
         """Own the directory, check the command, open train.log: in this order, so a refused command writes nothing."""
         cfg = self.cfg
+        schema.check_run(cfg)  # types and ranges first: a value refused there says nothing else about the run
         sweep_trial = cfg.get("sweep") is not None and cfg.sweep.trial is not None
         if self.rank_zero:
             if self.out.is_symlink() and (sweep_trial or not self.explicit_run_dir):

@@ -51,6 +51,9 @@ def check_same_run(out: Path, cfg: DictConfig):
         return
     if isinstance(recorded.get("model"), dict):  # a run started by nnlab 0.1.0 recorded its objective in other keys
         recorded["model"] = from_legacy(recorded["model"])
+    budget = recorded.get("budget")
+    if isinstance(budget, dict) and "exact" not in budget:  # recorded before budget.exact: by the callback it set
+        budget["exact"] = ((recorded.get("callbacks") or {}).get("training_budget") or {}).get("exact")
     now = OmegaConf.to_container(cfg, resolve=True)
     diff = [d for key in ("model", "data", "seed") for d in differences({key: recorded.get(key)}, {key: now.get(key)})]
     if now["model"].get("scheduler", "none") != "none":  # the schedule spans the steps the run was started with
