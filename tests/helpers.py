@@ -278,6 +278,24 @@ def make_image_folder(root: Path, per_class: int = 30, classes: int = 3, splits:
     return root
 
 
+def make_numeric_table(path: Path, rows: int = 240, seed: int = 0) -> Path:
+    """A CSV of three numeric features (x, y, noise) and a label column, three classes far apart in x and y."""
+    import csv
+    import random
+
+    rng = random.Random(seed)
+    names = ("setosa", "versicolor", "virginica")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["x", "y", "noise", "species"])
+        for i in range(rows):
+            k = i % 3
+            out.writerow([f"{3 * k + rng.gauss(0, 0.4):.4f}", f"{-2 * k + rng.gauss(0, 0.4):.4f}",
+                          f"{rng.gauss(0, 1):.4f}", names[k]])  # fmt: skip
+    return path
+
+
 def make_text_table(path: Path, rows: int = 60, fmt: str = "csv", labels=("good", "bad", "meh")) -> Path:
     """A table of short learnable texts, one label each, as CSV, TSV or JSON Lines (columns `text`, `label`)."""
     import csv

@@ -7,7 +7,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 import nnlab.config  # noqa: F401
-from nnlab import app
+from nnlab import app, schema
+from nnlab.kinds import reads_from
 from tests.helpers import ROOT, train
 
 CONF = ROOT / "conf"
@@ -28,6 +29,7 @@ EXTRA = {
     ("experiment", "seed_speech_rnn"): SPEECH,
     ("data", "image_folder"): ["data.path=/nowhere", "data.num_classes=3"],
     ("data", "text_table"): ["model=lstm", "data.path=/nowhere.csv", "data.num_classes=3"],
+    ("data", "numeric_table"): ["model=mlp", "data.path=/nowhere.csv", "data.features=4", "data.num_classes=3"],
     ("recipe", "lstm_imdb"): ["model=lstm"],
     ("objective", "adversarial"): ["model=lstm"],
     ("recipe", "speech_rnn_speech_commands"): ["model=speech_rnn", *SPEECH],
@@ -49,8 +51,9 @@ def test_config_composes_and_instantiates(group, name, tmp_path, mnist_dir, monk
     monkeypatch.setenv("WANDB_MODE", "offline")
     extra = ON_CPU.get(name, []) if group == "trainer" else EXTRA.get((group, name), [])
     cfg = compose_train([f"{group}={name}", f"paths.data_dir={mnist_dir}", *extra], tmp_path)
+    schema.check_run(cfg)  # every shipped config passes the schema
     datamodule, model = app.data(cfg), app.network(cfg)
-    assert model.reads.name == datamodule.kind  # the network reads what the data module provides
+    assert reads_from(model.reads.name, datamodule.kind)  # the network reads what the data module provides
     trainer = app.trainer(cfg, app.callbacks(cfg), app.loggers(cfg))
     assert trainer.max_epochs == (1 if cfg.trainer.fast_dev_run else cfg.trainer.max_epochs)  # debug=fdr: one
 
@@ -94,7 +97,8 @@ def test_cli_rejects_unknown_key_and_bad_pairing(tmp_path, mnist_dir):
         "model=mlp", "data=imdb", f"paths.data_dir={mnist_dir}", f"hydra.run.dir={tmp_path}", "logger=csv", check=False
     )
     assert proc.returncode != 0
-    assert "model=mlp reads 'image' data but data=imdb provides 'text' data" in proc.stderr
+    said = "model=mlp reads one tensor per sample (images, audio, rows of numbers) but data=imdb provides 'text' data"
+    assert said in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
 
 

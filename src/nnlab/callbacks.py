@@ -12,6 +12,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from nnlab import kinds
 from nnlab.atomic import atomic_open
 
 
@@ -257,7 +258,9 @@ class TestReport(L.Callback):
             for x, label, probs in sorted(pl_module.test_samples[wrong], key=lambda s: -float(s[2].max()))
         ]
         preprocessing = datamodule.preprocessing() if hasattr(datamodule, "preprocessing") else {}
-        shown = pl_module.reads.show(samples, names, preprocessing, self.out_dir) if preprocessing else {}
+        # the data's own kind shows its samples (the network may read any kind of one tensor: the MLP)
+        shower = kinds.kind(preprocessing["kind"]) if preprocessing.get("kind") else pl_module.reads
+        shown = shower.show(samples, names, preprocessing, self.out_dir) if preprocessing else {}
 
         for logger in trainer.loggers:
             if isinstance(logger, lightning.pytorch.loggers.WandbLogger):

@@ -8,22 +8,28 @@ from nnlab.errors import ConfigError
 
 
 class MLP(nn.Module):
-    """Fully connected classifier over flattened images."""
+    """Fully connected classifier over its flattened input: an image's pixels, or a row of numeric features.
 
-    reads = "image"  # the kind of data (nnlab.kinds)
+    The input's size is `in_features`, or for images `in_channels * image_size**2` (what checkpoints written before
+    in_features record)."""
+
+    reads = "tensor"  # any kind whose samples are one tensor each (nnlab.kinds): images, rows of a table, ...
 
     def __init__(
         self,
-        in_channels: int,
-        image_size: int,
         num_classes: int,
         hidden: list[int],
         batch_norm: bool,
         dropout: float,
+        in_channels: int | None = None,
+        image_size: int | None = None,
+        in_features: int | None = None,
     ):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
-        width = in_channels * image_size * image_size
+        if in_features is None and (in_channels is None or image_size is None):
+            raise ConfigError("the MLP needs model.arch.in_features, or model.arch.in_channels and image_size")
+        width = in_features if in_features is not None else in_channels * image_size * image_size
         for h in hidden:
             layers.append(nn.Linear(width, h, bias=not batch_norm))
             if batch_norm:
@@ -35,7 +41,7 @@ class MLP(nn.Module):
         layers.append(nn.Linear(width, num_classes))
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, x):  # (B, C, H, W) -> (B, num_classes)
+    def forward(self, x):  # (B, C, H, W) or (B, features) -> (B, num_classes)
         return self.layers(x)
 
 

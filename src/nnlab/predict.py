@@ -19,7 +19,7 @@ import unicodedata
 from pathlib import Path
 
 from nnlab.errors import UserError
-from nnlab.kinds import PredictError, kind
+from nnlab.kinds import PredictError, import_kind, kind
 
 # torch and Lightning are imported where a checkpoint is read: --help and a mistyped option answer at once.
 
@@ -36,6 +36,9 @@ def load(path) -> tuple:
             f"{path} records no preprocessing (it was written before its data module stored one), "
             "so it cannot classify raw inputs; train it again with this version."
         )
+    data_module = ((checkpoint.get("nnlab") or {}).get("data") or {}).get("_target_")
+    if data_module:  # a kind of one's own (examples/numeric_table.py) is registered by importing its data module
+        import_kind(preprocessing.get("kind"), data_module)
     return model_from_checkpoint(checkpoint, path), preprocessing
 
 

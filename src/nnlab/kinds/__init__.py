@@ -24,11 +24,13 @@ KINDS: dict[str, "Kind"] = {}
 class Kind:
     """The defaults suit a batch (x, y) whose x is one tensor with a sample per row; a kind overrides what differs.
 
-    name: what data modules provide and networks read.
+    name: what data modules provide and networks read. A network that reads "tensor" (the MLP: it flattens what it
+        gets) reads every kind whose inputs are one tensor per sample (`one_tensor`): images, audio, a table's rows.
     takes_paths: predict's inputs are file paths (images, audio), not the texts themselves."""
 
     name: str = ""
     takes_paths: bool = True
+    one_tensor: bool = True  # a batch's inputs are one tensor, a sample per row: a network reading "tensor" takes them
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -80,6 +82,37 @@ class Kind:
     def shown(self, text: str) -> str:
         """An input as predict prints it beside its classes (a file's path whole)."""
         return text
+
+
+class TensorKind(Kind):
+    """What a network that reads "tensor" sees: one tensor per sample, of whichever kind the data is (the data's own
+    kind shows its test samples and reads predict's inputs)."""
+
+    name = "tensor"
+
+
+def reads_from(reads: str, provides: str | None) -> bool:
+    """Whether a network that reads `reads` takes the batches of a data module that provides `provides`."""
+    if reads == provides:
+        return True
+    return reads == "tensor" and provides in KINDS and KINDS[provides].one_tensor
+
+
+def import_kind(name: str | None, data_module: str):
+    """Register kind `name` by importing the module of the data module that provides it (`data_module`, an import
+    path: examples.numeric_table.NumericTableDataModule), where it is not registered yet."""
+    import importlib
+
+    if name in KINDS or "." not in data_module:
+        return
+    module = data_module.rsplit(".", 1)[0]
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise PredictError(
+            f"the data module {data_module} that provides {name!r} data cannot be imported here ({e}): install or "
+            "put on PYTHONPATH the package that holds it"
+        ) from None
 
 
 def kind(name: str) -> Kind:

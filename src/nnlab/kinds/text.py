@@ -10,6 +10,7 @@ COLUMNS = ["text", "label", "prediction", "confidence", "correct"]
 class TextKind(Kind):
     name = "text"
     takes_paths = False
+    one_tensor = False  # (tokens, lengths)
 
     def feed(self, net, x):
         return net(*x)

@@ -79,13 +79,15 @@ def check_pairing(cfg: DictConfig, net: str):
     """The network reads the kind of data the data module provides (both declare it: nnlab.kinds)."""
     from hydra.utils import get_class
 
+    from nnlab.kinds import reads_from
     from nnlab.nets import network
 
     reads, provides = network(net).reads, getattr(get_class(cfg.data._target_), "kind", None)
-    if reads != provides:
+    if not reads_from(reads, provides):
         choices = HydraConfig.get().runtime.choices
+        what = "one tensor per sample (images, audio, rows of numbers)" if reads == "tensor" else f"{reads!r} data"
         raise ConfigError(
-            f"model={choices.get('model')} reads {reads!r} data but data={choices.get('data')} provides "
+            f"model={choices.get('model')} reads {what} but data={choices.get('data')} provides "
             f"{provides!r} data. Drop the data=... override (each model picks its own dataset) or pick a "
             "dataset of the kind the model reads."
         )

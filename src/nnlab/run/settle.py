@@ -48,14 +48,36 @@ def shape_settings(preprocessing: dict) -> dict:
     return keys
 
 
+def found_in_data(cfg: DictConfig):
+    """Data settings left null that the data itself gives, set in `cfg`: the number of classes of a data set that
+    finds its classes (class or word folders, a table's labels: `class_names_found()`), and whatever else a data
+    module reads from its files (`settings_found()`: a table's number of features, say)."""
+    from hydra.utils import get_class
+
+    from nnlab import app
+
+    module = get_class(cfg.data._target_)
+    unset = [k for k in cfg.data if not OmegaConf.is_missing(cfg.data, k) and cfg.data[k] is None]
+    wanted = set(unset) & ({"num_classes"} if hasattr(module, "class_names_found") else set())
+    if hasattr(module, "settings_found"):
+        wanted |= set(unset)
+    if not wanted:
+        return
+    data = app.data(cfg)
+    found = data.settings_found() if hasattr(data, "settings_found") else {}
+    if "num_classes" in wanted and "num_classes" not in found:
+        found["num_classes"] = len(data.class_names_found())
+    for key in unset:
+        if key in found:
+            cfg.data[key] = found[key]
+
+
 def settle(cfg: DictConfig, run_id: str | None) -> tuple[DictConfig, object | None, dict | None]:
     """The run's config with what is computed once, before anything is built, set in a copy (Hydra's stays as
     composed): the id a resumed run had (`run_id`: W&B continues that run), the classes a data set finds, a sweep
     trial's W&B tags, and for train=false the model and data settings the checkpoint records; the network and the data
     checked to be of one kind. Returns it, and for train=false the model the checkpoint holds (read once) and what
     else the checkpoint records (hyperparameters, preprocessing, nnlab's record)."""
-    from hydra.utils import instantiate
-
     from nnlab.checkpoint import model_from_checkpoint, read_checkpoint
 
     cfg, evaluated, recorded_by_checkpoint = copy.deepcopy(cfg), None, None
@@ -81,8 +103,8 @@ def settle(cfg: DictConfig, run_id: str | None) -> tuple[DictConfig, object | No
                 for key, value in shape_settings(checkpoint.get("preprocessing") or {}).items():
                     if key in cfg.data.keys() and f"data.{key}" not in given:  # noqa: SIM118
                         cfg.data[key] = value
-        elif cfg.data.get("num_classes", 0) is None:  # a data set that finds its classes (word or class folders)
-            cfg.data.num_classes = len(instantiate(cfg.data, _convert_="all").class_names_found())
+        else:
+            found_in_data(cfg)
         if cfg.train and cfg.trainer.get("overfit_batches"):
             off = without_regularisation(cfg)
             log.info(
