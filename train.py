@@ -98,6 +98,10 @@ def leave():
 
 
 if __name__ == "__main__":
+    from nnlab.schema import renamed
+
+    if moved := renamed(sys.argv[1:]):
+        sys.exit(f"Error: {moved}")
     sys.argv = evaluated_model(resume_latest(sys.argv))
     main()  # errors and signal stops leave through SystemExit, with their exit codes
     leave()

@@ -64,6 +64,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import nnlab.config  # noqa: F401  (registers the resolvers conf/ uses)
 from nnlab import app
+from nnlab import optim as optimization
 from nnlab.callbacks import steady_rate
 from nnlab.memory import keep_freed_memory
 
@@ -93,23 +94,17 @@ def training_loss(model, x, y):
 
 def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
     """What one writes by hand: for each batch of the data module's own training loader, forward, loss, backward,
-    (clip,) step, and the learning rate's one-cycle schedule over the steps. Returns (samples/s, tokens/s); the kind
-    of data counts a batch."""
+    (clip,) step, and the model's learning-rate schedule over the steps: the optimizer and schedule model.optim and
+    model.sched configure (nnlab.optim), sized to this loop's steps. Returns (samples/s, tokens/s); the kind of data
+    counts a batch."""
     torch.manual_seed(cfg.seed)
     model = app.network(cfg).to(device).train()
-    scheduler = model.hparams.scheduler
-    model.hparams.scheduler = "none"  # the optimizer alone: the schedule is built below, over this loop's steps
-    optimizer = model.configure_optimizers()
+    optimizer = optimization.build_optimizer(model, model.hparams.lr, model.hparams.optim)
     clip, limit = cfg.trainer.gradient_clip_val, cfg.trainer.limit_train_batches
     batches = len(dm.train_dataloader())
     steps = epochs * (batches if limit is None else min(batches, limit))
-    schedule = {
-        "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=model.hparams.lr, total_steps=steps, pct_start=max(model.hparams.warmup_pct, 1.5 / steps)
-        ),
-        "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps),
-        "none": lambda: None,
-    }[scheduler]()
+    schedule = optimization.build_schedule(model.hparams.sched)
+    schedule = schedule(optimizer, model.hparams.lr, steps, None) if schedule is not None else None
     samples, tokens = [], []
     for epoch in range(epochs):
         loader = dm.train_dataloader()
@@ -259,7 +254,7 @@ def ddp_cpu_against_cpu(args, extra: list[str], out: str):
     for name in args.models:
         overrides = [
             *augmentation_off(name, extra, out),
-            "model.scheduler=none",
+            "sched=none",
             "budget.min_steps=0",  # the epochs asked for, also on small data (the budget would add epochs)
             f"trainer.max_epochs={args.epochs}",
             "trainer.limit_val_batches=1",

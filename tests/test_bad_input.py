@@ -267,7 +267,8 @@ def test_resume_without_a_directory_names_the_latest_as_an_override_to_paste(tmp
         (["trainer.limit_train_batches=abc"], "trainer.limit_train_batches=abc: a number of batches"),
         (["trainer=gpu"], "no CUDA GPU"),
         (["model.lr=0"], "model.lr=0: the learning rate, a number above 0"),
-        (["model.optimizer=rmsprop"], "model.optimizer=rmsprop: one of sgd, adam, adamw"),
+        (["model.optimizer=sgd"], "model.optimizer is now optim=sgd: the optimizer and the schedule are config"),
+        (["model.optim.weight_decay=-1"], "model.optim.weight_decay=-1: weight decay, a number, 0 or more"),
         (["model.arch.dropout=1.5"], "model.arch.dropout=1.5: a dropout rate, at least 0 and below 1"),
         (["train=false"], "train=false tests a checkpoint: add ckpt_path="),
     ],
@@ -289,7 +290,7 @@ def test_one_cycle_shorter_than_its_warm_up_still_trains(tmp_path, mnist_dir):
         "logger=csv",
         *run_args(tmp_path, mnist_dir),
     )
-    assert "model.warmup_pct=0.2 of this run's 5 training steps is under one step" in proc.stderr
+    assert "model.sched.warmup_pct=0.2 of this run's 5 training steps is under one step" in proc.stderr
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 1
 
 
@@ -400,7 +401,7 @@ def test_a_time_limit_sizes_the_schedule_and_the_early_stop_is_said(tmp_path, mn
 
 def test_a_schedule_without_a_length_is_refused(tmp_path, mnist_dir):
     proc = train("model=mlp", *run_args(tmp_path, mnist_dir), "trainer.max_epochs=-1", check=False)
-    one_line_error(proc, "model.scheduler=onecycle runs over the whole training", "trainer.max_epochs=-1",
+    one_line_error(proc, "sched=onecycle runs over the whole training", "trainer.max_epochs=-1",
                    "trainer.max_time")  # fmt: skip
 
 

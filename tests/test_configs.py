@@ -79,9 +79,11 @@ def test_a_model_on_another_dataset_gets_that_datasets_settings_and_none_of_its_
 def test_experiment_reproduces_the_seed_networks(tmp_path):
     cnn = compose_train(["experiment=seed_cnn"], tmp_path)
     assert list(cnn.model.arch.conv) == [32, "M", 64, "M", 64] and list(cnn.model.arch.hidden) == [64]
-    assert (cnn.model.optimizer, cnn.trainer.max_epochs) == ("adam", 5)
+    assert (cnn.model.optim._target_, cnn.trainer.max_epochs) == ("torch.optim.Adam", 5)
+    assert "_target_" not in cnn.model.sched  # sched=none
     mlp = compose_train(["experiment=seed_mlp"], tmp_path)
-    assert list(mlp.model.arch.hidden) == [100, 100] and (mlp.model.optimizer, mlp.model.lr) == ("sgd", 0.01)
+    assert list(mlp.model.arch.hidden) == [100, 100]
+    assert (mlp.model.optim._target_, mlp.model.optim.momentum, mlp.model.lr) == ("torch.optim.SGD", 0.0, 0.01)
 
 
 def test_unknown_key_fails_with_hydras_message(tmp_path):

@@ -228,7 +228,7 @@ def test_accumulated_gradients_train_as_the_larger_batch(tmp_path, mnist_dir):
         "model=mlp",
         "model.arch.batch_norm=false",
         "model.arch.dropout=0",
-        "model.scheduler=none",
+        "sched=none",
         "data.augment.rotate=0",
         "data.augment.scale=0",
         "data.augment.translate=0",

@@ -66,7 +66,7 @@ def test_a_schedule_ends_at_the_share_of_the_learning_rate_asked_for(scheduler, 
     assert last_rate() < 0.02e-3  # 0: all the way down, as before
     for bad in (1.0, -0.1, "end"):
         with pytest.raises(
-            ValueError, match=rf"model.anneal_to={bad}: the share of model.lr the schedule ends at, at least 0 and"
+            ValueError, match=rf"model.sched.anneal_to={bad}: the share of model.lr the schedule ends at, at least 0"
         ):
             classifier(anneal_to=bad)
 

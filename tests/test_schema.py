@@ -58,9 +58,8 @@ def refusal(*overrides) -> str:
         ("budget.min_steps=-1", "budget.min_steps=-1: a whole number of optimizer steps, 0 or more"),
         ("model.lr=abc", "model.lr=abc: the learning rate, a number above 0"),
         ("model.lr=-1e-3", "model.lr=-0.001: the learning rate, a number above 0"),
-        ("model.weight_decay=-1", "model.weight_decay=-1: weight decay, a number, 0 or more"),
-        ("model.scheduler=step", "model.scheduler=step: one of none, cosine, onecycle"),
-        ("model.warmup_pct=1.0", "model.warmup_pct=1.0: one-cycle's warm-up share of the training, above 0 and below"),
+        ("model.optim.weight_decay=-1", "model.optim.weight_decay=-1: weight decay, a number, 0 or more"),
+        ("model.sched.warmup_pct=1.0", "model.sched.warmup_pct=1.0: one-cycle's warm-up share of the training"),
         ("model.label_smoothing=1", "model.label_smoothing=1: the share of smoothing, at least 0 and below 1"),
         ("model.arch.dropout=abc", "model.arch.dropout=abc: a dropout rate, at least 0 and below 1"),
         ("data.batch_size=abc", "data.batch_size=abc: a batch size, a whole number of samples, at least 1"),
@@ -85,9 +84,10 @@ def test_a_wrong_type_or_range_is_one_line_naming_key_value_and_what_is_allowed(
         ["trainer.devices=auto", "trainer.precision=16", "trainer.fast_dev_run=3", "trainer.gradient_clip_val=null"],
         ["trainer.devices=-1", "trainer.precision=32-true", "trainer.fast_dev_run=true", "seed=4294967295"],
         ["+trainer.val_check_interval=0.5", "+trainer.max_time=00:00:10:00", "trainer.check_val_every_n_epoch=null"],
-        ["model=lstm", "model.optimizer=sgd", "model.momentum=0.9", "model.scheduler=cosine", "model.anneal_to=0.3"],
+        ["model=lstm", "optim=sgd", "model.optim.momentum=0.9", "sched=cosine", "model.sched.anneal_to=0.3"],
         ["model=speech_rnn", "data.workers=2", "data.eval_batch_size=null"],
-        ["model.scheduler=none", "model.warmup_pct=0.0"],  # read by one-cycle alone (0.0 in older checkpoints)
+        ["sched=none", "model.sched.warmup_pct=0.0"],  # read by one-cycle alone (0.0 in older checkpoints)
+        ["sched=cosine", "model.sched.warmup_pct=0.0"],
         ["trainer.max_epochs=1", "+trainer.my_own_setting=anything", "+model.arch.my_own_width=3"],  # unknown: passed
     ],
 )
@@ -126,5 +126,5 @@ def test_a_value_left_unset_is_left_to_the_code_that_reads_it():
 
 def test_a_model_built_from_its_arguments_checks_them_too():
     """load_from_checkpoint and a Classifier made in a notebook go through the same schema."""
-    with pytest.raises(ConfigError, match=r"^model.optimizer=rmsprop: one of sgd, adam, adamw$"):
-        schema.check_model({"net": "mlp", "optimizer": "rmsprop", "lr": 1e-3, "weight_decay": 0.0, "scheduler": "none"})
+    with pytest.raises(ConfigError, match=r"^model.optim.momentum=1.5: SGD's momentum, a number from 0 to 1$"):
+        schema.check_model({"net": "mlp", "lr": 1e-3, "optim": {"_target_": "torch.optim.SGD", "momentum": 1.5}})

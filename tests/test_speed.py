@@ -65,7 +65,8 @@ def test_pooling_first_pools_where_a_convolution_is_followed_by_a_pool_and_keeps
 
 def classifier(num_classes: int, smoothing: float) -> Classifier:
     arch = dict(in_channels=1, image_size=4, num_classes=num_classes, hidden=[8], batch_norm=False, dropout=0.0)
-    return Classifier("mlp", arch, "adamw", 1e-3, 0.0, 0.9, "none", 0.2, label_smoothing=smoothing)
+    optim = {"_target_": "torch.optim.AdamW", "weight_decay": 0.0}
+    return Classifier("mlp", arch, 1e-3, optim, None, label_smoothing=smoothing)
 
 
 def test_label_smoothing_is_cross_entropys_in_training_only():

@@ -222,7 +222,7 @@ def test_seed_lstm_is_a_binary_classifier(tmp_path, imdb_dir):
     )
     ckpt = tmp_path / "checkpoints" / "best.ckpt"
     model = Classifier.load_from_checkpoint(ckpt)
-    assert model.net.head.out_features == 1 and model.hparams.optimizer == "adam"
+    assert model.net.head.out_features == 1 and model.hparams.optim["_target_"] == "torch.optim.Adam"
     label, confidence = predict(ckpt, "great acting").stdout.split("\t")[0].split()
     assert label in ("negative", "positive") and float(confidence) >= 0.5
 

@@ -27,7 +27,7 @@ def data(cfg: DictConfig):
 
 def network(cfg: DictConfig):
     """The config's model: a fresh Classifier around the network cfg.model names."""
-    return instantiate(cfg.model, _convert_="all")
+    return instantiate(cfg.model, _convert_="all", _recursive_=False)  # model.optim and model.sched stay settings
 
 
 def callbacks(cfg: DictConfig) -> list:

@@ -1,14 +1,12 @@
 """The LightningModule: one classifier over any network in nnlab.nets."""
 
-import math
-
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from nnlab import objectives, schema
+from nnlab import optim as optimization
 from nnlab.errors import ConfigError, UserError
 from nnlab.kinds import kind
 from nnlab.nets import network
@@ -32,8 +30,11 @@ class Classifier(L.LightningModule):
         arguments; the network says the kind of data it reads (its `reads`), which says how a batch is fed to it
         (nnlab.kinds). arch.num_classes=1 makes a binary classifier with one sigmoid output and binary
         cross-entropy; otherwise softmax and cross-entropy over num_classes outputs.
-    optimizer: sgd (with momentum) | adam | adamw;  scheduler: none | cosine | onecycle (warmup_pct)
-    anneal_to: the share of lr the cosine or one-cycle schedule ends at (0: all the way down)
+    lr: the learning rate, which the optimizer and the schedule both read
+    optim: the optimizer, as conf/optim/ gives it ({"_target_": "torch.optim.AdamW", "weight_decay": 1e-4, "fused":
+        true}); weight decay applies to weights, not to biases and normalisation parameters (nnlab.optim)
+    sched: the learning-rate schedule, as conf/sched/ gives it ({"_target_": "nnlab.schedules.OneCycle",
+        "warmup_pct": 0.2, "anneal_to": 0.0}); None: a constant rate
     objective: what a training step minimises beyond the loss, as nnlab.objectives builds it ({"name":
         "adversarial", "norm": 5.0, "length": 256, "share": 1.0}: adversarial training on word embeddings); None: the
         loss alone
@@ -44,19 +45,17 @@ class Classifier(L.LightningModule):
     input: ignored; checkpoints written before networks declared what they read recorded it here
     adversarial, adversarial_length, adversarial_share: read from nnlab 0.1.0's checkpoints, as the objective they
         meant (nnlab.objectives.from_legacy)
+    optimizer, weight_decay, momentum, scheduler, warmup_pct, anneal_to: read from checkpoints written before optim/
+        and sched/, as the optimizer and schedule they meant (nnlab.optim.from_legacy)
     """
 
     def __init__(
         self,
         net: str,
         arch: dict,
-        optimizer: str,
         lr: float,
-        weight_decay: float,
-        momentum: float,
-        scheduler: str,
-        warmup_pct: float,
-        anneal_to: float = 0.0,
+        optim: dict | None = None,
+        sched: dict | None = None,
         objective: dict | None = None,
         compile: bool = False,
         label_smoothing: float = 0.0,
@@ -64,14 +63,17 @@ class Classifier(L.LightningModule):
         **legacy,
     ):
         super().__init__()
-        unknown = set(legacy) - set(objectives.LEGACY_KEYS)
+        unknown = set(legacy) - set(objectives.LEGACY_KEYS) - set(optimization.LEGACY_KEYS)
         if unknown:
             raise TypeError(f"Classifier got unexpected arguments: {', '.join(sorted(unknown))}")
         objective = objectives.from_legacy({"objective": objective, **legacy})["objective"]
-        self.save_hyperparameters(logger=False, ignore=["input", *objectives.LEGACY_KEYS])
-        for key in objectives.LEGACY_KEYS:
+        if optim is None:  # a checkpoint written before optim/ and sched/: its named optimizer and schedule
+            meant = optimization.from_legacy({k: v for k, v in legacy.items() if k in optimization.LEGACY_KEYS})
+            optim, sched = meant["optim"], meant["sched"]
+        self.save_hyperparameters(logger=False, ignore=["input", *objectives.LEGACY_KEYS, *optimization.LEGACY_KEYS])
+        for key in (*objectives.LEGACY_KEYS, *optimization.LEGACY_KEYS):
             self.hparams.pop(key, None)
-        self.hparams["objective"] = objective
+        self.hparams.update(objective=objective, optim=optim, sched=sched)
         net_class = network(net)
         self.reads = kind(net_class.reads)
         schema.check_model(dict(self.hparams))
@@ -254,105 +256,14 @@ class Classifier(L.LightningModule):
             self.train_acc._update_count = sums["train_acc_updates"]
 
     def configure_optimizers(self):
+        from nnlab.schedules import time_used
+
         hp = self.hparams
-        # No weight decay on biases and normalisation parameters.
-        decay = [p for p in self.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # PyTorch's fused kernels update every parameter in one pass: AdamW over the LSTM's 13 million parameters took
-        # 73 ms a step on a CPU with the default (foreach) implementation, 8.5 ms fused (README, Speed).
-        fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in self.parameters()) else {}
-        if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, **fused)
-        elif hp.optimizer == "adam":
-            optimizer = torch.optim.Adam(groups, lr=hp.lr, **fused)
-        else:  # adamw (the names were checked when the model was built)
-            optimizer = torch.optim.AdamW(groups, lr=hp.lr, **fused)
-
-        if hp.scheduler == "none":
+        optimizer = optimization.build_optimizer(self, hp.lr, hp.optim)
+        schedule = optimization.build_schedule(hp.sched)
+        if schedule is None:
             return optimizer
-        total = self.trainer.estimated_stepping_batches
-        if (clock := time_used(self.trainer)) is not None:  # trainer.max_time: the schedule spans the time too
-            scheduler = OverTime(optimizer, hp.scheduler, total, clock, hp.warmup_pct, hp.anneal_to)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        if hp.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=hp.anneal_to * hp.lr)
-        else:  # onecycle
-            warmup = hp.warmup_pct
-            if warmup * total <= 1:  # torch divides by (warm-up steps - 1): a warm-up under one step fails there
-                if total < 2:  # fast_dev_run, say: nothing to schedule
-                    rank_zero_warn(
-                        f"model.scheduler=onecycle: this run has {total} training step; it runs at "
-                        f"model.lr={hp.lr:g} without a schedule"
-                    )
-                    return optimizer
-                warmup = 1.5 / total
-                rank_zero_warn(
-                    f"model.scheduler=onecycle: model.warmup_pct={hp.warmup_pct} of this run's {total} "
-                    "training steps is under one step; it warms up over one step instead (train longer "
-                    "for the configured warm-up, or set model.scheduler=cosine or none)"
-                )
-            # torch's one-cycle ends at lr / (div_factor * final_div_factor): 25 * 1e4 by default
-            end = {"final_div_factor": 1 / (25 * hp.anneal_to)} if hp.anneal_to else {}
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=hp.lr, total_steps=total, pct_start=warmup, div_factor=25, **end
-            )
+        scheduler = schedule(optimizer, hp.lr, self.trainer.estimated_stepping_batches, time_used(self.trainer))
+        if scheduler is None:
+            return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def time_used(trainer):
-    """With trainer.max_time: a function giving the share of it used so far (Lightning's Timer, which a resumed run
-    restores); else None."""
-    from lightning.pytorch.callbacks import Timer
-
-    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-    if timer is None or timer.time_remaining() is None:
-        return None
-    return lambda: timer.time_elapsed() / max(timer.time_elapsed() + timer.time_remaining(), 1e-9)
-
-
-def cos_between(start: float, end: float, share: float) -> float:
-    """From start (share 0) to end (share 1) along half a cosine, as torch's schedules anneal."""
-    return end + (start - end) / 2 * (math.cos(math.pi * min(max(share, 0.0), 1.0)) + 1)
-
-
-class OverTime(torch.optim.lr_scheduler.LRScheduler):
-    """model.scheduler=cosine or onecycle in a run with a time limit (trainer.max_time). torch's schedules count
-    steps only, so one sized by trainer.max_epochs=1000000000 kept the rate at its warm-up floor, 1/25 of model.lr,
-    for a whole 20-second run. Here the schedule's position is the larger of the share of steps taken (of `total`,
-    what trainer.max_epochs and max_steps allow) and the share of the time limit used: it reaches its end when
-    training ends, whichever limit ends it. The shapes are torch's: cosine from model.lr to model.anneal_to x lr;
-    one-cycle up from lr/25 over warmup_pct, then down to anneal_to x lr (lr/250000 with 0), with the momentum (Adam's
-    first beta) cycled between 0.95 and 0.85 the other way."""
-
-    def __init__(self, optimizer, shape: str, total: float, clock, warmup: float, anneal_to: float):
-        self.shape, self.total, self.clock, self.warmup, self.anneal_to = shape, float(total), clock, warmup, anneal_to
-        self.position = 0.0
-        super().__init__(optimizer)
-
-    def state_dict(self) -> dict:
-        return {k: v for k, v in super().state_dict().items() if k != "clock"}  # primitives only: weights_only loads
-
-    def get_lr(self):
-        steps = self.last_epoch / self.total if math.isfinite(self.total) and self.total > 0 else 0.0
-        self.position = p = min(1.0, max(self.position, steps, self.clock()))
-        rates = []
-        for base, group in zip(self.base_lrs, self.optimizer.param_groups):
-            if self.shape == "cosine":
-                rates.append(cos_between(base, self.anneal_to * base, p))
-                continue
-            low = base / 25
-            end = self.anneal_to * base if self.anneal_to else low / 1e4
-            up = p < self.warmup
-            rates.append(cos_between(low, base, p / self.warmup) if up else
-                         cos_between(base, end, (p - self.warmup) / (1 - self.warmup)))  # fmt: skip
-            momentum = (
-                cos_between(0.95, 0.85, p / self.warmup)
-                if up
-                else cos_between(0.85, 0.95, (p - self.warmup) / (1 - self.warmup))
-            )
-            if "betas" in group:
-                group["betas"] = (momentum, *group["betas"][1:])
-            elif "momentum" in group:
-                group["momentum"] = momentum
-        return rates

@@ -23,8 +23,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from nnlab.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "cosine", "onecycle")
 # Lightning 2.6's precision names (lightning.fabric.connector._PRECISION_INPUT; tests/test_schema.py compares them)
 PRECISIONS = (64, 32, 16, "64", "32", "16", "bf16", "64-true", "32-true", "16-true", "16-mixed", "bf16-true",
               "bf16-mixed", "transformer-engine", "transformer-engine-float16")  # fmt: skip
@@ -166,31 +164,41 @@ class Arch(Section):
     num_classes: setting("a whole number of classes, at least 1 (1: one sigmoid output)", whole(1))
 
 
+class Optim(Section):
+    """model.optim: the optimizer (conf/optim/); its other settings are checked by the optimizer when it is built."""
+
+    weight_decay: setting("weight decay, a number, 0 or more", real(0))
+    momentum: setting("SGD's momentum, a number from 0 to 1", real(0, 1))
+    fused: setting("true or false", flag)
+
+
+class Sched(Section):
+    """model.sched: the learning-rate schedule (conf/sched/)."""
+
+    warmup_pct: setting(
+        "one-cycle's warm-up share of the training, above 0 and below 1", real(0, 1, above=True, below=True)
+    )
+    anneal_to: setting("the share of model.lr the schedule ends at, at least 0 and below 1", real(0, 1, below=True))
+
+    @model_validator(mode="before")
+    @classmethod
+    def warm_up_with_one_cycle_only(cls, values):
+        """warmup_pct is read by one-cycle alone: another schedule ignores it, whatever it holds."""
+        if isinstance(values, dict) and not str(values.get("_target_", "")).endswith("OneCycle"):
+            return {k: v for k, v in values.items() if k != "warmup_pct"}
+        return values
+
+
 class Model(Section):
     """The model's settings: nnlab.module.Classifier's arguments."""
 
     net: setting("the name of a network (nnlab.nets, or a module path: mypackage.nets.MyNet)", text, null=False)
     arch: Arch | None = None
-    optimizer: setting(f"one of {', '.join(OPTIMIZERS)}", equals(*OPTIMIZERS), null=False)
     lr: setting("the learning rate, a number above 0", real(0, above=True), null=False)
-    weight_decay: setting("weight decay, a number, 0 or more", real(0), null=False)
-    momentum: setting("SGD's momentum, a number from 0 to 1", real(0, 1))
-    scheduler: setting(f"one of {', '.join(SCHEDULERS)}", equals(*SCHEDULERS), null=False)
-    warmup_pct: setting(
-        "one-cycle's warm-up share of the training, above 0 and below 1", real(0, 1, above=True, below=True)
-    )
-    anneal_to: setting("the share of model.lr the schedule ends at, at least 0 and below 1", real(0, 1, below=True))
+    optim: Optim | None = None
+    sched: Sched | None = None
     label_smoothing: setting("the share of smoothing, at least 0 and below 1", real(0, 1, below=True))
     compile: setting("true or false", flag)
-
-    @model_validator(mode="before")
-    @classmethod
-    def warm_up_with_one_cycle_only(cls, values):
-        """model.warmup_pct is read by one-cycle alone: another schedule ignores it, whatever it holds (0.0 in older
-        checkpoints)."""
-        if isinstance(values, dict) and values.get("scheduler") != "onecycle":
-            return {k: v for k, v in values.items() if k != "warmup_pct"}
-        return values
 
 
 class Data(Section):
@@ -252,6 +260,30 @@ class Sweeper(Section):
 
 
 # ------------------------------------------------------------------------------------------------------ checking
+# Keys of earlier versions that moved when the optimizer and the schedule became config groups (optim/, sched/).
+RENAMED = {
+    "model.optimizer": "optim=<name> (adamw, adam, sgd)",
+    "model.scheduler": "sched=<name> (onecycle, cosine, none)",
+    "model.weight_decay": "model.optim.weight_decay",
+    "model.momentum": "model.optim.momentum (with optim=sgd)",
+    "model.warmup_pct": "model.sched.warmup_pct",
+    "model.anneal_to": "model.sched.anneal_to",
+}
+
+
+def renamed(overrides: list[str]) -> str | None:
+    """The first command-line override that names a key of an earlier version, with its new name."""
+    for o in overrides:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if key in RENAMED:
+            value = o.split("=", 1)[1] if "=" in o else ""
+            new = RENAMED[key]
+            if "<name>" in new and value:
+                new = new.split(" (")[0].replace("<name>", value)  # sched=cosine
+            return f"{key} is now {new}: the optimizer and the schedule are config groups (README, Config groups)"
+    return None
+
+
 def check(schema: type[BaseModel], values: dict, prefix: str = "") -> None:
     """Raise ConfigError naming the first key of `values` (under `prefix`: "model.") that `schema` refuses."""
     try:

@@ -33,11 +33,11 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
         return
     t = cfg.trainer
     endless = t.get("max_epochs") == -1 and t.get("max_steps", -1) in (-1, None) and not t.get("max_time")
-    if endless and cfg.model.get("scheduler", "none") != "none":
+    if endless and (cfg.model.get("sched") or {}).get("_target_"):
+        choice = HydraConfig.get().runtime.choices.get("sched") or cfg.model.sched._target_
         raise ConfigError(
-            f"model.scheduler={cfg.model.scheduler} runs over the whole training, but trainer.max_epochs=-1 with no "
-            "trainer.max_steps or trainer.max_time trains without end: give one of the three (the schedule then "
-            "spans it), or model.scheduler=none"
+            f"sched={choice} runs over the whole training, but trainer.max_epochs=-1 with no trainer.max_steps or "
+            "trainer.max_time trains without end: give one of the three (the schedule then spans it), or sched=none"
         )
     if cfg.model.get("objective"):  # its settings, before torch is imported
         objectives.build(OmegaConf.to_container(cfg.model.objective, resolve=True))

@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab import commands
+from nnlab import optim as optimization
 from nnlab.commands import shell_command
 from nnlab.errors import CheckpointError, ConfigError
 from nnlab.objectives import from_legacy
@@ -49,14 +50,17 @@ def check_same_run(out: Path, cfg: DictConfig):
     except Exception as e:  # noqa: BLE001  hand-edited, cut short: the check cannot be made, the run can still go on
         log.warning(f"cannot read {record} ({type(e).__name__}): this command is not checked against the run's")
         return
-    if isinstance(recorded.get("model"), dict):  # a run started by nnlab 0.1.0 recorded its objective in other keys
-        recorded["model"] = from_legacy(recorded["model"])
+    if isinstance(recorded.get("model"), dict):  # older runs recorded the objective, optimizer and schedule by name
+        recorded["model"] = optimization.from_legacy(from_legacy(recorded["model"]))
     budget = recorded.get("budget")
     if isinstance(budget, dict) and "exact" not in budget:  # recorded before budget.exact: by the callback it set
         budget["exact"] = ((recorded.get("callbacks") or {}).get("training_budget") or {}).get("exact")
     now = OmegaConf.to_container(cfg, resolve=True)
+    for model in (recorded.get("model"), now["model"]):
+        if isinstance(model, dict) and not (model.get("sched") or {}).get("_target_"):
+            model["sched"] = None  # sched=none, whatever settings a model config left there
     diff = [d for key in ("model", "data", "seed") for d in differences({key: recorded.get(key)}, {key: now.get(key)})]
-    if now["model"].get("scheduler", "none") != "none":  # the schedule spans the steps the run was started with
+    if now["model"]["sched"]:  # the schedule spans the steps the run was started with
         trainer = {k: recorded.get("trainer", {}).get(k) for k in SCHEDULE_LENGTH}
         diff += differences({"trainer": trainer}, {"trainer": {k: now["trainer"].get(k) for k in SCHEDULE_LENGTH}})
         diff += differences({"budget": recorded.get("budget")}, {"budget": now.get("budget")})

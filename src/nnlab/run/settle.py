@@ -8,6 +8,8 @@ import logging
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nnlab import objectives
+from nnlab import optim as optimization
 from nnlab.run.checks import check_pairing
 
 log = logging.getLogger("nnlab")
@@ -89,7 +91,8 @@ def settle(cfg: DictConfig, run_id: str | None) -> tuple[DictConfig, object | No
             checkpoint = read_checkpoint(cfg.ckpt_path)
             evaluated = model_from_checkpoint(checkpoint, cfg.ckpt_path)
             recorded_by_checkpoint = {k: checkpoint.get(k) for k in ("hyper_parameters", "preprocessing", "nnlab")}
-            cfg.model = {"_target_": "nnlab.module.Classifier", **checkpoint["hyper_parameters"]}
+            settings = optimization.from_legacy(objectives.from_legacy(checkpoint["hyper_parameters"]))
+            cfg.model = {"_target_": "nnlab.module.Classifier", **settings}  # in today's form, as config.yaml says
             recorded = checkpoint.get("nnlab", {}).get("data") or {}
             trained_on = checkpoint.get("nnlab", {}).get("choices", {}).get("data")
             if HydraConfig.get().runtime.choices.get("data") == trained_on or "data" not in given:
