@@ -1,6 +1,8 @@
-"""What a run computes once after Hydra composes its config, before anything is built (Run.settled): the run id a
-resumed run keeps, the classes a data set finds, a sweep trial's W&B tags, the settings a checkpoint records for the
-model and data it evaluates, and regularisation off for trainer.overfit_batches."""
+"""What a run computes once after Hydra composes its config, before anything is built (Run.settled): the one step
+after composition (nnlab.run.command is the one before it). The run id a resumed run keeps, the sizes a data set
+finds (its classes, a table's features: data settings left null), a sweep trial's W&B tags, the settings a checkpoint
+records for the model and data it evaluates, and regularisation off for trainer.overfit_batches. config.yaml records
+the result: what ran."""
 
 import copy
 import logging
