@@ -98,7 +98,7 @@ def test_the_values_lightning_and_nnlab_take_pass(overrides):
 def test_every_sweeper_setting_shipped_passes_and_a_wrong_one_is_named():
     for sweeper in ("grid", "optuna"):
         cfg = composed(f"hydra/sweeper={sweeper}", hydra=True)
-        schema.check(schema.Sweeper, schema.plain(cfg.hydra.sweeper), "hydra.sweeper.")
+        schema.check_sweeper(cfg.hydra.sweeper)
     for override, message in [
         ("hydra.sweeper.n_trials=abc", "hydra.sweeper.n_trials=abc: a whole number of trials, at least 1"),
         ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0: a whole number of trials, at least 1"),
@@ -108,7 +108,7 @@ def test_every_sweeper_setting_shipped_passes_and_a_wrong_one_is_named():
     ]:
         cfg = composed("hydra/sweeper=optuna", override, hydra=True)
         with pytest.raises(ConfigError) as e:
-            schema.check(schema.Sweeper, schema.plain(cfg.hydra.sweeper), "hydra.sweeper.")
+            schema.check_sweeper(cfg.hydra.sweeper)
         assert str(e.value).startswith(message), str(e.value)
 
 

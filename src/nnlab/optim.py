@@ -39,39 +39,41 @@ def from_legacy(model: dict) -> dict:
     return model
 
 
+def scheduled(sched) -> bool:
+    """Whether model.sched names a schedule: sched=none leaves no `_target_` there, though a model config's
+    warmup_pct may still sit in it."""
+    return bool(sched) and bool(sched.get("_target_"))
+
+
+def built(what: str, spec: dict, *args, **kwargs):
+    """The class `spec` names by its `_target_`, made with `args`, `kwargs` and the rest of `spec` as its settings;
+    a setting it does not take is a ConfigError naming model.<what> and its class."""
+    from hydra.utils import get_class
+
+    settings = {**{k: v for k, v in spec.items() if k != "_target_"}, **kwargs}
+    try:
+        return get_class(spec["_target_"])(*args, **settings)
+    except TypeError as e:
+        raise ConfigError(
+            f"model.{what} ({spec['_target_']}): {e}; conf/{what}/ shows the settings each takes"
+        ) from None
+
+
 def build_optimizer(module, lr: float, optim: dict):
     """The optimizer of `module`'s parameters from model.optim: its `_target_` with its settings, at learning rate
     `lr`; weight decay on weights only (biases and normalisation parameters take none); PyTorch's fused kernels
     (`fused: true`) where every parameter is on a CPU or a CUDA GPU, which they need."""
-    from hydra.utils import get_class
-
-    settings = {k: v for k, v in optim.items() if k != "_target_"}
-    decay = settings.pop("weight_decay", 0.0)
-    if settings.get("fused") and not all(p.device.type in ("cpu", "cuda") for p in module.parameters()):
-        settings.pop("fused")  # fused AdamW over the LSTM: 73 ms a step on a CPU with foreach, 8.5 ms fused
     params = list(module.parameters())
+    spec = {k: v for k, v in optim.items() if k != "weight_decay"}
+    if spec.get("fused") and not all(p.device.type in ("cpu", "cuda") for p in params):
+        del spec["fused"]  # fused AdamW over the LSTM: 73 ms a step on a CPU with foreach, 8.5 ms fused
     groups = [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": decay},
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": optim.get("weight_decay", 0.0)},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
-    try:
-        return get_class(optim["_target_"])(groups, lr=lr, **settings)
-    except TypeError as e:  # a setting this optimizer does not take
-        raise ConfigError(
-            f"model.optim ({optim['_target_']}): {e}; conf/optim/ shows the settings each takes"
-        ) from None
+    return built("optim", spec, groups, lr=lr)
 
 
 def build_schedule(sched: dict | None):
     """The schedule model.sched describes (nnlab.schedules), or None for a constant learning rate."""
-    if not sched or not sched.get("_target_"):  # sched=none (a model config's warmup_pct may still sit there)
-        return None
-    from hydra.utils import get_class
-
-    settings = {k: v for k, v in sched.items() if k != "_target_"}
-    try:
-        return get_class(sched["_target_"])(**settings)
-    except TypeError as e:
-        raise ConfigError(
-            f"model.sched ({sched['_target_']}): {e}; conf/sched/ shows the settings each takes"
-        ) from None
+    return built("sched", sched) if scheduled(sched) else None

@@ -336,6 +336,11 @@ def plain(node, sections=None):
     return out
 
 
+def check_sweeper(sweeper) -> None:
+    """hydra.sweeper (a DictConfig) against the sweeper's schema."""
+    check(Sweeper, plain(sweeper), "hydra.sweeper.")
+
+
 def check_model(settings: dict) -> None:
     """A model's settings (the Classifier's arguments), as model.<key>."""
     check(Model, settings, "model.")

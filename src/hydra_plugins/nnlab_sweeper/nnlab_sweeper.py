@@ -336,7 +336,7 @@ class StudySweeper(Sweeper):
         from nnlab import schema
 
         # the sweep's settings and the config every trial starts from: a mistake is one line, before any trial
-        schema.check(schema.Sweeper, schema.plain(self.config.hydra.sweeper), "hydra.sweeper.")
+        schema.check_sweeper(self.config.hydra.sweeper)
         schema.check_run(self.config)
         args = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         self.space = S.SearchSpace.parse(args)

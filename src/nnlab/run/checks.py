@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab import commands, objectives
+from nnlab import optim as optimization
 from nnlab.cpu import cpu_has_bf16, cpu_name
 from nnlab.errors import ConfigError
 from nnlab.run.directory import latest_run
@@ -33,7 +34,7 @@ def check_settings(cfg: DictConfig, explicit_run_dir: bool, restarted: bool):
         return
     t = cfg.trainer
     endless = t.get("max_epochs") == -1 and t.get("max_steps", -1) in (-1, None) and not t.get("max_time")
-    if endless and (cfg.model.get("sched") or {}).get("_target_"):
+    if endless and optimization.scheduled(cfg.model.get("sched")):
         choice = HydraConfig.get().runtime.choices.get("sched") or cfg.model.sched._target_
         raise ConfigError(
             f"sched={choice} runs over the whole training, but trainer.max_epochs=-1 with no trainer.max_steps or "

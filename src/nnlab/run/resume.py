@@ -57,7 +57,7 @@ def check_same_run(out: Path, cfg: DictConfig):
         budget["exact"] = ((recorded.get("callbacks") or {}).get("training_budget") or {}).get("exact")
     now = OmegaConf.to_container(cfg, resolve=True)
     for model in (recorded.get("model"), now["model"]):
-        if isinstance(model, dict) and not (model.get("sched") or {}).get("_target_"):
+        if isinstance(model, dict) and not optimization.scheduled(model.get("sched")):
             model["sched"] = None  # sched=none, whatever settings a model config left there
     diff = [d for key in ("model", "data", "seed") for d in differences({key: recorded.get(key)}, {key: now.get(key)})]
     if now["model"]["sched"]:  # the schedule spans the steps the run was started with
