@@ -97,6 +97,7 @@ def plain_loop(cfg, dm, epochs: int, device) -> tuple[float, float]:
     (clip,) step, and the model's learning-rate schedule over the steps: the optimizer and schedule model.optim and
     model.sched configure (nnlab.optim), sized to this loop's steps. Returns (samples/s, tokens/s); the kind of data
     counts a batch."""
+    app.cuda_check_unguarded()  # as in a process that never imported Lightning (nnlab.app.cuda_check_unguarded)
     torch.manual_seed(cfg.seed)
     model = app.network(cfg).to(device).train()
     optimizer = optimization.build_optimizer(model, model.hparams.lr, model.hparams.optim)

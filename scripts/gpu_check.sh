@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU path the README documents, in one command, in under 8 minutes on one GPU:
+# Every GPU path the docs document, in one command, in under 8 minutes on one GPU:
 #
 #     bash scripts/gpu_check.sh                        # on a machine with a CUDA GPU
 #     GPU_CHECK_DEVICE=cpu bash scripts/gpu_check.sh   # the same steps on the CPU, shortened: checks the script

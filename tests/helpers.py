@@ -1,5 +1,6 @@
 """Test data in the real on-disk formats, and fault-injecting callbacks the tests add through the config."""
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -54,20 +55,41 @@ def user_env(extra: dict | None = None) -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", **(extra or {})}
 
 
+def train_command(*args: str) -> list[str]:
+    """`python train.py args...` with the Python running the tests."""
+    return [sys.executable, str(ROOT / "train.py"), *args]
+
+
 def train(*overrides: str, timeout: int = 300, check: bool = True, env: dict | None = None):
-    """Run `python train.py overrides...` as a user would; returns the CompletedProcess."""
-    full_env = user_env(env)
+    """Run `python train.py overrides...` as a user would; returns the CompletedProcess (check: it must succeed)."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *overrides],
-        cwd=ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        train_command(*overrides), cwd=ROOT, env=user_env(env), capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py {' '.join(overrides)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def start(*overrides: str, output: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    """Start `python train.py overrides...` as a user would, in a session of its own (a signal a test sends reaches
+    it alone, as Ctrl-C or a scheduler's would): its output, stdout and stderr together, goes to the file `output`,
+    else to a text pipe (read it with communicate())."""
+    with open(output, "w") if output is not None else contextlib.nullcontext(subprocess.PIPE) as out:
+        return subprocess.Popen(train_command(*overrides), cwd=ROOT, env=user_env(env), stdout=out,
+                                stderr=subprocess.STDOUT, text=output is None, start_new_session=True)  # fmt: skip
+
+
+def run_module(module: str, *args, check: bool = True, env: dict | None = None, timeout: int = 120):
+    """`python -m module args...` as a user would; returns the CompletedProcess (check: it must succeed)."""
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=user_env(env),
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert not check or proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def predict(*args, check: bool = True, env: dict | None = None):
+    """`python -m nnlab.predict args...` as a user would; returns the CompletedProcess."""
+    return run_module("nnlab.predict", *args, check=check, env=env)
 
 
 class SlowSteps(L.Callback):
@@ -348,15 +370,7 @@ TINY_SPEECH = ["data.batch_size=16", "data.eval_batch_size=64", "data.max_bad_sh
 def stop_in_second_epoch(args, run_dir, sig) -> tuple[subprocess.Popen, str]:
     """Start train.py (with SlowSteps of 0.15 s), send `sig` half a second after the first epoch's checkpoint, that
     is into the second epoch (8 steps); returns the ended process and its output."""
-    env = user_env()
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start(*args)
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and proc.poll() is None:

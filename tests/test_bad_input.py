@@ -1,4 +1,4 @@
-"""Bad input gets one clear line and loses nothing: the README's "Bad input" table, tried as a user would."""
+"""Bad input gets one clear line and loses nothing: docs/troubleshooting.md's table, tried as a user would."""
 
 import json
 import os
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import ODD, ROOT, TINY, TINY_TEXT, paste, run_args, train, user_env
+from tests.helpers import ODD, ROOT, TINY, TINY_TEXT, paste, predict, run_args, start, train
 
 pytestmark = pytest.mark.slow
 
@@ -73,14 +73,7 @@ def test_a_second_run_in_a_running_runs_directory_is_refused_and_changes_nothing
         "+callbacks.slow.seconds=0.2",
         *run_args(tmp_path, mnist_dir),
     ]
-    env = user_env()
-    first = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    first = start(*args, output=Path(os.devnull))  # the run directory holds only what the run writes
     try:
         deadline = time.time() + 120
         while not (tmp_path / "checkpoints" / "last.ckpt").exists():
@@ -438,13 +431,7 @@ def test_a_damaged_checkpoint_is_named_in_evaluation_predict_and_resume(how, kil
             f"hydra.run.dir={tmp_path / 'eval'}",
             check=False,
         ),
-        subprocess.run(
-            [sys.executable, "-m", "nnlab.predict", str(last), "some text"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-        ),
+        predict(last, "some text", check=False),
     ):
         assert proc.returncode == 1 and str(last) in proc.stderr and said in proc.stderr, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr and "weights_only" not in proc.stderr

@@ -1,5 +1,5 @@
 """scripts/benchmark.py runs end to end on the tests' small data, for each kind of data (the figures are the
-README's, measured with nothing else running; here only that the script works and prints its table)."""
+docs/performance.md's, measured with nothing else running; here only that the script works and prints its table)."""
 
 import os
 import subprocess

@@ -4,15 +4,15 @@ and read by nnlab.predict."""
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 
+from nnlab.earlier import model_settings
+from nnlab.errors import ConfigError
 from nnlab.module import Classifier
-from tests.helpers import ROOT, TINY_TEXT, digit_images, run_args, train, user_env
+from tests.helpers import ROOT, TINY_TEXT, digit_images, predict, run_args, train
 
 MLP_0_1_0 = ROOT / "tests" / "fixtures" / "mlp-0.1.0.ckpt"
 STOPPED_0_1_0 = ROOT / "tests" / "fixtures" / "mlp-0.1.0-stopped"  # the same run, stopped by SIGTERM at step 10
@@ -26,6 +26,26 @@ def test_a_0_1_0_checkpoint_loads_safely_and_without_hydra():
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+def test_settings_recorded_by_name_read_as_the_groups_they_meant_and_todays_pass_unchanged():
+    sgd = {"lr": 0.1, "optimizer": "sgd", "weight_decay": 1e-4, "momentum": 0.8, "scheduler": "cosine",
+           "anneal_to": 0.1, "warmup_pct": 0.3, "adversarial": 5.0, "adversarial_length": 256}  # fmt: skip
+    assert model_settings(sgd) == {
+        "lr": 0.1,
+        "optim": {"_target_": "torch.optim.SGD", "weight_decay": 1e-4, "fused": True, "momentum": 0.8},
+        "sched": {"_target_": "nnlab.schedules.Cosine", "warmup_pct": 0.3, "anneal_to": 0.1},
+        "objective": {"name": "adversarial", "norm": 5.0, "length": 256, "share": 1.0},
+    }
+    assert model_settings({"lr": 0.1}) == {  # the defaults of those versions: AdamW, no schedule
+        "lr": 0.1,
+        "optim": {"_target_": "torch.optim.AdamW", "weight_decay": 0.0, "fused": True},
+        "sched": None,
+    }
+    today = {"lr": 0.1, "optim": {"_target_": "torch.optim.Adam"}, "sched": None, "objective": None}
+    assert model_settings(today) == today
+    with pytest.raises(ConfigError, match="model.optimizer=rmsprop: one of sgd, adam, adamw"):
+        model_settings({"optimizer": "rmsprop"})
+
+
 @pytest.mark.slow
 def test_a_0_1_0_checkpoint_evaluates_to_its_recorded_accuracy_and_predicts(tmp_path, mnist_dir):
     train("model=mlp", "train=false", f"ckpt_path={MLP_0_1_0}", "logger=csv", *run_args(tmp_path / "eval", mnist_dir))
@@ -33,11 +53,7 @@ def test_a_0_1_0_checkpoint_evaluates_to_its_recorded_accuracy_and_predicts(tmp_
     assert metrics["test/acc"] == pytest.approx(0.9449999928474426, abs=1e-7)  # as 0.1.0 recorded it
     images, labels = digit_images(3, seed=7)
     Image.fromarray(images[0]).save(tmp_path / "digit.png")
-    proc = subprocess.run(
-        [sys.executable, "-m", "nnlab.predict", str(MLP_0_1_0), str(tmp_path / "digit.png")],
-        capture_output=True, text=True, env=user_env(), timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    proc = predict(MLP_0_1_0, tmp_path / "digit.png")
     first, *_ = proc.stdout.split()
     assert first == str(labels[0]) and proc.stdout.rstrip().endswith("digit.png")
 
@@ -77,11 +93,7 @@ def test_a_0_1_0_lstm_checkpoint_evaluates_to_its_recorded_loss_and_predicts(tmp
           f"paths.data_dir={imdb_dir}", f"paths.cache_dir={tmp_path / 'cache'}")  # fmt: skip
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/loss"] == LSTM_TEST_LOSS and metrics["test/acc"] == 1.0
-    proc = subprocess.run(
-        [sys.executable, "-m", "nnlab.predict", str(LSTM_0_1_0), "a wonderful moving film, great acting"],
-        capture_output=True, text=True, env=user_env(), timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    proc = predict(LSTM_0_1_0, "a wonderful moving film, great acting")
     assert proc.stdout.split()[0] == "positive", proc.stdout
 
 

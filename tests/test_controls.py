@@ -16,15 +16,16 @@ import nnlab.config  # noqa: F401
 from nnlab.cpu import cpu_has_bf16
 from nnlab.module import Classifier
 from nnlab.run.settle import without_regularisation
-from tests.helpers import ROOT, datamodule, train
+from tests.helpers import ROOT, TINY, datamodule, train
+from tests.helpers import run_args as tiny_run
 
 CONF = ROOT / "conf"
-TINY = ["data.val_size=100", "data.batch_size=64", "data.eval_batch_size=100", "logger=csv"]
 TREE = "├── model"  # a line of the config tree printed at the start
 
 
 def run_args(run_dir, data_dir, *more):
-    return [f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", *TINY, *more]
+    """A tiny run that logs to CSV alone."""
+    return tiny_run(run_dir, data_dir, "logger=csv", *more)
 
 
 def metrics(run_dir) -> dict:
@@ -88,7 +89,9 @@ def test_debug_runs(tmp_path, mnist_dir):
     runs = {}
     for option in ("fdr", "limit", "profiler", "anomaly"):
         before = set(out.glob("debug/*/*"))
-        proc = train(f"debug={option}", "model=mlp", f"paths.log_dir={out}", f"paths.data_dir={mnist_dir}", *TINY)
+        proc = train(
+            f"debug={option}", "model=mlp", f"paths.log_dir={out}", f"paths.data_dir={mnist_dir}", *TINY, "logger=csv"
+        )
         (run_dir,) = set(out.glob("debug/*/*")) - before
         assert not (run_dir / "wandb").exists(), option
         assert (run_dir / "csv").is_dir() or option == "fdr", option  # fast_dev_run logs nothing (Lightning's rule)
@@ -134,7 +137,7 @@ def test_overfitting_turns_off_every_regulariser_of_each_model(model, expected):
 def test_overfit_debug_run_learns_its_batch_with_augmentation_and_dropout_off(tmp_path, mnist_dir):
     """debug=overfit with the default CNN (augmentation and dropout on by default) learns its batch: a real check."""
     out = tmp_path / "outputs"
-    proc = train("debug=overfit", f"paths.log_dir={out}", f"paths.data_dir={mnist_dir}", *TINY)
+    proc = train("debug=overfit", f"paths.log_dir={out}", f"paths.data_dir={mnist_dir}", *TINY, "logger=csv")
     (run_dir,) = out.glob("debug/*/*")
     result = metrics(run_dir)
     assert result["overfit_check"]["passed"] and result["train/acc"] >= 0.99 and result["epochs"] == 60

@@ -1,35 +1,30 @@
-"""The worked examples of extending nnlab (examples/, README Extending) keep working, with no file of nnlab edited:
-each trains through train.py and predicts through nnlab.predict. A network: examples/gru.py and conf/model/gru.yaml.
-A kind of data: examples/numeric_table.py and conf/data/numeric_table.yaml."""
+"""The worked examples of extending nnlab (nnlab.examples, the docs' Extending page) keep working: each trains
+through train.py and predicts through nnlab.predict. A network: nnlab/examples/gru.py and conf/model/gru.yaml. A kind
+of data: nnlab/examples/numeric_table.py and conf/data/numeric_table.yaml. A package of one's own outside nnlab
+(examples/lenet) is tests/test_package.py's."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.helpers import ROOT, TINY_TEXT, make_numeric_table, make_text_table, train, user_env
+from tests.helpers import TINY_TEXT, make_numeric_table, make_text_table, predict, train
 
 pytestmark = pytest.mark.slow
 SMALL_GRU = ["model=gru", "model.arch.embed_dim=16", "model.arch.hidden=8", "trainer.max_epochs=3", "logger=csv"]
 
 
 def test_a_gru_of_ones_own_trains_on_imdb_with_adversarial_training_and_predicts(tmp_path, imdb_dir):
-    """examples/gru.py and conf/model/gru.yaml: `model=gru`, and the adversarial objective on its embeddings."""
+    """nnlab/examples/gru.py and conf/model/gru.yaml: `model=gru`, and the adversarial objective on its embeddings."""
     run_dir = tmp_path / "imdb"
     train(*SMALL_GRU, "objective=adversarial", *TINY_TEXT, f"hydra.run.dir={run_dir}", f"paths.data_dir={imdb_dir}",
           f"paths.cache_dir={tmp_path / 'cache'}")  # fmt: skip
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and 0 <= metrics["test/acc"] <= 1
     ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
-    assert ckpt["hyper_parameters"]["net"] == "examples.gru.GRU"
+    assert ckpt["hyper_parameters"]["net"] == "nnlab.examples.gru.GRU"
     assert ckpt["hyper_parameters"]["objective"]["name"] == "adversarial"
-    proc = subprocess.run(
-        [sys.executable, "-m", "nnlab.predict", str(run_dir / "checkpoints" / "best.ckpt"), "a dull boring mess"],
-        capture_output=True, text=True, env=user_env(), timeout=120, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    proc = predict(run_dir / "checkpoints" / "best.ckpt", "a dull boring mess")
     assert proc.stdout.split()[0] in ("positive", "negative"), proc.stdout
 
 
@@ -48,8 +43,8 @@ SMALL_MLP = ["model=mlp", "data=numeric_table", "model.arch.hidden=[32]", "data.
 
 
 def test_numeric_features_from_a_csv_table_train_the_mlp_and_predict_from_a_row(tmp_path):
-    """examples/numeric_table.py and conf/data/numeric_table.yaml: the MLP on rows of numbers, the number of features
-    and of classes found in the file, standardised as the training rows were (in training and in predict)."""
+    """nnlab/examples/numeric_table.py and conf/data/numeric_table.yaml: the MLP on rows of numbers, the number of
+    features and of classes found in the file, standardised as the training rows were (in training and in predict)."""
     table = make_numeric_table(tmp_path / "flowers.csv")
     run_dir = tmp_path / "run"
     train(*SMALL_MLP, f"data.path={table}", "data.label=species", "trainer.max_epochs=40", f"hydra.run.dir={run_dir}")
@@ -61,11 +56,8 @@ def test_numeric_features_from_a_csv_table_train_the_mlp_and_predict_from_a_row(
     assert ckpt["preprocessing"]["kind"] == "table" and ckpt["preprocessing"]["columns"] == ["x", "y", "noise"]
     rows = (run_dir / "test_rows.csv").read_text().splitlines()
     assert rows[0] == "x,y,noise,label,predicted,probability" and len(rows) == 1 + 36  # in the file's units
-    proc = subprocess.run(
-        [sys.executable, "-m", "nnlab.predict", str(run_dir / "checkpoints" / "best.ckpt"), "0.1,0.2,0.5",
-         "6.1,-3.9,0", "6.1;-3.9;0", "1,2", "a,b,c"],
-        capture_output=True, text=True, env=user_env(), timeout=120, cwd=ROOT,
-    )  # fmt: skip
+    proc = predict(run_dir / "checkpoints" / "best.ckpt", "0.1,0.2,0.5", "6.1,-3.9,0", "6.1;-3.9;0", "1,2", "a,b,c",
+                   check=False)  # fmt: skip
     lines = proc.stdout.splitlines() + proc.stderr.splitlines()
     assert proc.returncode == 1, proc.stderr  # two rows could not be read: said, the others classified
     assert lines[0].startswith("setosa ") and lines[1].startswith("virginica ") and lines[2].startswith("virginica ")

@@ -3,10 +3,7 @@
 import itertools
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +11,7 @@ import torch
 from nnlab.data.images import ImageFolderDataModule
 from nnlab.data.text_table import TextTableDataModule
 from nnlab.errors import DatasetError
-from tests.helpers import ROOT, make_image_folder, make_text_table, train
+from tests.helpers import make_image_folder, make_text_table, predict, train
 
 IMAGES = dict(
     num_classes=None,
@@ -301,20 +298,6 @@ def run_args(run_dir, data):
         "trainer.max_epochs=2",
         "logger=csv",
     ]
-
-
-def predict(*args, check=True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "nnlab.predict", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert not check or proc.returncode == 0, proc.stderr
-    return proc
 
 
 @pytest.mark.slow

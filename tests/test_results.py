@@ -9,9 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -20,7 +18,16 @@ import pytest
 from nnlab.runs import main as runs_main
 from nnlab.sweep import Estimate, load_study, mean_curve, replicates_of, welch_p, write_summary
 from tests.browser import Browser, chromium, open_page, screenshot
-from tests.helpers import OPTUNA, ROOT, SWEEP_TINY, only_sweep, read_wandb_records, sweep, train, user_env
+from tests.helpers import (
+    OPTUNA,
+    SWEEP_TINY,
+    only_sweep,
+    read_wandb_records,
+    run_module,
+    start,
+    sweep,
+    train,
+)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -158,9 +165,8 @@ def test_the_report_renders_every_plot_in_a_real_browser(replicated, tmp_path):
     assert "a grid runs its points in a fixed order" in page and "importances need two or more parameters" in page
     # the command makes it again, the same plots
     (sweep_dir / "report.html").unlink()
-    out = subprocess.run([sys.executable, "-m", "nnlab.report", str(sweep_dir)], cwd=ROOT, env=user_env(),
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert out.returncode == 0 and (sweep_dir / "report.html").is_file(), out.stderr
+    run_module("nnlab.report", sweep_dir, timeout=300)
+    assert (sweep_dir / "report.html").is_file()
     renders_in_a_browser(sweep_dir / "report.html", plots, tmp_path)
 
 
@@ -222,57 +228,44 @@ def blank(png: Path) -> bool:
     return differs.mean() < 0.01 or len(np.unique((pixels * 255).astype(int), axis=0)) < 8
 
 
-def port_outside_ephemeral_range() -> int:
-    """A free TCP port on 127.0.0.1 below the machine's ephemeral range (outgoing connections' ports)."""
-    import random
-    import socket
+def dashboard_get(app, path: str) -> dict:
+    """GET `path` from the WSGI app that optuna-dashboard serves, in this process."""
+    from wsgiref.util import setup_testing_defaults
 
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    while True:
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    assert status[0].startswith("200"), (path, status, body[:500])
+    return json.loads(body)
 
 
 @pytest.mark.slow
 def test_optuna_dashboard_reads_the_study(replicated):
+    from optuna_dashboard import wsgi
+
     _, sweep_dir, _ = replicated
+    storage = f"sqlite:///{sweep_dir / 'study.db'}"
+    # The documented command opens the storage before it says it is listening (port 0: any free one).
     dashboard = Path(sys.executable).parent / "optuna-dashboard"
-    # A port below the ephemeral range, which other processes' outgoing connections take their ports from: one of
-    # those on the dashboard's port left its connections refused though it had said it was listening (seen twice,
-    # with the whole suite running). It gets 40 s on a port, then another, three times.
-    for _ in range(3):
-        port, said = port_outside_ephemeral_range(), []
-        command = [str(dashboard), f"sqlite:///{sweep_dir / 'study.db'}", "--host", "127.0.0.1", "--port", str(port)]
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        # read as it comes: the dashboard logs each request there, and a full pipe would stop it mid-request
-        reader = threading.Thread(target=said.extend, args=(proc.stderr,), daemon=True)
-        reader.start()
-        try:
-            deadline, studies, last = time.monotonic() + 40, None, None
-            while studies is None and proc.poll() is None and time.monotonic() < deadline:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
-                        studies = json.load(r)["study_summaries"]
-                except OSError as e:
-                    last = e
-                    time.sleep(0.5)
-            if studies is not None:
-                url = f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}"
-                with urllib.request.urlopen(url, timeout=30) as r:
-                    detail = json.load(r)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            reader.join(timeout=10)
-        if studies is not None:
-            break
-    log = f"exit code {proc.returncode}, last: {last!r}; it said:\n" + "".join(said)[-3000:]
-    assert studies is not None, f"optuna-dashboard gave no studies ({log})"
+    proc = subprocess.Popen(
+        [str(dashboard), storage, "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        said = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        rest = proc.communicate(timeout=30)[1]
+    assert said.startswith("Listening on http://127.0.0.1:"), said + rest
+    # What it serves is read from the app it serves, in this process: in CI, on some runs, connections to it over
+    # loopback were refused for minutes while it listened (not understood), and its HTTP server is the standard
+    # library's wsgiref, not the part under test.
+    app = wsgi(storage)
+    studies = dashboard_get(app, "/api/studies")["study_summaries"]
+    detail = dashboard_get(app, f"/api/studies/{studies[0]['study_id']}")
     (summary,) = studies
     assert summary["study_name"] == sweep_dir.name
     study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
@@ -351,10 +344,7 @@ def test_a_sweep_interrupted_mid_replicate_resumes_only_what_is_unfinished(tmp_p
     args = [*SWEEP_TINY, f"paths.data_dir={mnist_dir}", f"paths.log_dir={tmp_path}", "hydra.sweeper.replicates=2",
             "trainer.max_epochs=3", "+callbacks.slow._target_=tests.helpers.SlowSteps",
             "+callbacks.slow.seconds=0.2"]  # fmt: skip
-    command = [sys.executable, str(ROOT / "train.py"), "-m", *args]  # one configuration, two seeds: nothing swept
-    with open(tmp_path / "sweep.out", "w") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env=user_env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+    proc = start("-m", *args, output=tmp_path / "sweep.out")  # one configuration, two seeds: nothing swept
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("sweeps/*/0-r1/checkpoints/last.ckpt")):
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "sweep.out").read_text()[-3000:]
@@ -369,8 +359,7 @@ def test_a_sweep_interrupted_mid_replicate_resumes_only_what_is_unfinished(tmp_p
     assert t.state.name == "RUNNING" and replicates_of(t)[0]["state"] == "complete"
     assert replicates_of(t)[1]["state"] == "running" and not (sweep_dir / "0-r1" / "metrics.json").exists()
 
-    rerun = subprocess.run(command, cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    rerun = train("-m", *args, timeout=600)
     said = rerun.stdout + rerun.stderr
     assert "Trial 0 replicate 1 (seed=43) (resumed" in said and "Trial 0 replicate 0" not in said
     assert (sweep_dir / "0-r0" / "metrics.json").read_text() == first  # the finished replicate is left alone
@@ -481,9 +470,7 @@ def test_the_report_of_a_moved_sweep_folder_finds_its_runs_where_they_are(replic
     _, sweep_dir, _ = replicated
     moved = tmp_path / "elsewhere" / "renamed"
     shutil.copytree(sweep_dir, moved)
-    out = subprocess.run([sys.executable, "-m", "nnlab.report", str(moved)], cwd=ROOT, env=user_env(),
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    run_module("nnlab.report", moved, timeout=300)
     runs = read_csv(moved / "runs.csv")
     assert all(Path(r["run_dir"]).parent == moved and Path(r["run_dir"]).is_dir() for r in runs)
     assert [r["test_mean"] for r in read_csv(moved / "summary.csv")] == [
@@ -497,8 +484,7 @@ def test_a_report_of_a_database_holding_no_study_says_so(tmp_path):
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
     optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'study.db'}")  # tables, no study: stopped before it began
-    out = subprocess.run([sys.executable, "-m", "nnlab.report", str(sweep_dir)], cwd=ROOT, env=user_env(),
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = run_module("nnlab.report", sweep_dir, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"Error: {sweep_dir / 'study.db'} holds no study: the sweep stopped before its study began" in out.stderr
     assert "None" not in out.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ROOT, read_wandb_records, user_env
+from tests.helpers import ROOT, read_wandb_records, start, user_env
 
 # One cluster for these tests: pytest-xdist gives them all to the same worker, which starts it once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
@@ -154,7 +154,7 @@ def test_tasks_that_do_not_match_the_trainer_fail_before_training(slurm, tmp_pat
     assert rc != 0 and "2 node(s) x 1 task(s) per node" in out and "trainer.num_nodes=1 x trainer.devices=2" in out
     assert "--nodes=1 --ntasks-per-node=2" in out and "trainer.num_nodes=2 trainer.devices=1" in out
     rc, out = submit(slurm, tmp_path, f"{train} hydra.run.dir={tmp_path}/b", "--ntasks=2")
-    assert rc != 0 and "start it with `srun python train.py ...`" in out
+    assert rc != 0 and f"start it with `srun python {ROOT / 'train.py'} ...`" in out
     assert not (tmp_path / "a" / "checkpoints").exists()
 
 
@@ -399,27 +399,11 @@ def test_a_two_task_ddp_job_stops_at_one_step_on_every_rank_and_requeues_once(sl
 
 
 def sweep_in_background(slurm, tmp_path, mnist_dir, *overrides):
-    env = job_env(slurm)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "-m",
-            "hydra/launcher=slurm",
-            "hydra.launcher.timeout_min=10",
-            *TINY,
-            f"paths.data_dir={mnist_dir}",
-            f"paths.log_dir={tmp_path}",
-            "+callbacks.slow._target_=tests.helpers.SlowSteps",
-            "+callbacks.slow.seconds=0.25",
-            *overrides,
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start(
+        "-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=10", *TINY, f"paths.data_dir={mnist_dir}",
+        f"paths.log_dir={tmp_path}", "+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.25",
+        *overrides, env=slurm,
+    )  # fmt: skip
 
 
 def trial_job(sweep: subprocess.Popen, log_dir, trial: int) -> str:

@@ -1,8 +1,12 @@
-"""The speed recipe and the settings it is made of: experiment=mnist_speedrun trains (its figures are the README's,
-measured on real MNIST with nothing else running; here only that it composes, trains and reports its time),
-channels-last convolutions keep the plain state dict, label smoothing is cross-entropy's."""
+"""The speed recipe and the settings it is made of: experiment=mnist_speedrun trains (its figures are
+docs/performance.md's, measured on real MNIST with nothing else running; here only that it composes, trains and
+reports its time), channels-last convolutions keep the plain state dict, label smoothing is cross-entropy's; the
+environment holds its bytecode, so no run compiles it."""
 
+import importlib
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,33 @@ from nnlab.errors import ConfigError
 from nnlab.module import Classifier
 from nnlab.nets import CNN
 from tests.helpers import train
+
+
+def test_the_environment_holds_its_bytecode_so_no_run_compiles_it_at_its_start():
+    """`uv sync --compile-bytecode` (the set-up in README.md and docs/getting-started.md, .ci/run) compiles it once
+    (pip does by default): a run where
+    PYTHONDONTWRITEBYTECODE is set would otherwise compile torch at every start (docs/performance.md's figures)."""
+    for name in ("torch", "torch.nn.modules.module", "lightning", "lightning.pytorch.trainer.trainer", "wandb"):
+        source = importlib.import_module(name).__file__
+        assert Path(importlib.util.cache_from_source(source)).is_file(), f"no bytecode for {source}"
+
+
+def test_a_trainer_off_cuda_lifts_lightnings_nvml_guard_and_one_on_cuda_would_keep_it(monkeypatch):
+    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK on import; with it, Adam and AdamW load NVML at every step on a
+    machine without a GPU (docs/performance.md). A CPU trainer's run lifts it; a loop of one's own (no trainer) too."""
+    import os
+
+    import lightning as L
+
+    from nnlab.app import cuda_check_unguarded
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # as Lightning's import sets it; restored after the test
+    cuda_check_unguarded(L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False))
+    assert "PYTORCH_NVML_BASED_CUDA_CHECK" not in os.environ
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    cuda_check_unguarded()
+    assert "PYTORCH_NVML_BASED_CUDA_CHECK" not in os.environ
+
 
 ARCH = dict(in_channels=1, image_size=28, num_classes=10, conv=[8, "M", 16, "M"], kernel_size=3, padding=1)
 

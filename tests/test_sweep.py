@@ -16,7 +16,19 @@ import pytest
 
 from nnlab.sweep import SearchSpace, as_override_value, load_study
 from nnlab.upstream import id_of, study_storage
-from tests.helpers import ODD, OPTUNA, ROOT, SWEEP_TINY, only_sweep, paste, read_wandb_records, sweep, user_env
+from tests.helpers import (
+    ODD,
+    OPTUNA,
+    ROOT,
+    SWEEP_TINY,
+    only_sweep,
+    paste,
+    read_wandb_records,
+    start,
+    sweep,
+    train,
+    user_env,
+)
 
 
 # ------------------------------------------------------------------------------------------------ search spaces
@@ -141,15 +153,7 @@ def test_interrupted_sweep_resumes_its_running_trial_from_the_checkpoint(tmp_pat
         "+callbacks.slow.seconds=0.25",
     ]
     output = tmp_path / "sweep.out"
-    with open(output, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "train.py"), "-m", *args],
-            cwd=ROOT,
-            env=user_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start("-m", *args, output=output)
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("sweeps/*/0/checkpoints/last.ckpt")):
         assert proc.poll() is None and time.monotonic() < deadline, "the first trial never wrote a checkpoint"
@@ -163,15 +167,7 @@ def test_interrupted_sweep_resumes_its_running_trial_from_the_checkpoint(tmp_pat
     study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
     assert [t.state.name for t in study.trials] == ["RUNNING"]  # left running, released for a rerun
 
-    rerun = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "-m", *args],
-        cwd=ROOT,
-        env=user_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    rerun = train("-m", *args, timeout=600)
     assert "Trial 0 (resumed: continues in its own directory" in rerun.stdout + rerun.stderr
     study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
@@ -263,17 +259,7 @@ def test_two_workers_share_one_study_in_a_journal_file(tmp_path, mnist_dir):
         "trainer.max_epochs=1",
         "logger=csv",
     ]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "train.py"), "-m", *args],
-            cwd=ROOT,
-            env=user_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    workers = [start("-m", *args) for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     study = load_study(str(journal), "shared")
@@ -379,12 +365,6 @@ def test_a_study_name_is_one_plain_folder_name(tmp_path, mnist_dir, name):
     assert not made, made  # nothing written, inside outputs/sweeps or out of it
 
 
-def start_sweep(args: list[str], output: Path) -> subprocess.Popen:
-    with open(output, "w") as out:
-        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=user_env(),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-
-
 def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, seconds=300):
     deadline = time.monotonic() + seconds
     while not list(root.glob(path_glob)):
@@ -403,14 +383,12 @@ def test_a_rerun_right_after_a_killed_sweep_takes_its_trial_over_and_finishes_th
     """The sweep process SIGKILLed mid-trial, rerun at once (well inside stale_after_s): its trial is taken over, since
     the process that held it is gone from this machine; the trial's own process, which outlived it, is waited for."""
     args = grid_args(tmp_path, mnist_dir)
-    first = start_sweep(args, tmp_path / "first.out")
+    first = start("-m", *args, output=tmp_path / "first.out")
     wait_for("sweeps/*/0/checkpoints/last.ckpt", tmp_path, first)
     first.kill()  # SIGKILL to the sweep alone: its trial, a process of its own, trains on
     first.wait()
-    rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=user_env(),
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    rerun = train("-m", *args, timeout=600)
     printed = rerun.stdout + rerun.stderr
-    assert rerun.returncode == 0, printed[-4000:]
     assert "Trial 0 (resumed" in printed and "Traceback" not in printed
     sweep_dir = only_sweep(tmp_path)
     study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
@@ -424,7 +402,7 @@ def test_a_rerun_right_after_a_killed_sweep_takes_its_trial_over_and_finishes_th
 @pytest.mark.slow
 def test_a_trial_held_by_a_worker_elsewhere_is_named_and_taken_over_when_it_falls_silent(tmp_path, mnist_dir):
     args = grid_args(tmp_path, mnist_dir, "hydra.sweeper.stale_after_s=30")  # more than the rerun takes to start
-    first = start_sweep(args, tmp_path / "first.out")
+    first = start("-m", *args, output=tmp_path / "first.out")
     wait_for("sweeps/*/1/checkpoints/last.ckpt", tmp_path, first)  # trial 0 complete, trial 1 running
     first.send_signal(signal.SIGINT)
     assert first.wait(timeout=120) == 130
@@ -442,17 +420,16 @@ def test_a_trial_held_by_a_worker_elsewhere_is_named_and_taken_over_when_it_fall
     storage = study_storage(study)
     storage.set_trial_user_attr(id_of(held), "nnlab:worker", {"host": "node7", "pid": 4242, "started": "1"})
     storage.set_trial_user_attr(id_of(held), "nnlab:heartbeat", time.time())
-    rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT, env=user_env(),
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    rerun = train("-m", *args, timeout=600)
     printed = rerun.stdout + rerun.stderr
-    assert rerun.returncode == 0, printed[-4000:]
     said = re.search(r"Trial 1 is held by process 4242 on node7, last heard from \d+ s ago: waiting for it to end; if "
                      r"that worker has stopped, this one takes the trial over at (\d\d:\d\d:\d\d) "
                      r"\(hydra.sweeper.stale_after_s=30\)", printed)  # fmt: skip
     assert said, printed[-4000:]
     assert printed.index(said.group(0)) < printed.index("Trial 1 (resumed")
     study = load_study(f"sqlite:///{sweep_dir / 'study.db'}", sweep_dir.name)
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    errors = [t.user_attrs.get("error") for t in study.trials]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"], (errors, printed[-4000:])
     assert (sweep_dir / "experiment" / "best.yaml").is_file()
     assert not (sweep_dir / "experiment" / "best_incomplete.yaml").exists()  # complete now: the word is gone
 
@@ -460,7 +437,7 @@ def test_a_trial_held_by_a_worker_elsewhere_is_named_and_taken_over_when_it_fall
 @pytest.mark.slow
 def test_a_sweep_folder_moved_away_mid_sweep_stops_it_in_one_line_and_leaves_nothing_behind(tmp_path, mnist_dir):
     args = grid_args(tmp_path / "outputs", mnist_dir)
-    proc = start_sweep(args, tmp_path / "sweep.out")
+    proc = start("-m", *args, output=tmp_path / "sweep.out")
     wait_for("outputs/sweeps/*/0/checkpoints/last.ckpt", tmp_path, proc)
     (sweep_dir,) = (tmp_path / "outputs" / "sweeps").iterdir()
     moved = tmp_path / "moved"
@@ -474,9 +451,7 @@ def test_a_sweep_folder_moved_away_mid_sweep_stops_it_in_one_line_and_leaves_not
     time.sleep(2)  # the stopped trial's last words
     assert not sweep_dir.exists()  # no stray study.db, no trial folder made again
     # continued where it is now
-    rerun = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args, f"hydra.sweep.dir={moved}"], cwd=ROOT,
-                           env=user_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
+    train("-m", *args, f"hydra.sweep.dir={moved}", timeout=600)
     study = load_study(f"sqlite:///{moved / 'study.db'}", sweep_dir.name)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert not sweep_dir.exists()

@@ -16,6 +16,7 @@ from tests.helpers import (
     ROOT,
     TINY_SPEECH,
     TINY_TEXT,
+    predict,
     read_wandb_records,
     run_args,
     stop_in_second_epoch,
@@ -57,19 +58,6 @@ def test_adversarial_lstm_under_ddp_keeps_the_ranks_equal(tmp_path, imdb_dir):
     )
     sums = [float((tmp_path / f"weights.{rank}").read_text()) for rank in (0, 1)]
     assert sums[0] == sums[1], sums
-
-
-def predict(*args, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "nnlab.predict", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-    )
-    assert not check or proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def test_lstm_trains_on_reviews_end_to_end(lstm_run, imdb_dir):

@@ -60,6 +60,22 @@ class Built:
     callbacks: list = field(default_factory=list)
 
 
+def cuda_check_unguarded(trainer=None):
+    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when it is imported, so that asking whether there is CUDA does
+    not initialise it (a process forked afterwards could not use it). torch then answers torch.cuda.is_available()
+    through NVML, anew at each call while CUDA is not initialised, and Adam and AdamW ask at every step (their CUDA
+    graph check): on a machine without a GPU that loads the NVML library at every step, 0.5 ms, 6-8% of the MLP's step
+    (docs/performance.md). A trainer that does not train on CUDA has no use for the guard, and it is lifted for this
+    process (processes it starts import Lightning and set it again); on a GPU, CUDA is initialised and torch keeps its
+    answer. Without a trainer (a loop of one's own in a process that imported Lightning), always."""
+    import os
+
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    if trainer is None or not isinstance(trainer.accelerator, CUDAAccelerator):
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+
+
 def build(cfg: DictConfig, run) -> Built:
     """Data module, model, loggers, callbacks and trainer for this run, in the order the run's checks need: the
     config settled, the checkpoint to resume from read and checked against the model, the data found and prepared
@@ -104,6 +120,7 @@ def build(cfg: DictConfig, run) -> Built:
     ours = [RandomState(), record, EpochLog(), WeightsDigest(), PhaseMarks(), StopAtBatchEnd(run.stop)]
     everyone = callbacks(cfg) + ([pruning] if pruning else []) + ours
     built = trainer(cfg, everyone, run.loggers, run.plugins())
+    cuda_check_unguarded(built)
     timeline.mark("built")
     run.describe(cfg, ckpt_path if run.resuming else None)
     join_restarted_group(built, run.restarts)

@@ -3,7 +3,7 @@ never half a new one, and a symbolic link planted under a name nnlab writes (a r
 `checkpoints/`, a cache file) is refused and named, never followed.
 
 Run directories, sweep trials and caches have predictable paths, so in an outputs folder that other users can write
-to, one of them could plant such a link to make a run overwrite a file of yours (README, Running: shared folders).
+to, one of them could plant such a link to make a run overwrite a file of yours (docs/running.md, Shared folders).
 """
 
 import os

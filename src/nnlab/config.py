@@ -2,6 +2,7 @@
 
 import os
 import secrets
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -45,6 +46,20 @@ def overridden(key: str) -> bool:
 
 
 # use_cache: one id per config, however often the run directory is resolved.
+# The folder a command keeps its data and runs in (paths.data_dir, paths.log_dir): set by nnlab.train.main, the
+# working folder for `nnlab train`, the clone's for `python train.py` (wherever it is started from).
+HOME: Path | None = None
+
+
+def home(name: str) -> str:
+    """`name` (data, outputs) in this command's folder (HOME): as given where that is the working folder, so a run
+    started there records and prints the paths it always did."""
+    if HOME is None or Path.cwd() == HOME:
+        return name
+    return str(HOME / name)
+
+
+OmegaConf.register_new_resolver("nnlab.home", home, replace=True)
 OmegaConf.register_new_resolver("nnlab.run_id", run_id, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("nnlab.wandb_offline", wandb_offline, replace=True)
 OmegaConf.register_new_resolver("nnlab.parallel_slots", parallel_slots, replace=True)

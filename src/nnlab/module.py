@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from nnlab import objectives, schema
+from nnlab import earlier, objectives, schema
 from nnlab import optim as optimization
 from nnlab.errors import ConfigError, UserError
 from nnlab.kinds import kind
@@ -44,9 +44,8 @@ class Classifier(L.LightningModule):
         label_smoothing; for one sigmoid output, targets 1 - s/2 and s/2); validation and test losses are plain
     input: ignored; checkpoints written before networks declared what they read recorded it here
     adversarial, adversarial_length, adversarial_share: read from nnlab 0.1.0's checkpoints, as the objective they
-        meant (nnlab.objectives.from_legacy)
-    optimizer, weight_decay, momentum, scheduler, warmup_pct, anneal_to: read from checkpoints written before optim/
-        and sched/, as the optimizer and schedule they meant (nnlab.optim.from_legacy)
+        meant; optimizer, weight_decay, momentum, scheduler, warmup_pct, anneal_to: read from checkpoints written
+        before optim/ and sched/, as the optimizer and schedule they meant (nnlab.earlier)
     """
 
     def __init__(
@@ -63,17 +62,16 @@ class Classifier(L.LightningModule):
         **legacy,
     ):
         super().__init__()
-        unknown = set(legacy) - set(objectives.LEGACY_KEYS) - set(optimization.LEGACY_KEYS)
+        unknown = set(legacy) - set(earlier.KEYS)
         if unknown:
             raise TypeError(f"Classifier got unexpected arguments: {', '.join(sorted(unknown))}")
-        objective = objectives.from_legacy({"objective": objective, **legacy})["objective"]
-        if optim is None:  # a checkpoint written before optim/ and sched/: its named optimizer and schedule
-            meant = optimization.from_legacy({k: v for k, v in legacy.items() if k in optimization.LEGACY_KEYS})
-            optim, sched = meant["optim"], meant["sched"]
-        self.save_hyperparameters(logger=False, ignore=["input", *objectives.LEGACY_KEYS, *optimization.LEGACY_KEYS])
-        for key in (*objectives.LEGACY_KEYS, *optimization.LEGACY_KEYS):
+        given = {"net": net, "objective": objective, "optim": optim, "sched": sched, **legacy}
+        now = earlier.model_settings(given)  # a checkpoint's settings as earlier versions wrote them, as they are now
+        net, objective, optim, sched = now["net"], now["objective"], now["optim"], now["sched"]
+        self.save_hyperparameters(logger=False, ignore=["input", *earlier.KEYS])
+        for key in earlier.KEYS:
             self.hparams.pop(key, None)
-        self.hparams.update(objective=objective, optim=optim, sched=sched)
+        self.hparams.update(net=net, objective=objective, optim=optim, sched=sched)
         net_class = network(net)
         self.reads = kind(net_class.reads)
         schema.check_model(dict(self.hparams))

@@ -57,7 +57,7 @@ class CNN(nn.Module):
 
     pool_first: a convolution followed by "M" is max-pooled before its BatchNorm and ReLU, which then work on a
     quarter of the pixels (ReLU commutes with max-pooling; BatchNorm then normalises the pooled values). A step of
-    the speed run's CNN measured faster on a CPU (README, Speed). Changes the state dict's layer numbers.
+    the speed run's CNN measured faster on a CPU (docs/performance.md). Changes the state dict's layer numbers.
     """
 
     reads = "image"  # the kind of data (nnlab.kinds)

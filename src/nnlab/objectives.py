@@ -13,9 +13,6 @@ import importlib
 
 from nnlab.errors import ConfigError
 
-# The keys nnlab 0.1.0 recorded for adversarial training, as Classifier arguments; read from its checkpoints and runs.
-LEGACY_KEYS = ("adversarial", "adversarial_length", "adversarial_share")
-
 
 class Adversarial:
     """Adversarial training on word embeddings (Miyato et al., 2017): each step adds the loss under the perturbation
@@ -108,15 +105,3 @@ def build(settings: dict | None):
         return found(**settings)
     except TypeError as e:
         raise ConfigError(f"model.objective: {e} (objective={name})") from None
-
-
-def from_legacy(model: dict) -> dict:
-    """A model's settings as nnlab 0.1.0 recorded them (adversarial, adversarial_length, adversarial_share) with the
-    objective they meant; settings without them unchanged."""
-    if not any(k in model for k in LEGACY_KEYS):
-        return model
-    model = dict(model)
-    norm, length, share = (model.pop(k, d) for k, d in zip(LEGACY_KEYS, (0.0, None, 1.0)))
-    if norm and not model.get("objective"):
-        model["objective"] = {"name": "adversarial", "norm": norm, "length": length, "share": share}
-    return model

@@ -37,7 +37,7 @@ def load(path) -> tuple:
             "so it cannot classify raw inputs; train it again with this version."
         )
     data_module = ((checkpoint.get("nnlab") or {}).get("data") or {}).get("_target_")
-    if data_module:  # a kind of one's own (examples/numeric_table.py) is registered by importing its data module
+    if data_module:  # a kind of one's own (nnlab.examples.numeric_table) registers on import of its module
         import_kind(preprocessing.get("kind"), data_module)
     return model_from_checkpoint(checkpoint, path), preprocessing
 
@@ -140,8 +140,8 @@ def at_least_one(value: str) -> int:
     return number
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m nnlab.predict", description=__doc__.split("\n\n")[0])
+def main(argv=None, prog: str = "python -m nnlab.predict"):
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "checkpoint", help="a checkpoint written by train.py (for example <run dir>/checkpoints/best.ckpt)"
     )

@@ -412,9 +412,9 @@ def write_report(sweep_dir: Path, study: optuna.Study | None = None) -> Path:
     return path
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m nnlab.report") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nnlab.report",
+        prog=prog,
         description="Write report.html and plots/*.png for a sweep (outputs/sweeps/<study name>).",
     )
     parser.add_argument("sweep_dir", type=Path)

@@ -406,11 +406,11 @@ def latest_to_resume(root: Path, argv: list[str]) -> RunEntry | None:
 
 
 # ------------------------------------------------------------------------------------------------------------ main
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m nnlab.runs") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["diff"]:
         parser = argparse.ArgumentParser(
-            prog="python -m nnlab.runs diff", description="The config and metric differences of two runs."
+            prog=f"{prog} diff", description="The config and metric differences of two runs."
         )
         parser.add_argument("a")
         parser.add_argument("b")
@@ -423,7 +423,7 @@ def main(argv=None) -> int:
             return 2
         return 0
     parser = argparse.ArgumentParser(
-        prog="python -m nnlab.runs",
+        prog=prog,
         description="List the runs under outputs/ (single runs and sweep trials); `diff A B` compares two.",
     )
     parser.add_argument("--root", type=Path, default=Path("outputs"), help="where runs are (paths.log_dir)")

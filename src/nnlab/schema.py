@@ -280,7 +280,7 @@ def renamed(overrides: list[str]) -> str | None:
             new = RENAMED[key]
             if "<name>" in new and value:
                 new = new.split(" (")[0].replace("<name>", value)  # sched=cosine
-            return f"{key} is now {new}: the optimizer and the schedule are config groups (README, Config groups)"
+            return f"{key} is now {new}: the optimizer and the schedule are config groups (docs/configuration.md)"
     return None
 
 

@@ -705,7 +705,7 @@ def write_best_experiment(
         + f"# Best trial {best.number} of sweep {study.study_name}: {metric} = {best.value:.6g}"
         + (f" (mean of {len(replicates_of(best))} replicates, seeds differing)" if replicates_of(best) else "")
         + "\n"
-        f"# python train.py -cd {commands.path(sweep_dir)} experiment={name}\n"
+        f"# {commands.with_config_folder(sweep_dir, f'experiment={name}')}\n"
     )
     if includes or defaults:
         text += "defaults:\n" + "\n".join(includes + ["  - _self_"] + defaults) + "\n"

@@ -6,7 +6,8 @@ pyproject.toml, so an upgrade is a deliberate change).
   the sweeper writes a trial's user attributes (heartbeat, worker, replicates) while the trial runs, from a process
   that holds no `optuna.Trial` for it; a trial process reattaches to its running trial by number.
 - Hydra: a job's returned value without raising for a failed job (`JobReturn._return_value`; the public
-  `return_value` re-raises the job's exception).
+  `return_value` re-raises the job's exception); `hydra.main`'s own steps (`_run_hydra`, `get_args_parser`,
+  `_get_rerun_conf`, `_flush_loggers`), run on a command line given to it rather than read from sys.argv.
 """
 
 from __future__ import annotations
@@ -37,3 +38,22 @@ def id_by_number(study: optuna.Study, number: int) -> int:
 def job_value(ret: JobReturn) -> Any:
     """What a Hydra job returned; for a job that failed, its exception, not raised again."""
     return ret._return_value
+
+
+def run_hydra(task, config_dir: str, config_name: str, arguments: list[str]) -> None:
+    """What `@hydra.main(config_path=config_dir, config_name=..., version_base="1.3")` does for a command line,
+    given the command line: `nnlab train <overrides>` is parsed without its subcommand while sys.argv keeps it
+    (Lightning starts DDP ranks, and the sweeper its trials, from sys.argv). Hydra's main reads sys.argv itself."""
+    from hydra import version
+    from hydra._internal.utils import _run_hydra, get_args_parser
+    from hydra.core.utils import _flush_loggers
+    from hydra.main import _get_rerun_conf
+
+    version.setbase("1.3")
+    parser = get_args_parser()
+    args = parser.parse_args(arguments)
+    if args.experimental_rerun is not None:
+        task(_get_rerun_conf(args.experimental_rerun, args.overrides))
+        _flush_loggers()
+        return
+    _run_hydra(args=args, args_parser=parser, task_function=task, config_path=config_dir, config_name=config_name)

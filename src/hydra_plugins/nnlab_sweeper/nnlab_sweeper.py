@@ -152,13 +152,7 @@ class TrialLauncher(Launcher):
                 HydraConfig.instance().cfg = saved
 
     def command(self, overrides: list[str], out: Path) -> list[str]:
-        import __main__
-
-        if getattr(__main__, "__spec__", None) is not None:
-            cmd = [sys.executable, "-m", __main__.__spec__.name]
-        else:
-            cmd = [sys.executable, str(Path(self.config.hydra.runtime.cwd, sys.argv[0]))]
-        cmd += _config_arguments(sys.argv[1:])
+        cmd = commands.relaunch() + commands.config_arguments()
         consumed = (
             "hydra.sweep",
             "hydra.sweeper",
@@ -259,21 +253,6 @@ def _gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-def _config_arguments(argv: list[str]) -> list[str]:
-    """--config-path/--config-name/--config-dir (and short forms) from the sweep's command line."""
-    flags = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
-    kept, i = [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a in flags and i + 1 < len(argv):
-            kept += [a, argv[i + 1]]
-            i += 1
-        elif a.startswith(tuple(f + "=" for f in flags)):
-            kept.append(a)
-        i += 1
-    return kept
 
 
 def _last_error(lines) -> str:
@@ -475,10 +454,53 @@ class StudySweeper(Sweeper):
                 f"(hydra.sweeper.stale_after_s={self.stale_after_s:g})"
             )
 
+    # ----------------------------------------------------------------------------------------- a trial's runs
+    # A trial is N runs (hydra.sweeper.replicates, seeds differing) and every trial goes through the same steps: its
+    # runs are started (overrides_for), each is recorded as it ends (run_ended), and the trial is told its value, the
+    # mean of its runs', once all have ended (finish). Where the runs are kept is the one thing N decides, in the
+    # methods below (subdir to named): a trial of one run IS its run (folder <trial>, the trial's own seed, its
+    # run_id and run_dir the trial's attributes, as in every study stored before replicates existed); a trial of
+    # N > 1 runs keeps run k in the folder <trial>-r<k>, with seed base + k, in the trial's attribute replicate:k.
     def subdir(self, trial, k: int = 0) -> str:
         """A run's directory under the sweep's: the trial's number (unique in the study, whichever worker runs it),
         with `-r<k>` for replicate k when trials have replicates."""
         return str(trial.number) if self.replicates == 1 else f"{trial.number}-r{k}"
+
+    def runs_recorded(self, trial: optuna.trial.FrozenTrial) -> dict[int, dict]:
+        """The study's record of each of a trial's runs that was started (seed, run_id, state, value, error...)."""
+        if self.replicates > 1:
+            return S.replicates_of(trial)
+        return {0: {key: trial.user_attrs[key] for key in ("run_id", "run_dir") if key in trial.user_attrs}}
+
+    def keep_run(self, trial_id: int, k: int, **info):
+        """Add to run k's record in the study (a trial of one run keeps only its run_id and run_dir)."""
+        storage = study_storage(self.study)
+        if self.replicates == 1:
+            for key in ("run_id", "run_dir"):
+                if key in info:
+                    storage.set_trial_user_attr(trial_id, key, info[key])
+            return
+        now = storage.get_trial(trial_id)
+        storage.set_trial_user_attr(
+            trial_id, S.replicate_key(k), {**(now.user_attrs.get(S.replicate_key(k)) or {}), **info}
+        )
+        if "run_dir" in info:  # a run started: the trial's folders are its runs'
+            storage.set_trial_user_attr(trial_id, "run_dir", str(self.sweep_dir / f"{now.number}-r*"))
+
+    def run_overrides(self, fixed: list[str], params: list[str], k: int, seed: int) -> list[str]:
+        """The trial's settings for its run k: replicates replace any seed with their own and say which they are."""
+        if self.replicates == 1:
+            return fixed + params
+        kept = [o for o in fixed + params if o.lstrip("+~").split("=", 1)[0] != "seed"]
+        return kept + [f"seed={seed}", f"sweep.replicate={k}"]
+
+    def which(self, k: int) -> str:
+        """How the log names run k of a trial ("" where the trial is its run)."""
+        return "" if self.replicates == 1 else f" replicate {k}"
+
+    def named(self, k: int, error: str) -> str:
+        """Run k's error as its trial's error says it."""
+        return error if self.replicates == 1 else f"replicate {k}: {error}"
 
     def trial_dir(self, trial, k: int = 0) -> Path:
         return self.sweep_dir / self.subdir(trial, k)
@@ -491,30 +513,17 @@ class StudySweeper(Sweeper):
         return int(fixed[-1]) if fixed else int(self.config.seed)
 
     def overrides_for(self, trial: optuna.trial.FrozenTrial, k: int, resumed: bool) -> list[str]:
+        """The command line of the trial's run k (the study records it as started: its run_id, folder and seed)."""
         import secrets
 
-        storage, name = study_storage(self.study), self.study.study_name
+        name = self.study.study_name
+        record = self.runs_recorded(study_storage(self.study).get_trial(id_of(trial))).get(k, {})
+        run_id = record.get("run_id") or secrets.token_hex(4)
+        seed = record.get("seed", S.replicate_seed(self.base_seed(trial), k))
+        self.keep_run(id_of(trial), k, seed=seed, run_id=run_id, run_dir=str(self.trial_dir(trial, k)), state="running")
         params = [f"{key}={S.as_override_value(v)}" for key, v in trial.params.items()]
-        fixed, extra = self.space.fixed, []
-        if self.replicates == 1:
-            run_id = trial.user_attrs.get("run_id") or secrets.token_hex(4)
-            storage.set_trial_user_attr(id_of(trial), "run_id", run_id)
-            storage.set_trial_user_attr(id_of(trial), "run_dir", str(self.trial_dir(trial)))
-        else:
-            now = storage.get_trial(id_of(trial))
-            info = dict(now.user_attrs.get(S.replicate_key(k)) or {})
-            run_id = info.get("run_id") or secrets.token_hex(4)
-            seed = info.get("seed", S.replicate_seed(self.base_seed(trial), k))
-            info.update(seed=seed, run_id=run_id, run_dir=str(self.trial_dir(trial, k)), state="running")
-            storage.set_trial_user_attr(id_of(trial), S.replicate_key(k), info)
-            storage.set_trial_user_attr(id_of(trial), "run_dir", str(self.sweep_dir / f"{trial.number}-r*"))
-            not_seed = lambda o: o.lstrip("+~").split("=", 1)[0] != "seed"  # the replicate's seed replaces them
-            fixed, params = [o for o in fixed if not_seed(o)], [o for o in params if not_seed(o)]
-            extra = [f"seed={seed}", f"sweep.replicate={k}"]
         return (
-            fixed
-            + params
-            + extra
+            self.run_overrides(self.space.fixed, params, k, seed)
             + [
                 commands.override("hydra.sweep.dir", self.sweep_dir),
                 f"hydra.sweep.subdir={self.subdir(trial, k)}",
@@ -527,10 +536,9 @@ class StudySweeper(Sweeper):
             + (["resume=true"] if resumed else [])
         )
 
-    # --------------------------------------------------------------------------------------------------- replicates
     def next_unit(self):
-        """(trial, replicate, resumed): a replicate still to start of a trial this process holds, else the first of a
-        stale trial taken over (its unfinished replicates resume) or of a new trial; None when the study is done."""
+        """(trial, run, resumed): a run still to start of a trial this process holds, else the first of a stale trial
+        taken over (its unfinished runs resume) or of a new trial; None when the study is done."""
         for entry in self.open.values():
             if entry["pending"]:
                 k, resumed = entry["pending"].popleft()
@@ -540,44 +548,46 @@ class StudySweeper(Sweeper):
         if picked is None:
             return None
         trial, stale = picked
-        recorded = S.replicates_of(trial) if self.replicates > 1 else {}
+        recorded = self.runs_recorded(trial)
         pending = deque()
         for k in range(self.replicates):
             r = recorded.get(k)
             if r and r.get("state") in ("complete", "fail", "pruned"):
                 continue  # ended before the trial was released
-            pending.append((k, stale and (self.replicates == 1 or r is not None)))
+            pending.append((k, stale and r is not None))
         if any(r.get("state") == "fail" for r in recorded.values()):
             pending.clear()  # the trial has failed already: it starts no more
-        entry = {"trial": trial, "pending": pending, "running": set()}
+        entry = {"trial": trial, "pending": pending, "running": set(), "ended": {}}
         self.open[id_of(trial)] = entry
-        if not pending:  # every replicate ended, but its worker stopped before telling the study
+        if not pending:  # every run ended, but its worker stopped before telling the study
             self.finish(entry)
-            return self.next_unit()
         return self.next_unit()
 
-    def record_replicate(self, trial: optuna.trial.FrozenTrial, k: int, ret: JobReturn):
-        """Replicate k's end in its trial's user attributes (state, value, epochs, error); the trial's state."""
-        storage = study_storage(self.study)
-        now = storage.get_trial(id_of(trial))
-        if now.state == optuna.trial.TrialState.PRUNED:
-            return "pruned"  # the replicate that got it pruned recorded itself; a finished trial takes no more
-        info = dict(now.user_attrs.get(S.replicate_key(k)) or {})
+    def run_ended(self, entry: dict, k: int, ret: JobReturn) -> str:
+        """Run k of the entry's trial has ended: its state (complete, fail, pruned), recorded."""
+        trial_id = id_of(entry["trial"])
+        now = study_storage(self.study).get_trial(trial_id)
+        entry["running"].discard(k)
+        if now.state != optuna.trial.TrialState.RUNNING:  # pruned: the run that got it pruned recorded itself
+            entry["pending"].clear()  # a finished trial starts no more runs and takes no more attributes
+            return now.state.name.lower()
         value = job_value(ret)
+        if ret.status == JobStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
+            info = {"state": "complete", "value": float(value)}
+        else:
+            info = {"state": "fail", "error": self.failure(ret)}
+            entry["pending"].clear()  # a failed trial starts no more runs
         try:
             info["epochs"] = json.loads((Path(ret.working_dir) / "metrics.json").read_text()).get("epochs")
         except (OSError, ValueError, AttributeError):
             pass
-        if ret.status == JobStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
-            info.update(state="complete", value=float(value))
-        else:
-            info.update(state="fail", error=self.failure(ret))
-        storage.set_trial_user_attr(id_of(trial), S.replicate_key(k), info)
+        entry["ended"][k] = info
+        self.keep_run(trial_id, k, **info)
         return info["state"]
 
     def finish(self, entry: dict):
-        """A trial whose replicates have all ended: its value is their mean (its intermediate values the mean curve);
-        it fails if one of them failed. A pruned trial was told so by its replicate."""
+        """A trial whose runs have all ended: its value is their mean (its intermediate values the mean curve of
+        replicates); it fails if one of them failed. A pruned trial was told so by its run."""
         storage, tid = study_storage(self.study), id_of(entry["trial"])
         del self.open[tid]
         now = storage.get_trial(tid)
@@ -585,13 +595,13 @@ class StudySweeper(Sweeper):
             return now.state
         for step, value in S.mean_curve(now).items():
             storage.set_trial_intermediate_value(tid, step, value)
-        replicates = S.replicates_of(now)
-        failed = {k: r for k, r in replicates.items() if r.get("state") == "fail"}
-        values = [r["value"] for r in replicates.values() if r.get("state") == "complete"]
+        runs = {**self.runs_recorded(now), **entry["ended"]}  # ended here, or before a takeover
+        failed = {k: r for k, r in runs.items() if r.get("state") == "fail"}
+        values = [r["value"] for r in runs.values() if r.get("state") == "complete"]
         if not failed and len(values) == self.replicates:
             self.study.tell(now.number, sum(values) / len(values))
             return optuna.trial.TrialState.COMPLETE
-        why = "; ".join(f"replicate {k}: {r.get('error', '')}" for k, r in sorted(failed.items()))
+        why = "; ".join(self.named(k, r.get("error", "")) for k, r in sorted(failed.items()))
         storage.set_trial_user_attr(tid, "error", why or f"{len(values)} of {self.replicates} replicates ended")
         self.study.tell(now.number, state=optuna.trial.TrialState.FAIL)
         return optuna.trial.TrialState.FAIL
@@ -603,18 +613,6 @@ class StudySweeper(Sweeper):
             return f"{self.config.get('optimized_metric')} is {value!r} (see {ret.working_dir}/metrics.json)"
         log.error(str(value))
         return str(value).splitlines()[0]
-
-    def record(self, trial: optuna.trial.FrozenTrial, ret: JobReturn):
-        now = study_storage(self.study).get_trial(id_of(trial))
-        if now.state != optuna.trial.TrialState.RUNNING:
-            return now.state  # the trial process said it was pruned
-        value = job_value(ret)
-        if ret.status == JobStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
-            self.study.tell(trial.number, float(value))
-            return optuna.trial.TrialState.COMPLETE
-        study_storage(self.study).set_trial_user_attr(id_of(trial), "error", self.failure(ret))
-        self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        return optuna.trial.TrialState.FAIL
 
     def fixed_cost(self, trial: optuna.trial.FrozenTrial, out: Path) -> str:
         """A trial's fixed cost, once its process has ended: seconds from its launch to the end of its first training
@@ -635,6 +633,37 @@ class StudySweeper(Sweeper):
 
     # ------------------------------------------------------------------------------------------------------- sweep
     def sweep(self, arguments: list[str]) -> Any:
+        """Run the study to its target: its workers (n_jobs with a trial launcher) each start the next runs and
+        record what they return, a heartbeat says this process holds its trials, a stop (Ctrl-C, SIGTERM, the SLURM
+        requeue signal, the folder moved away) releases them for a rerun; the summary and the report at the end."""
+        self.start(arguments)
+        threading.Thread(target=self.heartbeat, daemon=True).start()
+        received: list[signal.Signals] = []
+        previous = self.catch_stop_signals(received)
+        try:
+            slots = self.launcher.n_jobs if self.streaming else 1
+            if slots == 1:
+                self.work()
+            else:
+                threads = [threading.Thread(target=self.work, daemon=True) for _ in range(slots)]
+                for t in threads:
+                    t.start()
+                while any(t.is_alive() for t in threads):
+                    for t in threads:
+                        t.join(0.2)
+        except KeyboardInterrupt:
+            self.interrupted(received)
+        finally:
+            self.stop.set()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if not self.in_place():
+            self.end_moved()
+        self.report()
+        return [self.returns]
+
+    def start(self, arguments: list[str]):
+        """Open the study and the launcher (a wrong setting of the sweep: one line, exit 1)."""
         from hydra.errors import InstantiationException
 
         try:
@@ -642,7 +671,7 @@ class StudySweeper(Sweeper):
             self.launcher = Plugins.instance().instantiate_launcher(
                 hydra_context=self.hydra_context, task_function=self.task_function, config=self.config
             )
-        except (ValueError, UserError, InstantiationException) as e:  # a setting of the sweep: one line
+        except (ValueError, UserError, InstantiationException) as e:
             cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
             print(f"Error: {cause}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
@@ -651,124 +680,113 @@ class StudySweeper(Sweeper):
             f"Study {self.study.study_name} in {self.url}: {done} of {self.target} trials finished; "
             f"sweep directory {self.sweep_dir}"
         )
-        lock, stop, returns = threading.Lock(), threading.Event(), []
+        self.lock, self.stop, self.returns, self.said = threading.Lock(), threading.Event(), [], set()
+        self.streaming = hasattr(self.launcher, "n_jobs")  # the trial launchers run one run per launch, n_jobs at once
+        per_launch = (len(self.points) if self.grid else 4) * self.replicates  # others (SLURM arrays) take several
+        self.batch = 1 if self.streaming else (self.max_batch_size or per_launch)
 
-        streaming = hasattr(self.launcher, "n_jobs")  # the trial launchers run one run per launch, n_jobs at once
-        batch = 1 if streaming else (self.max_batch_size or (len(self.points) if self.grid else 4) * self.replicates)
+    def work(self):
+        """One worker: starts the next runs, records what they return; until the study is done or the sweep stops."""
+        while not self.stop.is_set():
+            picked = self.take()
+            if picked is None:
+                return
+            if not picked:
+                self.stop.wait(2.0)  # another worker holds the last trials
+                continue
+            rets = self.launch([o for *_, o in picked], [t for t, *_ in picked])
+            if not self.in_place():  # its trials failed for that, perhaps: nothing is recorded
+                return self.moved_away()
+            self.returned(picked, rets)
 
-        said: set[int] = set()
+    def take(self) -> list | None:
+        """Up to `batch` runs to start, as (trial, run, resumed, overrides); [] while only another worker holds a
+        trial, None when the study is done (or its folder moved away)."""
+        with self.lock:
+            if not self.in_place():
+                return self.moved_away()
+            picked = []
+            while len(picked) < self.batch and (p := self.next_unit()) is not None:
+                picked.append(p)
+            if not picked:
+                # Done, unless another worker still holds a trial: a killed sweep's is taken over (at once when that
+                # sweep ran on this machine); a live worker's is waited for. The study is then whole when this
+                # command ends, and so are its summary and best.yaml.
+                if not (held := self.held_elsewhere()):
+                    return None
+                self.say_held(held, self.said)
+                return []
+            picked = [(trial, k, resumed, self.overrides_for(trial, k, resumed)) for trial, k, resumed in picked]
+        for trial, k, resumed, o in picked:
+            note = " (resumed: continues in its own directory from its last checkpoint, if any)"
+            values = " ".join(f"{key}={S.as_override_value(v)}" for key, v in trial.params.items())
+            seed = f" ({next(x for x in o if x.startswith('seed='))})" if self.replicates > 1 else ""
+            log.info(f"Trial {trial.number}{self.which(k)}{seed}{note if resumed else ''}: {values}")
+        return picked
 
-        def worker():
-            while not stop.is_set():
-                with lock:
-                    if not self.in_place():
-                        return self.moved_away()
-                    picked = []
-                    while len(picked) < batch and (p := self.next_unit()) is not None:
-                        picked.append(p)
-                    if not picked:
-                        # Done, unless another worker still holds a trial: a killed sweep's is taken over (at once
-                        # when that sweep ran on this machine); a live worker's is waited for. The study is then
-                        # whole when this command ends, and so are its summary and best.yaml.
-                        if not (held := self.held_elsewhere()):
-                            return
-                        self.say_held(held, said)
-                    else:
-                        overrides = [self.overrides_for(t, k, r) for t, k, r in picked]
-                if not picked:
-                    stop.wait(2.0)
+    def returned(self, picked: list, rets: list[JobReturn]):
+        """Record the runs that ended; a trial whose runs have all ended is told its value."""
+        with self.lock:
+            for (trial, k, _, _), ret in zip(picked, rets, strict=True):
+                entry = self.open[id_of(trial)]
+                ret.working_dir = str(self.trial_dir(trial, k))  # submitit's returns hold the job's cwd
+                if self.stop.is_set():  # interrupted: leave it running for a rerun to resume
+                    entry["running"].discard(k)
+                    self.beat(id_of(trial), 0.0)
                     continue
-                for (trial, k, resumed), o in zip(picked, overrides, strict=True):
-                    note = " (resumed: continues in its own directory from its last checkpoint, if any)"
-                    values = " ".join(f"{key}={S.as_override_value(v)}" for key, v in trial.params.items())
-                    which = (
-                        f" replicate {k} ({next(x for x in o if x.startswith('seed='))})" if self.replicates > 1 else ""
-                    )
-                    log.info(f"Trial {trial.number}{which}{note if resumed else ''}: {values}")
-                rets = self.launch(overrides, [t for t, _, _ in picked])
-                if not self.in_place():  # its trials failed for that, perhaps: nothing is recorded
-                    return self.moved_away()
-                with lock:
-                    for (trial, k, _), ret in zip(picked, rets, strict=True):
-                        entry = self.open[id_of(trial)]
-                        entry["running"].discard(k)
-                        ret.working_dir = str(self.trial_dir(trial, k))  # submitit's returns hold the job's cwd
-                        if stop.is_set():  # interrupted: leave it running for a rerun to resume
-                            self.beat(id_of(trial), 0.0)
-                            continue
-                        cost = self.fixed_cost(trial, Path(ret.working_dir))
-                        returns.append(ret)
-                        if self.replicates == 1:
-                            del self.open[id_of(trial)]
-                            state = self.record(trial, ret)
-                            log.info(f"Trial {trial.number} {state.name.lower()}: {ret.working_dir}{cost}")
-                            continue
-                        ended = self.record_replicate(trial, k, ret)
-                        log.info(f"Trial {trial.number} replicate {k} {ended}: {ret.working_dir}{cost}")
-                        if ended != "complete":
-                            entry["pending"].clear()  # a failed or pruned trial starts no more replicates
-                        if not entry["pending"] and not entry["running"]:
-                            state = self.finish(entry)
-                            log.info(f"Trial {trial.number} {state.name.lower()} ({self.replicates} replicates)")
+                cost = self.fixed_cost(trial, Path(ret.working_dir))
+                self.returns.append(ret)
+                ended = self.run_ended(entry, k, ret)
+                log.info(f"Trial {trial.number}{self.which(k)} {ended}: {ret.working_dir}{cost}")
+                if not entry["pending"] and not entry["running"]:
+                    state = self.finish(entry)
+                    if self.replicates > 1:
+                        log.info(f"Trial {trial.number} {state.name.lower()} ({self.replicates} replicates)")
 
-        def heartbeat():
-            last = time.monotonic()
-            while not stop.wait(min(1.0, self.heartbeat_s)):  # the folder checked every second, a beat when due
-                if not self.in_place():
-                    return self.moved_away()
-                if time.monotonic() - last >= self.heartbeat_s:
-                    last = time.monotonic()
-                    with lock:
-                        for trial_id in list(self.open):
-                            self.beat(trial_id)
+    def heartbeat(self):
+        """Every heartbeat_s, say this worker still runs its trials; every second, check the folder is in place."""
+        last = time.monotonic()
+        while not self.stop.wait(min(1.0, self.heartbeat_s)):
+            if not self.in_place():
+                return self.moved_away()
+            if time.monotonic() - last >= self.heartbeat_s:
+                last = time.monotonic()
+                with self.lock:
+                    for trial_id in list(self.open):
+                        self.beat(trial_id)
 
-        beats = threading.Thread(target=heartbeat, daemon=True)
-        beats.start()
-        slots = self.launcher.n_jobs if streaming else 1
-        # SIGTERM stops the sweep; in a SLURM job so does the requeue signal (scripts/slurm/sweep_worker.sbatch), and
-        # the worker then requeues itself: its restart resumes the released trials.
-        from nnlab.run.signals import in_slurm_batch_job, requeue_job, requeue_signal
+    def catch_stop_signals(self, received: list) -> dict:
+        """SIGTERM stops the sweep; in a SLURM job so does the requeue signal (scripts/slurm/sweep_worker.sbatch), and
+        the worker then requeues itself: its restart resumes the released trials. Returns the handlers replaced."""
+        from nnlab.run.signals import in_slurm_batch_job, requeue_signal
 
-        received = []
         stop_signals = {signal.SIGTERM}
         if in_slurm_batch_job():
             stop_signals.add(requeue_signal(self.config.slurm.signal))
-        previous = {
+        return {
             sig: signal.signal(sig, lambda signum, frame: _raise_interrupt(signum, received)) for sig in stop_signals
         }
-        try:
-            if slots == 1:
-                worker()
-            else:
-                threads = [threading.Thread(target=worker, daemon=True) for _ in range(slots)]
-                for t in threads:
-                    t.start()
-                while any(t.is_alive() for t in threads):
-                    for t in threads:
-                        t.join(0.2)
-        except KeyboardInterrupt:
-            stop.set()
-            if self.moved:
-                self.end_moved(lock)
-            log.warning("Interrupted: stopping the running trials; rerun the same command to resume them")
-            if hasattr(self.launcher, "terminate"):
-                self.launcher.terminate()
-            with lock:
-                for trial_id in list(self.open):
-                    self.beat(trial_id, 0.0)
-            self.report()
-            if received and received[0] != signal.SIGTERM and self.config.slurm.requeue and requeue_job():
-                raise SystemExit(0) from None
-            print(f"Interrupted; resume with the same command: {commands.line(['python', *sys.argv])}", flush=True)
-            raise SystemExit(128 + (received[0] if received else signal.SIGINT)) from None  # 130 Ctrl-C, 143 TERM
-        finally:
-            stop.set()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        if not self.in_place():
-            self.end_moved(lock)
+
+    def interrupted(self, received: list):
+        """Stopped: the running trials are stopped and released for a rerun to resume, the summary written; a SLURM
+        worker stopped by the requeue signal requeues itself. Exits 130 (Ctrl-C) or 128 + the signal."""
+        from nnlab.run.signals import requeue_job
+
+        self.stop.set()
+        if self.moved:
+            self.end_moved()
+        log.warning("Interrupted: stopping the running trials; rerun the same command to resume them")
+        if hasattr(self.launcher, "terminate"):
+            self.launcher.terminate()
+        with self.lock:
+            for trial_id in list(self.open):
+                self.beat(trial_id, 0.0)
         self.report()
-        return [returns]
+        if received and received[0] != signal.SIGTERM and self.config.slurm.requeue and requeue_job():
+            raise SystemExit(0) from None
+        again = commands.line([*commands.program(), *commands.arguments()])
+        print(f"Interrupted; resume with the same command: {again}", flush=True)
+        raise SystemExit(128 + (received[0] if received else signal.SIGINT)) from None  # 130 Ctrl-C, 143 TERM
 
     moved = False
 
@@ -779,13 +797,13 @@ class StudySweeper(Sweeper):
         self.moved = True
         _thread.interrupt_main()
 
-    def end_moved(self, lock):
+    def end_moved(self):
         """Stop the trials and end in one line: nothing more is written where the folder was."""
         if hasattr(self.launcher, "echo"):
             self.launcher.echo = False  # the stopped trials' own complaints stay in their console.log
         if hasattr(self.launcher, "terminate"):
             self.launcher.terminate()
-        with lock:
+        with self.lock:
             for trial_id in list(self.open):
                 try:
                     self.beat(trial_id, 0.0)  # released in the moved study, so a rerun there resumes it at once
@@ -829,7 +847,7 @@ class StudySweeper(Sweeper):
         if best:
             unfinished = S.incomplete(self.study)
             what = f"Best so far of an INCOMPLETE study ({unfinished})" if unfinished else "Best parameters"
-            again = commands.line(["python", sys.argv[0], "-cd", self.sweep_dir, f"experiment={best.stem}"])
+            again = commands.with_config_folder(self.sweep_dir, f"experiment={best.stem}")
             print(f"{what} as an experiment config: {best}\n  reproduce: {again}")
         if any(self.sweep_dir.glob("*/wandb/offline-run-*")):
             print(

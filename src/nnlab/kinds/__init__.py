@@ -100,11 +100,14 @@ def reads_from(reads: str, provides: str | None) -> bool:
 
 def import_kind(name: str | None, data_module: str):
     """Register kind `name` by importing the module of the data module that provides it (`data_module`, an import
-    path: examples.numeric_table.NumericTableDataModule), where it is not registered yet."""
+    path: nnlab.examples.numeric_table.NumericTableDataModule), where it is not registered yet."""
     import importlib
+
+    from nnlab.earlier import MOVED
 
     if name in KINDS or "." not in data_module:
         return
+    data_module = MOVED.get(data_module, data_module)
     module = data_module.rsplit(".", 1)[0]
     try:
         importlib.import_module(module)

@@ -67,7 +67,7 @@ def check_devices(accelerator: str, precision: str, devices):
         raise ConfigError(
             f"trainer.precision={precision} on a CPU without bf16 instructions ({cpu_name()}: no AVX512_BF16 or AMX "
             "on x86, no BF16 on Arm): autocast would emulate bf16, 8 to 20 times slower than 32-true on such a CPU "
-            "(README, Controls). Use trainer=cpu, or trainer=cpu_bf16 on a CPU that has them"
+            "(docs/configuration.md, Controls). Use trainer=cpu, or trainer=cpu_bf16 on a CPU that has them"
         )
     if accelerator in ("gpu", "cuda") and isinstance(devices, int) and devices > torch.cuda.device_count():
         raise ConfigError(

@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from nnlab import commands
 from nnlab.atomic import write_atomic
 from nnlab.errors import ConfigError
 from nnlab.run.signals import in_slurm_batch_job
@@ -184,8 +185,8 @@ def check_slurm(cfg: DictConfig):
     ntasks, nodes = int(env["SLURM_NTASKS"]), int(env.get("SLURM_NNODES", "1"))
     if "SLURM_STEP_ID" not in env:
         raise ConfigError(
-            f"this SLURM job has {ntasks} tasks, but train.py runs in the batch script itself: start "
-            "it with `srun python train.py ...`, which starts one process per task (scripts/slurm/)"
+            f"this SLURM job has {ntasks} tasks, but train.py runs in the batch script itself: start it with "
+            f"`srun {commands.line(commands.program())} ...`, which starts one process per task (scripts/slurm/)"
         )
     devices, num_nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1) or 1
     if isinstance(devices, int) and devices > 0 and (devices * num_nodes != ntasks or num_nodes != nodes):

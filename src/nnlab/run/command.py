@@ -59,8 +59,9 @@ def resume_latest(argv: list[str]) -> list[str]:
     if not any(a.lower() == "resume=latest" for a in args) or "-m" in args or "--multirun" in args:
         return argv
     others = [a for a in args if a.lower() != "resume=latest"]
-    root = Path(next((a.split("=", 1)[1] for a in others if a.startswith("paths.log_dir=")), "outputs"))
-    from nnlab import commands
+    from nnlab import commands, config
+
+    root = Path(next((a.split("=", 1)[1] for a in others if a.startswith("paths.log_dir=")), config.home("outputs")))
     from nnlab.runs import latest_to_resume
 
     found = latest_to_resume(root, others)

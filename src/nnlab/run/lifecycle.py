@@ -156,6 +156,11 @@ class Run:
             record.claim(self.out, str(cfg.run_id), self.threads)
             self.described = True  # this start is the run's record (a refused command never is)
         self.log_file = open_log(self.out, env_rank())
+        if self.rank_zero:
+            log.info(
+                f"Data in {Path(cfg.paths.data_dir).resolve()} (paths.data_dir); this run in {self.out} (paths.log_dir="
+                f"{cfg.paths.log_dir})"
+            )
         if self.rank_zero and (shared := shared_root(self.out, Path(cfg.paths.log_dir))):
             log.warning(
                 f"{shared} can be written by other users: one of them could plant files or links under the names of "

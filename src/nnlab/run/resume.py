@@ -6,11 +6,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from nnlab import commands
+from nnlab import commands, earlier
 from nnlab import optim as optimization
 from nnlab.commands import shell_command
 from nnlab.errors import CheckpointError, ConfigError
-from nnlab.objectives import from_legacy
 
 log = logging.getLogger("nnlab")
 
@@ -51,7 +50,7 @@ def check_same_run(out: Path, cfg: DictConfig):
         log.warning(f"cannot read {record} ({type(e).__name__}): this command is not checked against the run's")
         return
     if isinstance(recorded.get("model"), dict):  # older runs recorded the objective, optimizer and schedule by name
-        recorded["model"] = optimization.from_legacy(from_legacy(recorded["model"]))
+        recorded["model"] = earlier.model_settings(recorded["model"])
     budget = recorded.get("budget")
     if isinstance(budget, dict) and "exact" not in budget:  # recorded before budget.exact: by the callback it set
         budget["exact"] = ((recorded.get("callbacks") or {}).get("training_budget") or {}).get("exact")

@@ -10,8 +10,7 @@ import logging
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nnlab import objectives
-from nnlab import optim as optimization
+from nnlab import earlier
 from nnlab.run.checks import check_pairing
 
 log = logging.getLogger("nnlab")
@@ -93,7 +92,7 @@ def settle(cfg: DictConfig, run_id: str | None) -> tuple[DictConfig, object | No
             checkpoint = read_checkpoint(cfg.ckpt_path)
             evaluated = model_from_checkpoint(checkpoint, cfg.ckpt_path)
             recorded_by_checkpoint = {k: checkpoint.get(k) for k in ("hyper_parameters", "preprocessing", "nnlab")}
-            settings = optimization.from_legacy(objectives.from_legacy(checkpoint["hyper_parameters"]))
+            settings = earlier.model_settings(checkpoint["hyper_parameters"])
             cfg.model = {"_target_": "nnlab.module.Classifier", **settings}  # in today's form, as config.yaml says
             recorded = checkpoint.get("nnlab", {}).get("data") or {}
             trained_on = checkpoint.get("nnlab", {}).get("choices", {}).get("data")

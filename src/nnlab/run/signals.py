@@ -110,8 +110,11 @@ def job_id() -> str:
 
 
 def requeue_job() -> bool:
-    """`scontrol requeue` this job: SLURM ends it and queues it again under the same id (SLURM_RESTART_COUNT + 1)."""
+    """`scontrol requeue` this job: SLURM ends it and queues it again under the same id (SLURM_RESTART_COUNT + 1).
+    Called as the process ends, its checkpoint written: SIGTERM is ignored from here on, since SLURM sends it as soon
+    as the job is requeued, and it could otherwise end this process before it has said so."""
     job = job_id()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -56,7 +56,7 @@ def read_table(path: Path, label: str) -> tuple[list[str], torch.Tensor, list[st
     """The feature columns, their values (rows x columns) and each row's label; a DatasetError naming the file, the
     line and the column of anything that is not a row of numbers with a label."""
     if not path.is_file():
-        raise DatasetError(f"data.path={path}: no such file; give a CSV file with a header row (README, Extending)")
+        raise DatasetError(f"data.path={path}: no such file; give a CSV file with a header row (docs/extending.md)")
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
