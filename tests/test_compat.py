@@ -76,6 +76,8 @@ LSTM_STOPPED_0_1_0 = ROOT / "tests" / "fixtures" / "lstm-0.1.0-stopped"  # the s
 LSTM_RUN = ["model=lstm", "model.arch.embed_dim=16", "model.arch.hidden=8", "model.lr=0.01", "trainer.max_epochs=12",
             "logger=csv", *TINY_TEXT]  # fmt: skip
 LSTM_TEST_LOSS = 0.6739226579666138  # its best checkpoint's (epoch 2 of 12; test/acc 1.0), as 0.1.0 recorded it
+# on an Intel Xeon; an AMD EPYC's vector kernels give 0.6739227175712585 (the last bits of a float32 sum)
+SAME_LOSS = pytest.approx(LSTM_TEST_LOSS, rel=1e-6)
 
 
 def test_a_0_1_0_lstm_checkpoint_loads_safely_and_without_hydra():
@@ -92,7 +94,7 @@ def test_a_0_1_0_lstm_checkpoint_evaluates_to_its_recorded_loss_and_predicts(tmp
     train("train=false", f"ckpt_path={LSTM_0_1_0}", "logger=csv", f"hydra.run.dir={run_dir}",
           f"paths.data_dir={imdb_dir}", f"paths.cache_dir={tmp_path / 'cache'}")  # fmt: skip
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["test/loss"] == LSTM_TEST_LOSS and metrics["test/acc"] == 1.0
+    assert metrics["test/loss"] == SAME_LOSS and metrics["test/acc"] == 1.0
     proc = predict(LSTM_0_1_0, "a wonderful moving film, great acting")
     assert proc.stdout.split()[0] == "positive", proc.stdout
 
@@ -107,5 +109,5 @@ def test_a_0_1_0_lstm_run_stopped_and_moved_resumes_to_the_uninterrupted_result(
           f"paths.cache_dir={tmp_path / 'cache'}")  # fmt: skip
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 12 and metrics["checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt")
-    assert metrics["test/loss"] == LSTM_TEST_LOSS
+    assert metrics["test/loss"] == SAME_LOSS
     assert torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == 1
