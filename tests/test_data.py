@@ -33,7 +33,8 @@ def test_missing_dataset_with_no_network(tmp_path, monkeypatch):
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     with pytest.raises(DatasetError, match=r"the download failed .*point data.data_dir \(or NNLAB_DATA_DIR\)"):
-        datamodule(tmp_path, download=True).prepare_data()
+        datamodule(tmp_path / "data", download=True).prepare_data()
+    assert list(tmp_path.iterdir()) == []  # no empty data/MNIST/raw left behind
 
 
 @pytest.mark.parametrize("damage", ["magic", "truncate"])

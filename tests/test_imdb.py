@@ -56,7 +56,8 @@ def test_interrupted_extraction_is_not_trusted(tmp_path):
 
 def test_missing_data_without_network_says_where_and_how(tmp_path):
     with pytest.raises(DatasetError, match=r"download of .* failed .*Put aclImdb_v1.tar.gz"):
-        prepare_aclimdb(tmp_path, download=True, url=NO_NETWORK)
+        prepare_aclimdb(tmp_path / "data", download=True, url=NO_NETWORK)
+    assert list(tmp_path.iterdir()) == []  # no empty data folder, no partial archive
     with pytest.raises(DatasetError, match="data.download=false"):
         prepare_aclimdb(tmp_path, download=False)
 

@@ -17,6 +17,23 @@ class LinkError(UserError, OSError):
     """A symbolic link where nnlab writes a file of its own."""
 
 
+@contextmanager
+def folders_kept_if_used(path):
+    """Yield; if the block raises, the folders it made for `path` (`path` and its parents that did not exist) are
+    removed where they are still empty: a download that failed leaves the data folder as it found it."""
+    path = Path(path).absolute()
+    made = [p for p in (path, *path.parents) if not p.exists()]  # the deepest first
+    try:
+        yield
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty, or gone: the folders above hold it
+                break
+        raise
+
+
 def refuse_link(path: Path, what: str = ""):
     """A LinkError naming `path` and where it points, if it is a symbolic link."""
     path = Path(path)

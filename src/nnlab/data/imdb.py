@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from nnlab.atomic import atomic_open
+from nnlab.atomic import atomic_open, folders_kept_if_used
 from nnlab.data import files_fingerprint, read_cache, split_record, text_fingerprints, writable_cache_dir
 from nnlab.data.batches import BucketBatches, placement
 from nnlab.data.text import PAD, clean, encode, train_tokenizer, truncate_flat
@@ -62,11 +62,12 @@ def prepare_aclimdb(data_dir: Path, download: bool, url: str = URL, md5: str = M
                "data.data_dir (or NNLAB_DATA_DIR) at the folder that holds it.")
         if not download:
             raise DatasetError(f"IMDB not found in {data_dir.resolve()} and data.download=false. {how}")
-        data_dir.mkdir(parents=True, exist_ok=True)
         try:
             log.info(f"downloading {url} to {archive}")
-            with urllib.request.urlopen(url, timeout=60) as response, atomic_open(archive) as f:
-                shutil.copyfileobj(response, f, 1 << 20)
+            with folders_kept_if_used(data_dir):
+                data_dir.mkdir(parents=True, exist_ok=True)
+                with urllib.request.urlopen(url, timeout=60) as response, atomic_open(archive) as f:
+                    shutil.copyfileobj(response, f, 1 << 20)
         except OSError as e:
             raise DatasetError(f"IMDB not found in {data_dir.resolve()} and the download of {url} failed ({e}). {how}") from e
     if (found := md5sum(archive)) != md5:

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from torchvision.datasets import MNIST
 
+from nnlab.atomic import folders_kept_if_used
 from nnlab.data import fingerprints, split_record
 from nnlab.data.batches import TensorBatches, placement
 from nnlab.data.images import random_affine
@@ -104,7 +105,8 @@ class MNISTDataModule(L.LightningDataModule):
         if not self.hparams.download:
             raise DatasetError(f"MNIST not found in {where} and data.download=false. {how}")
         try:
-            MNIST(self.root, train=True, download=True)
+            with folders_kept_if_used(self.raw):
+                MNIST(self.root, train=True, download=True)
         except Exception as e:  # torchvision tries several mirrors and raises once all have failed
             reason = " ".join(str(e).split())  # torchvision lists every mirror on its own lines
             raise DatasetError(f"MNIST not found in {where} and the download failed ({reason}). {how}") from e
