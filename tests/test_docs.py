@@ -48,7 +48,9 @@ FEW_STEPS = {"trainer.limit_train_batches": "2", "trainer.limit_val_batches": "1
 PATHS = {  # a placeholder in a documented path: what the tests put there
     "outputs/.../checkpoints/best.ckpt": "checkpoint", "<checkpoint>": "checkpoint",
     "outputs/<run>/checkpoints/best.ckpt": "last run", "outputs/<date>/<time>_<id>/checkpoints/best.ckpt":
-    "last run", "outputs/sweeps/<study>": "sweep"}  # fmt: skip
+    "last run", "outputs/sweeps/<study>": "sweep", "outputs/<mnist-run>/checkpoints/best.ckpt": "image",
+    "outputs/<imdb-run>/checkpoints/best.ckpt": "text",
+    "outputs/<speech-run>/checkpoints/best.ckpt": "audio"}  # fmt: skip
 
 
 def pages() -> list[Path]:
@@ -97,6 +99,8 @@ def program(words: list[str]) -> tuple[str, list[str]] | None:
         return "nnlab", words[1:]
     if words[:3] == ["python", "-m", "nnlab.predict"]:
         return "nnlab predict", words[3:]
+    if words[:1] == ["python"] and words[1:2] and words[1].endswith(".py") and words[1] != "train.py":
+        return "python", words[1:]  # a program the docs show (```python title="classify.py")
     return None
 
 
@@ -155,7 +159,8 @@ class Sandbox:
         if what in ("train.py", "nnlab train"):
             args = args + self.few_steps(args)
         argv = {"train.py": [sys.executable, str(ROOT / "train.py")], "nnlab train": [str(NNLAB), "train"],
-                "nnlab": [str(NNLAB)], "nnlab predict": [str(NNLAB), "predict"]}[what] + args  # fmt: skip
+                "nnlab": [str(NNLAB)], "nnlab predict": [str(NNLAB), "predict"],
+                "python": [sys.executable]}[what] + args  # fmt: skip
         proc = subprocess.run(argv, cwd=self.folder, env=self.env(), capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"`{shlex.join(words)}` ({shlex.join(argv)}) failed:\n{proc.stderr[-4000:]}"
         return proc
@@ -188,6 +193,8 @@ class Sandbox:
         if what == "last run":
             runs = sorted((outputs.glob("*/*/checkpoints/best.ckpt")), key=lambda p: p.stat().st_mtime)
             return runs[-1] if runs else self.checkpoint("image")
+        if what in ("image", "text", "audio"):
+            return self.checkpoint(what)
         if what == "sweep":
             if not list(outputs.glob("sweeps/*/study.db")):
                 self.run(["python", "train.py", "-m", "model=mlp", "model.lr=1e-3,3e-3"])

@@ -16,8 +16,8 @@ from nnlab.data.speech import (
     decode,
     load_or_build_cache,
     prepare_speech_commands,
-    wav_is_truncated,
 )
+from nnlab.inputs import wav_is_truncated
 from tests.helpers import SPEECH_WORDS, make_speech_commands
 
 SETTINGS = dict(
@@ -158,6 +158,15 @@ def test_cache_is_reused_rebuilt_on_change_and_never_read_half_written(tree, cap
 def test_missing_data_is_named(tmp_path):
     with pytest.raises(DatasetError, match="data.download=false"):
         prepare_speech_commands(tmp_path / "nowhere", download=False)
+
+
+def test_a_failed_download_is_named_and_leaves_no_folder(tmp_path, monkeypatch):
+    # A proxy on a closed local port: torchaudio's download fails at once, as with no network.
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    with pytest.raises(DatasetError, match=r"the download of Speech Commands into .* failed .*Extract"):
+        prepare_speech_commands(tmp_path / "data", download=True)
+    assert list(tmp_path.iterdir()) == []  # no data folder, no staging folder
 
 
 def speakers(dm, split):

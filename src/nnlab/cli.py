@@ -1,5 +1,5 @@
 """The `nnlab` command: `nnlab train` (one run, or a sweep with -m: the command line of `python train.py`),
-`nnlab predict`, `nnlab runs`, `nnlab report`. `python -m nnlab ...` is the same command."""
+`nnlab predict`, `nnlab export`, `nnlab runs`, `nnlab report`. `python -m nnlab ...` is the same command."""
 
 from nnlab import timeline  # noqa: F401  first: a run's clock starts before the heavy imports
 
@@ -10,10 +10,15 @@ import sys
 
 COMMANDS = {
     "train": ("nnlab.train", "train and test a model, or sweep with -m (Hydra overrides: nnlab train model=cnn)"),
-    "predict": ("nnlab.predict", "classify images, texts or audio files with a checkpoint"),
+    "predict": ("nnlab.predict", "classify images, texts or audio files with a checkpoint or an export"),
+    "export": ("nnlab.export", "export a checkpoint to ONNX and torch.export, for use without nnlab's training code"),
     "runs": ("nnlab.runs", "list the runs under outputs/, or compare two (runs diff A B)"),
     "report": ("nnlab.report", "write a sweep's report.html and plots"),
 }
+
+
+# What `pip install "nnlab[train]"` adds to nnlab's own dependencies (`nnlab[runtime]` predicts with exports alone).
+TRAINING = ("torch", "torchvision", "torchaudio", "lightning", "hydra", "omegaconf", "torchmetrics", "wandb", "optuna")
 
 
 def usage() -> str:
@@ -43,7 +48,14 @@ def main() -> int | None:
     if name not in COMMANDS:
         print(f"Error: nnlab has no command {name!r}: one of {', '.join(COMMANDS)} (nnlab --help)", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] in TRAINING:
+            print(f"Error: nnlab {name} needs the training packages ({e.name} is not installed): "
+                  "pip install 'nnlab[train]'", file=sys.stderr)  # fmt: skip
+            return 1
+        raise
     if name == "train":
         from nnlab import commands
 

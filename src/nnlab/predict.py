@@ -1,6 +1,7 @@
-"""Classify new inputs with a checkpoint alone: no dataset, no Hydra config.
+"""Classify new inputs with a checkpoint alone, or with its export: no dataset, no Hydra config.
 
     python -m nnlab.predict CHECKPOINT "A gripping film." "Two hours I will never get back."
+    python -m nnlab.predict EXPORT photo.jpg       (a folder of nnlab export, or its model.onnx: ONNX Runtime, no torch)
     python -m nnlab.predict CHECKPOINT --file reviews.txt      (one review per line; - reads stdin)
     python -m nnlab.predict CHECKPOINT clip.wav other.wav      (a speech model: WAV files, any rate)
     python -m nnlab.predict CHECKPOINT photo.jpg scan.png      (an image model: PNG, JPEG, BMP, any size)
@@ -11,6 +12,7 @@ Inputs that cannot be read are reported on stderr and the others are still class
 The checkpoint is read with torch.load(weights_only=True); the preprocessing it needs (a text
 model's tokenizer and maximum length, a speech model's sample rate and clip length, an image model's size,
 channels and normalisation) was stored in it at training time, and its kind of data (nnlab.kinds) reads the inputs.
+An export is read with its nnlab.json, by the same kind of data, so both give the same classes.
 """
 
 import argparse
@@ -18,18 +20,30 @@ import sys
 import unicodedata
 from pathlib import Path
 
+import numpy as np
+
 from nnlab.errors import UserError
-from nnlab.kinds import PredictError, import_kind, kind
+from nnlab.exported import Export, is_export
+from nnlab.inputs import is_file
+from nnlab.kinds import PredictError, classify, import_kind, kind
 
 # torch and Lightning are imported where a checkpoint is read: --help and a mistyped option answer at once.
 
 
 def load(path) -> tuple:
     """The model (a Classifier, eval mode, CPU) and the preprocessing record of a checkpoint."""
+    model, preprocessing, _ = read(path)
+    return model, preprocessing
+
+
+def read(path) -> tuple:
+    """The model of a checkpoint (a Classifier, eval mode, CPU), its preprocessing record and the checkpoint; a
+    CheckpointError or PredictError naming the file where it cannot classify raw inputs."""
     from nnlab.checkpoint import model_from_checkpoint, read_checkpoint
 
     path = Path(path)
     checkpoint = read_checkpoint(path)
+    model = model_from_checkpoint(checkpoint, path)  # first: a checkpoint of another project is named as such
     preprocessing = checkpoint.get("preprocessing")
     if preprocessing is None:
         raise PredictError(
@@ -39,7 +53,7 @@ def load(path) -> tuple:
     data_module = ((checkpoint.get("nnlab") or {}).get("data") or {}).get("_target_")
     if data_module:  # a kind of one's own (nnlab.examples.numeric_table) registers on import of its module
         import_kind(preprocessing.get("kind"), data_module)
-    return model_from_checkpoint(checkpoint, path), preprocessing
+    return model, preprocessing, checkpoint
 
 
 def predict(model, preprocessing: dict, inputs: list[str], batch_size: int = 256) -> list:
@@ -67,7 +81,7 @@ def read_inputs(args, takes_paths: bool) -> list[str]:
         if empty:
             raise PredictError(f"text argument(s) {empty} are empty; give each text something to classify")
         if not takes_paths:
-            paths = [t for t in args.text if len(t) < 4096 and "\n" not in t and Path(t).is_file()]
+            paths = [t for t in args.text if len(t) < 4096 and "\n" not in t and is_file(t)]
             if paths:
                 raise PredictError(
                     f"{paths[0]!r} is a file path, not a review: a text model classifies the text "
@@ -143,7 +157,9 @@ def at_least_one(value: str) -> int:
 def main(argv=None, prog: str = "python -m nnlab.predict"):
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "checkpoint", help="a checkpoint written by train.py (for example <run dir>/checkpoints/best.ckpt)"
+        "checkpoint",
+        help="a checkpoint written by train.py (for example <run dir>/checkpoints/best.ckpt), or an export of one "
+        "(the folder nnlab export wrote, or its model.onnx)",
     )
     parser.add_argument(
         "text",
@@ -165,12 +181,27 @@ def main(argv=None, prog: str = "python -m nnlab.predict"):
     if bool(args.text) == (args.file is not None):
         parser.error("give texts as arguments or --file, one of the two")
     try:
-        model, preprocessing = load(args.checkpoint)
-        reader = kind(preprocessing.get("kind"))
-        inputs = read_inputs(args, reader.takes_paths)
-        if not inputs:
-            raise PredictError(f"--file {args.file} holds no non-empty lines")
-        results = predict(model, preprocessing, inputs)
+        if is_export(args.checkpoint):
+            export = Export(args.checkpoint)
+            preprocessing = export.preprocessing
+            reader = kind(preprocessing.get("kind"))
+            inputs = read_inputs(args, reader.takes_paths)
+            if not inputs:
+                raise PredictError(f"--file {args.file} holds no non-empty lines")
+            results = classify(reader, preprocessing, inputs, export.probabilities)
+        else:
+            try:
+                model, preprocessing = load(args.checkpoint)
+            except ModuleNotFoundError as e:
+                raise PredictError(
+                    f"reading a checkpoint needs PyTorch ({e.name} is not installed): pip install 'nnlab[train]', or "
+                    "predict with its export (nnlab export, where PyTorch is installed)"
+                ) from None
+            reader = kind(preprocessing.get("kind"))
+            inputs = read_inputs(args, reader.takes_paths)
+            if not inputs:
+                raise PredictError(f"--file {args.file} holds no non-empty lines")
+            results = predict(model, preprocessing, inputs)
     except UserError as e:
         sys.exit(f"error: {e}")
     names = preprocessing.get("class_names")
@@ -183,11 +214,9 @@ def main(argv=None, prog: str = "python -m nnlab.predict"):
             continue
         probs, spans = result
         text = reader.shown(text)
-        for i, p in enumerate(probs):
-            top = p.topk(min(k, len(p)))
-            guesses = "  ".join(
-                f"{names[c] if names else c} {v:.3f}" for v, c in zip(top.values.tolist(), top.indices.tolist())
-            )
+        for i, p in enumerate(np.asarray(probs, dtype=np.float64)):
+            top = np.argsort(-p, kind="stable")[:k]
+            guesses = "  ".join(f"{names[c] if names else c} {p[c]:.3f}" for c in top.tolist())
             where = "" if spans is None or len(spans) == 1 else f" [{spans[i][0]:.1f}-{spans[i][1]:.1f} s]"
             print(f"{guesses}\t{printable(text)}{where}")  # a file's path is shown whole
     if failed:

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from nnlab import inputs
 from nnlab.atomic import atomic_open
 from nnlab.data import (
     check_shares,
@@ -40,35 +41,9 @@ CACHE_VERSION = 2  # 2: splits by hash, with their record and each image's finge
 
 
 def load_image(path, channels: int, size: int, fit: str):
-    """One image file as a (channels, size, size) uint8 tensor, or the reason it is unusable.
-
-    Returns (pixels or None, problem or None, converted (another mode), resized (another size), (width, height)
-    when it has more pixels than PIL calls safe (PIL's warning is silenced by decode_all) else None). fit=crop scales
-    the shorter side to `size` and keeps the middle (torchvision's Resize + CenterCrop); stretch scales both sides."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            huge = img.size if img.size[0] * img.size[1] > (Image.MAX_IMAGE_PIXELS or float("inf")) else None
-            img.load()
-            mode = "L" if channels == 1 else "RGB"
-            converted, resized = img.mode != mode, img.size != (size, size)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                img = img.convert("RGBA")  # transparent pixels onto white, not onto black
-                white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, img)
-            img = img.convert(mode)
-            if resized:
-                img = ImageOps.fit(img, (size, size), Image.BILINEAR) if fit == "crop" \
-                    else img.resize((size, size), Image.BILINEAR)
-            pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    except UnidentifiedImageError:
-        return None, "not an image PIL can read", False, False, None
-    except Image.DecompressionBombError as e:
-        return None, f"too large to decode safely ({str(e).split('pixels')[0].strip()} pixels)", False, False, None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated, damaged
-        return None, f"unreadable ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})", False, False, None
-    return pixels.view(size, size, channels).permute(2, 0, 1).contiguous(), None, converted, resized, huge
+    """nnlab.inputs.load_image with the pixels as a (channels, size, size) uint8 tensor."""
+    pixels, *rest = inputs.load_image(path, channels, size, fit)
+    return (None if pixels is None else torch.from_numpy(pixels), *rest)
 
 
 def random_affine(x, rotate: float, scale: float, translate: float, fill, flip: bool = False):

@@ -12,14 +12,14 @@ import logging
 import os
 import random
 import shutil
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from nnlab.atomic import atomic_open
+from nnlab import inputs
+from nnlab.atomic import atomic_open, folders_kept_if_used
 from nnlab.data import files_fingerprint, fingerprints, hashed_split, read_cache, split_record, writable_cache_dir
 from nnlab.data.batches import SplitLoaders, TensorBatches, placement
 from nnlab.errors import ConfigError, DatasetError
@@ -59,29 +59,30 @@ def prepare_speech_commands(data_dir: Path, download: bool) -> Path:
 
     staging = data_dir / f".speech_commands.partial{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     archive = data_dir / ARCHIVE
-    try:
-        if archive.is_file():  # a complete earlier download: torchaudio extracts it without downloading
-            os.link(archive, staging / ARCHIVE)
-        log.info(f"downloading and extracting Speech Commands v0.02 (2.3 GB) under {staging}")
+    with folders_kept_if_used(data_dir):  # a failed download leaves no empty folder
+        staging.mkdir(parents=True)
         try:
-            SPEECHCOMMANDS(staging, download=True)
-        except Exception as e:
-            raise DatasetError(
-                f"the download of Speech Commands into {data_dir.resolve()} failed ({e}). Extract "
-                f"speech_commands_v0.02.tar.gz into {root.resolve()} yourself, or retry."
-            ) from e
-        if not archive.is_file():
-            os.replace(staging / ARCHIVE, archive)  # kept: a deleted dataset folder is extracted again offline
-        root.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(staging / FOLDER, root)
-        except OSError:
-            if not root.is_dir():  # else another process (a DDP rank) finished first: use its copy
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            if archive.is_file():  # a complete earlier download: torchaudio extracts it without downloading
+                os.link(archive, staging / ARCHIVE)
+            log.info(f"downloading and extracting Speech Commands v0.02 (2.3 GB) under {staging}")
+            try:
+                SPEECHCOMMANDS(staging, download=True)
+            except Exception as e:
+                raise DatasetError(
+                    f"the download of Speech Commands into {data_dir.resolve()} failed ({e}). Extract "
+                    f"speech_commands_v0.02.tar.gz into {root.resolve()} yourself, or retry."
+                ) from e
+            if not archive.is_file():
+                os.replace(staging / ARCHIVE, archive)  # kept: a deleted dataset folder is extracted again offline
+            root.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(staging / FOLDER, root)
+            except OSError:
+                if not root.is_dir():  # else another process (a DDP rank) finished first: use its copy
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return root
 
 
@@ -113,61 +114,17 @@ def classes_for(root: Path, labels: str) -> list[str]:
     return found
 
 
-def wav_is_truncated(path: Path) -> bool:
-    """True when a RIFF/WAVE file's data chunk claims more bytes than the file holds.
-
-    libsndfile reads such a file without complaint (it shortens the frame count), so a download cut
-    short would pass as a short clip; the header says what the file should hold."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return False
-        pos = 12
-        while pos + 8 <= size:
-            f.seek(pos)
-            chunk, length = struct.unpack("<4sI", f.read(8))
-            if chunk == b"data":
-                return pos + 8 + length > size
-            pos += 8 + length + (length & 1)
-    return False
-
-
 def decode(path: str, sample_rate: int, samples: int | None):
     """One clip as an int16 tensor of `samples` samples at `sample_rate`, mono; or the reason it is unusable.
 
     Returns (clip or None, problem or None, was_stereo, was_resampled). Shorter clips are padded with
-    silence on both sides, longer ones keep their middle; samples=None keeps the whole file."""
-    import soundfile as sf
-
-    try:
-        if wav_is_truncated(Path(path)):
-            return None, "truncated", False, False
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:  # unreadable: not audio, a format libsndfile does not know, missing
-        reason = getattr(e, "error_string", None) or str(e).splitlines()[0][:80]  # libsndfile's reason alone
-        return None, f"unreadable ({reason})", False, False
-    if data.shape[0] == 0:
-        return None, "empty", False, False
-    wave = torch.from_numpy(data).mean(1)  # (frames,): stereo is downmixed
-    stereo, resampled = data.shape[1] > 1, rate != sample_rate
-    if resampled:
-        import torchaudio.functional as AF
-
-        wave = AF.resample(wave, rate, sample_rate)
+    silence on both sides, longer ones keep their middle; samples=None keeps the whole file (nnlab.inputs)."""
+    wave, problem, stereo, resampled = inputs.read_audio(path, sample_rate)
+    if problem:
+        return None, problem, False, False
     if samples is not None:
-        wave = fit_length(wave, samples)
-    clip = (wave.clamp(-1, 1) * 32767).round().to(torch.int16)
-    return clip, None, stereo, resampled
-
-
-def fit_length(wave: torch.Tensor, samples: int) -> torch.Tensor:
-    """A clip of exactly `samples` samples: a shorter one padded with silence on both sides, a longer one's middle."""
-    if len(wave) >= samples:
-        start = (len(wave) - samples) // 2
-        return wave[start : start + samples]
-    left = (samples - len(wave)) // 2
-    return torch.nn.functional.pad(wave, (left, samples - len(wave) - left))
+        wave = inputs.fit_length(wave, samples)
+    return torch.from_numpy(inputs.as_int16(wave)), None, stereo, resampled
 
 
 def decode_all(paths: list[str], sample_rate: int, samples: int, workers: int) -> list:

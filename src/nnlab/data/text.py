@@ -1,18 +1,8 @@
 """What every text data set shares: cleaning, the word-level tokenizer, flat token storage and its truncation."""
 
-import re
-
 import torch
 
-BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-
-
-def clean(text: str) -> str:
-    """`<br />` line breaks and runs of white space become single spaces."""
-    return " ".join(BREAK.sub(" ", text).split())
-
-
-PAD, UNK = 0, 1  # token ids reserved by the tokenizer
+from nnlab.inputs import PAD, UNK, clean  # noqa: F401  one cleaning and one pair of reserved ids everywhere
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int):

@@ -57,10 +57,37 @@ class Kind:
         samples: (input, label, probabilities, wrong), misclassified first, each group most confident first."""
         return {}
 
-    # --- predict
+    # --- predict, and the model as exported (nnlab export): an input read with NumPy alone, then a preparation
+    def raw(self, preprocessing: dict, item: str) -> tuple[list, list | None]:
+        """One input (a file's path, or a text) as an exported model reads it, with NumPy alone (nnlab.inputs): (rows,
+        one array per sample or window, each window's (start, end) in seconds or None); a PredictError saying why it
+        cannot be read. A kind that defines raw, stack, preparation and describe is exported by nnlab export and
+        read by predict on a checkpoint and on an export alike."""
+        raise NotImplementedError
+
+    def stack(self, rows: list):
+        """Rows of raw() as one batch array: the exported model's input."""
+        import numpy as np
+
+        return np.stack(rows)
+
+    def preparation(self, preprocessing: dict):
+        """A torch module from a batch of stack() (as a tensor) to the network's input: what training did to the data
+        after it was read (nnlab.served)."""
+        raise NotImplementedError
+
+    def describe(self, preprocessing: dict) -> dict:
+        """The exported model's input for another program: name, dtype, shape and how an input is prepared."""
+        raise NotImplementedError
+
+    @property
+    def exportable(self) -> bool:
+        return type(self).raw is not Kind.raw
+
     def read(self, preprocessing: dict, path: str):
-        """One input file as the model reads it: (x holding one or more windows, each window's (start, end) in
-        seconds or None), prepared as the training data was; a PredictError saying why it cannot be."""
+        """One input as the model reads it: (x holding one or more windows, each window's (start, end) in seconds or
+        None), prepared as the training data was; a PredictError saying why it cannot be. A kind of one's own may
+        define this instead of raw() and preparation() (it is then not exported)."""
         raise PredictError(f"predict does not read {self.name!r} inputs")
 
     def predict(self, model, preprocessing: dict, inputs: list[str], batch_size: int = 256) -> list:
@@ -68,6 +95,11 @@ class Kind:
         why it cannot be classified; the others are still classified."""
         import torch
 
+        if self.exportable:
+            from nnlab.served import Served
+
+            served = Served(model, preprocessing)
+            return classify(self, preprocessing, inputs, lambda batch: served(torch.from_numpy(batch))[0], batch_size)
         results = []
         for path in inputs:
             try:
@@ -82,6 +114,32 @@ class Kind:
     def shown(self, text: str) -> str:
         """An input as predict prints it beside its classes (a file's path whole)."""
         return text
+
+
+def classify(kind: Kind, preprocessing: dict, inputs: list[str], score, batch_size: int = 256) -> list:
+    """For each input: (probabilities (rows, classes), spans), or the PredictError saying why it cannot be read.
+    `score` gives a batch's probabilities from its array (stack() of up to `batch_size` rows of raw()): the checkpoint
+    in PyTorch or the exported graph in ONNX Runtime, so both read every input the same way."""
+    import numpy as np
+
+    results, rows = [], []
+    for item in inputs:
+        try:
+            these, spans = kind.raw(preprocessing, item)
+        except PredictError as e:
+            results.append(e)
+            continue
+        results.append((len(these), spans))
+        rows += these
+    scored = [np.asarray(score(kind.stack(rows[i : i + batch_size]))) for i in range(0, len(rows), batch_size)]
+    probabilities = np.concatenate(scored) if scored else None
+    start = 0
+    for i, result in enumerate(results):
+        if not isinstance(result, PredictError):
+            n, spans = result
+            results[i] = (probabilities[start : start + n], spans)
+            start += n
+    return results
 
 
 class TensorKind(Kind):

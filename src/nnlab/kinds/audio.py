@@ -44,24 +44,39 @@ class AudioKind(Kind):
 
         return {"test/clips": table}
 
-    def read(self, preprocessing, path):
-        """The file's windows (N, samples) in [-1, 1): one clip-length window (padded with silence when shorter),
-        or for a longer file windows half a clip apart, the last one ending at the file's end."""
-        import torch
+    def raw(self, preprocessing, path):
+        """The file's windows as float32 samples in [-1, 1): mono at the model's rate, quantised to 16 bits as the
+        training clips were; one clip-length window (padded with silence when shorter), or for a longer file windows
+        half a clip apart, the last one ending at the file's end (nnlab.inputs.audio_windows)."""
+        from nnlab.inputs import as_int16, audio_windows, is_file, read_audio
 
-        from nnlab.data.speech import decode, fit_length
-
-        rate, n = preprocessing["sample_rate"], preprocessing["samples"]
-        if not Path(path).is_file():
+        if not is_file(path):
             raise PredictError(f"{path} is not a file; give the paths of audio files (WAV, FLAC, ...)")
-        whole, problem, _, _ = decode(path, rate, None)
+        rate = preprocessing["sample_rate"]
+        wave, problem, _, _ = read_audio(path, rate)
         if problem:
             raise PredictError(f"{path} is {problem}: it cannot be classified")
-        if len(whole) <= n * 1.25:  # up to a little longer than a clip: one clip, as training read it
-            start = max(0.0, (len(whole) - n) / 2 / rate)
-            return fit_length(whole, n)[None].float() / 32768, [(start, start + n / rate)]
-        starts = list(range(0, len(whole) - n + 1, n // 2))
-        if starts[-1] + n < len(whole):
-            starts.append(len(whole) - n)
-        windows = torch.stack([whole[s : s + n] for s in starts]).float() / 32768
-        return windows, [(s / rate, (s + n) / rate) for s in starts]
+        windows, spans = audio_windows(as_int16(wave), rate, preprocessing["samples"])
+        return list(windows), spans
+
+    def preparation(self, preprocessing):
+        from torch import nn
+
+        return nn.Identity()  # the network computes its features from the samples
+
+    def describe(self, preprocessing):
+        rate, n = preprocessing["sample_rate"], preprocessing["samples"]
+        return {
+            "name": "waveform",
+            "dtype": "float32",
+            "shape": ["batch", n],
+            "prepare": (
+                f"decode the file, average its channels, resample it to {rate} Hz (Hann-windowed sinc, as "
+                f"torchaudio.functional.resample), round to 16-bit integers and divide by 32768; a clip of up to "
+                f"{n * 1.25 / rate:g} s is padded with silence on both sides (or cut to its middle) to {n} samples, "
+                f"a longer file is read in windows of {n} samples, {n // 2} apart (the graph computes the log-mel "
+                "features)"
+            ),
+            "sample_rate": rate,
+            "samples": n,
+        }

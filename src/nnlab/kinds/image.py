@@ -59,30 +59,47 @@ class ImageKind(Kind):
         plt.close(fig)
         return {"test/misclassified": lambda wandb: wandb.Image(str(path))}
 
-    def read(self, preprocessing, path):
-        import torch
-
-        from nnlab.data.images import load_image
-
-        if not Path(path).is_file():
-            raise PredictError(f"{path} is not a file; give the paths of image files (PNG, JPEG, BMP, ...)")
+    def raw(self, preprocessing, path):
+        """The image as (channels, size, size) uint8 pixels: grey (L) or RGB, transparency onto white, resized with
+        bilinear filtering (fit=stretch both sides; fit=crop the shorter side, then the middle)."""
         import warnings
 
         from PIL import Image
 
+        from nnlab.inputs import is_file, load_image
+
+        if not is_file(path):
+            raise PredictError(f"{path} is not a file; give the paths of image files (PNG, JPEG, BMP, ...)")
+        size, fit = preprocessing["image_size"], preprocessing.get("fit", "stretch")
         with warnings.catch_warnings():  # a huge image: said below in one line, not in PIL's warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            pixels, problem, _, _, huge = load_image(
-                path, preprocessing["channels"], preprocessing["image_size"], preprocessing.get("fit", "stretch")
-            )
+            pixels, problem, _, _, huge = load_image(path, preprocessing["channels"], size, fit)
         if problem:
             raise PredictError(f"{path} is {problem}: it cannot be classified")
         if huge:
-            print(
-                f"note: {path} is {huge[0]}x{huge[1]} pixels; it was shrunk to {preprocessing['image_size']}x"
-                f"{preprocessing['image_size']} as the model reads it",
-                file=sys.stderr,
-            )
-        mean = torch.tensor(preprocessing["mean"])[:, None, None]
-        std = torch.tensor(preprocessing["std"])[:, None, None]
-        return ((pixels.float() / 255 - mean) / std)[None], None
+            print(f"note: {path} is {huge[0]}x{huge[1]} pixels; it was shrunk to {size}x{size} as the model reads it",
+                  file=sys.stderr)  # fmt: skip
+        return [pixels], None
+
+    def preparation(self, preprocessing):
+        from nnlab.served import Normalise
+
+        return Normalise(preprocessing["mean"], preprocessing["std"])
+
+    def describe(self, preprocessing):
+        c, size = preprocessing["channels"], preprocessing["image_size"]
+        fit = preprocessing.get("fit", "stretch")
+        return {
+            "name": "pixels",
+            "dtype": "uint8",
+            "shape": ["batch", c, size, size],
+            "prepare": (
+                f"decode the image, convert it to {'grey (PIL mode L)' if c == 1 else 'RGB'} with transparent pixels "
+                f"on white, resize it to {size}x{size} with bilinear filtering "
+                + ("(the shorter side to the size, then the middle)" if fit == "crop" else "(both sides)")
+                + "; channels first, values 0-255 (the graph normalises them)"
+            ),
+            "channels": c,
+            "image_size": size,
+            "fit": fit,
+        }

@@ -7,6 +7,19 @@ from nnlab.kinds import Kind
 COLUMNS = ["text", "label", "prediction", "confidence", "correct"]
 
 
+def tokenizer_of(preprocessing: dict):
+    """The checkpoint's tokenizer (its JSON is in the preprocessing record), built once per record."""
+    from tokenizers import Tokenizer
+
+    text = preprocessing["tokenizer"]
+    if _TOKENIZERS.get("text") != text:
+        _TOKENIZERS.update(text=text, tokenizer=Tokenizer.from_str(text))
+    return _TOKENIZERS["tokenizer"]
+
+
+_TOKENIZERS: dict = {}
+
+
 class TextKind(Kind):
     name = "text"
     takes_paths = False
@@ -51,31 +64,41 @@ class TextKind(Kind):
             f.write(table.getvalue().encode())
         return {"test/samples": lambda wandb: wandb.Table(columns=COLUMNS, data=rows)}
 
-    def encode(self, preprocessing: dict, texts: list[str]):
-        """Raw texts to (tokens, lengths), exactly as the training data was prepared."""
-        import torch
-        from tokenizers import Tokenizer
+    def raw(self, preprocessing, text):
+        """The text's token ids: cleaned, tokenised with the training vocabulary and cut as the test data was."""
+        import numpy as np
 
-        from nnlab.data.text import PAD, clean, encode
+        from nnlab.inputs import token_ids
 
-        tokenizer = Tokenizer.from_str(preprocessing["tokenizer"])
-        ids, offsets = encode(tokenizer, [clean(t) for t in texts], preprocessing["max_length"])
-        lengths = offsets[1:] - offsets[:-1]
-        tokens = torch.full((len(texts), int(lengths.max())), PAD, dtype=torch.long)
-        for row in range(len(texts)):
-            tokens[row, : lengths[row]] = ids[offsets[row] : offsets[row + 1]]
-        return tokens, lengths
+        (ids,) = token_ids(tokenizer_of(preprocessing), [text], preprocessing["max_length"])
+        return [np.asarray(ids, dtype=np.int64)], None
 
-    def predict(self, model, preprocessing, inputs, batch_size=256):
-        import torch
+    def stack(self, rows):
+        from nnlab.inputs import padded
 
-        probs = torch.cat(
-            [
-                model.probabilities(model(self.encode(preprocessing, inputs[i : i + batch_size])))
-                for i in range(0, len(inputs), batch_size)
-            ]
-        )
-        return [(p[None], None) for p in probs]
+        return padded(rows)
+
+    def preparation(self, preprocessing):
+        from nnlab.served import Lengths
+
+        return Lengths()
+
+    def describe(self, preprocessing):
+        m = preprocessing["max_length"]
+        return {
+            "name": "tokens",
+            "dtype": "int64",
+            "shape": ["batch", "tokens"],
+            "prepare": (
+                "replace <br /> tags and runs of white space by single spaces, encode with tokenizer.json (an empty "
+                "text is one unknown token, id 1)"
+                + (f", keep a longer text's first {m // 2} and last {m - m // 2} tokens" if m else "")
+                + "; pad the texts of a batch to the longest with id 0 at the end (the graph reads each text's "
+                "length from its padding)"
+            ),
+            "max_length": m,
+            "pad_id": 0,
+        }
 
     def shown(self, text):
         text = " ".join(text.split())
