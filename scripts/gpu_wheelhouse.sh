@@ -20,7 +20,8 @@ if command -v uv >/dev/null; then uv=(uv); else uv=(python3 -m uv); fi
 tmp="$dir.partial"
 rm -rf "$tmp"
 mkdir -p "$tmp"
-"${uv[@]}" export --frozen --no-dev --no-hashes --no-emit-project --no-annotate --no-header > "$tmp/locked.txt"
+"${uv[@]}" export --frozen --no-dev --extra train --no-hashes --no-emit-project --no-annotate --no-header \
+    > "$tmp/locked.txt"
 # Each requirement's markers for the GPU machines' Python; the image's packages set apart.
 "${uv[@]}" run --frozen python - "$tmp" scripts/gpu_image.txt <<'EOF'
 import sys
@@ -40,8 +41,10 @@ for line in image_list.read_text().splitlines():
     if line.strip() and not line.startswith("#"):
         name, _, known = line.strip().partition("==")
         image[canonicalize_name(name)] = known
-# optuna-dashboard (and bottle, its web server): a viewer a user starts, which no step of the check runs; 4 MB
-not_carried = {"optuna-dashboard", "bottle"}
+# optuna-dashboard (and bottle, its web server): a viewer a user starts, which no step of the check runs; 4 MB.
+# ONNX, ONNX Runtime and onnxscript (and what only they need): nnlab export, which no step of the check runs; 36 MB,
+# past what a call to the GPU machine carries beside the rest (the image has versions of its own of some).
+not_carried = {"optuna-dashboard", "bottle", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "ml-dtypes", "flatbuffers"}
 tested, carried, there = [], [], []
 for line in (tmp / "locked.txt").read_text().splitlines():
     req = Requirement(line)
@@ -78,7 +81,6 @@ while read -r pin; do
     fi
 done < "$tmp/carried.txt"
 rm -rf "$tmp/built"
-rm "$tmp/carried.txt"
 "${uv[@]}" build --quiet --wheel --out-dir "$tmp" .
 rm -rf "$dir"
 mv "$tmp" "$dir"
