@@ -20,14 +20,11 @@ import sys
 import unicodedata
 from pathlib import Path
 
-import numpy as np
-
 from nnlab.errors import UserError
 from nnlab.exported import Export, is_export
-from nnlab.inputs import is_file
 from nnlab.kinds import PredictError, classify, import_kind, kind
 
-# torch and Lightning are imported where a checkpoint is read: --help and a mistyped option answer at once.
+# torch, Lightning and NumPy are imported where an input is read: --help and a mistyped option answer at once.
 
 
 def load(path) -> tuple:
@@ -76,6 +73,8 @@ def printable(text: str) -> str:
 
 
 def read_inputs(args, takes_paths: bool) -> list[str]:
+    from nnlab.inputs import is_file
+
     if args.file is None:
         empty = [i + 1 for i, text in enumerate(args.text) if not text.strip()]
         if empty:
@@ -204,6 +203,8 @@ def main(argv=None, prog: str = "python -m nnlab.predict"):
             results = predict(model, preprocessing, inputs)
     except UserError as e:
         sys.exit(f"error: {e}")
+    import numpy as np
+
     names = preprocessing.get("class_names")
     k = args.top or (1 if len(names or ()) <= 2 else 3)
     failed = 0
