@@ -230,8 +230,8 @@ def export(checkpoint_path, out=None, chosen=("onnx",)) -> Path:
         raise ExportError(f"--out {out} cannot be written ({e.strerror}): give a folder you can write") from None
     try:
         files, onnx_record, torch_record = {}, None, None
+        served = Served(model, preprocessing).eval()
         if "onnx" in chosen:
-            served = Served(model, preprocessing).eval()
             try:
                 exporter = write_onnx(served, reader, torch.from_numpy(x), staging / "model.onnx", description["name"])
             except Exception as e:
@@ -239,7 +239,7 @@ def export(checkpoint_path, out=None, chosen=("onnx",)) -> Path:
                     f"{checkpoint_path}: its network (model.net={model.hparams.net}) cannot be exported to ONNX "
                     f"({first_line(e)}); --format torch may still work"
                 ) from e
-            difference = check_onnx(Served(model, preprocessing).eval(), staging / "model.onnx", x, description["name"])
+            difference = check_onnx(served, staging / "model.onnx", x, description["name"])
             if difference > TOLERANCE:
                 raise ExportError(
                     f"{checkpoint_path}: the ONNX graph's logits differ from the checkpoint's by {difference:.2g} "
@@ -250,7 +250,6 @@ def export(checkpoint_path, out=None, chosen=("onnx",)) -> Path:
                            "max_logit_difference": difference}  # fmt: skip
         if "torch" in chosen:
             try:
-                served = Served(model, preprocessing).eval()
                 torch_input = write_torch(served, reader, torch.from_numpy(x), staging / "model.pt2", preprocessing)
             except Exception as e:
                 raise ExportError(
@@ -314,8 +313,8 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's process
+        pass
     return True
 
 

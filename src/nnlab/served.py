@@ -81,10 +81,14 @@ class FramedMel(nn.Module):
 
 
 def for_export(served: Served) -> Served:
-    """`served` with what an exporter cannot write, or ONNX Runtime runs slowly, replaced by the same computation in
-    other operations: torchaudio's MelSpectrogram by FramedMel. In place; returns it."""
+    """A copy of `served` with what an exporter cannot write replaced by the same computation in other operations:
+    torchaudio's MelSpectrogram by FramedMel. A copy: `served` shares the checkpoint's network, which the check
+    against the checkpoint and torch.export still read as trained."""
+    import copy
+
     import torchaudio.transforms as T
 
+    served = copy.deepcopy(served)
     for module in list(served.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, T.MelSpectrogram):
