@@ -183,11 +183,7 @@ def main(argv=None, prog: str = "python -m nnlab.predict"):
         if is_export(args.checkpoint):
             export = Export(args.checkpoint)
             preprocessing = export.preprocessing
-            reader = kind(preprocessing.get("kind"))
-            inputs = read_inputs(args, reader.takes_paths)
-            if not inputs:
-                raise PredictError(f"--file {args.file} holds no non-empty lines")
-            results = classify(reader, preprocessing, inputs, export.probabilities)
+            classified = lambda reader, inputs: classify(reader, preprocessing, inputs, export.probabilities)
         else:
             try:
                 model, preprocessing = load(args.checkpoint)
@@ -196,11 +192,12 @@ def main(argv=None, prog: str = "python -m nnlab.predict"):
                     f"reading a checkpoint needs PyTorch ({e.name} is not installed): pip install 'nnlab[train]', or "
                     "predict with its export (nnlab export, where PyTorch is installed)"
                 ) from None
-            reader = kind(preprocessing.get("kind"))
-            inputs = read_inputs(args, reader.takes_paths)
-            if not inputs:
-                raise PredictError(f"--file {args.file} holds no non-empty lines")
-            results = predict(model, preprocessing, inputs)
+            classified = lambda reader, inputs: predict(model, preprocessing, inputs)
+        reader = kind(preprocessing.get("kind"))
+        inputs = read_inputs(args, reader.takes_paths)
+        if not inputs:
+            raise PredictError(f"--file {args.file} holds no non-empty lines")
+        results = classified(reader, inputs)
     except UserError as e:
         sys.exit(f"error: {e}")
     import numpy as np
