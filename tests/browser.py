@@ -117,23 +117,56 @@ RENDERED = """new Promise((resolve) => {
 def open_page(browser: Browser, path: Path) -> tuple[str, dict]:
     """Load `path` in a new tab; returns (session, what happened): plots (id, box, rendered, traces), console
     messages, exceptions, and every network request that was not for a file."""
-    target = browser.send("Target.createTarget", url="about:blank")["targetId"]
-    session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-    for domain in ("Page", "Runtime", "Log", "Network"):
-        browser.send(f"{domain}.enable", session)
-    browser.send("Page.navigate", session, url=path.resolve().as_uri())
-    browser.wait_for("Page.loadEventFired")
+    session = open_url(browser, path.resolve().as_uri())
     result = browser.send("Runtime.evaluate", session, expression=RENDERED, awaitPromise=True, returnByValue=True)
     plots = json.loads(result["result"]["value"])
+    report = {"plots": plots, **page_events(browser, session, own=("file:",))}
+    return session, report
+
+
+def screenshot(browser: Browser, session: str, box: dict, out: Path) -> Path:
+    """A PNG of one region of the page (page coordinates), however far down it lies."""
+    clip = {k: box[k] for k in ("x", "y", "width", "height")} | {"scale": 1}
+    data = browser.send("Page.captureScreenshot", session, format="png", clip=clip, captureBeyondViewport=True)
+    out.write_bytes(base64.b64decode(data["data"]))
+    return out
+
+
+def open_url(browser: Browser, url: str) -> str:
+    """Load a page in a new tab; returns its session (page_events says what it logged, threw and asked for)."""
+    target = browser.send("Target.createTarget", url="about:blank")["targetId"]
+    session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+    for domain in ("Page", "Runtime", "Log", "Network", "DOM"):
+        browser.send(f"{domain}.enable", session)
+    browser.send("Page.navigate", session, url=url)
+    browser.wait_for("Page.loadEventFired")
+    return session
+
+
+def evaluate(browser: Browser, session: str, expression: str):
+    """The value of a JavaScript expression in the page (a promise is awaited)."""
+    result = browser.send("Runtime.evaluate", session, expression=expression, awaitPromise=True, returnByValue=True)
+    if "exceptionDetails" in result:
+        raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails']}")
+    return result["result"].get("value")
+
+
+def page_events(browser: Browser, session: str, own: tuple[str, ...], errors_only: bool = False) -> dict:
+    """What the page logged to its console and the browser's log (only errors: errors_only), the exceptions it threw,
+    and each request for anything but what starts with one of `own` (the page's own files or server)."""
     mine = [e for e in browser.events if e.get("sessionId") == session]
-    report = {
-        "plots": plots,
+    return {
         "console": [
             " ".join(str(a.get("value", a.get("description", ""))) for a in e["params"]["args"])
             for e in mine
             if e["method"] == "Runtime.consoleAPICalled"
+            and (not errors_only or e["params"]["type"] in ("error", "assert"))
         ]
-        + [e["params"]["entry"]["text"] for e in mine if e["method"] == "Log.entryAdded"],
+        + [
+            e["params"]["entry"]["text"]
+            for e in mine
+            if e["method"] == "Log.entryAdded" and (not errors_only or e["params"]["entry"]["level"] == "error")
+        ],
         "exceptions": [
             e["params"]["exceptionDetails"].get("exception", {}).get("description", e["params"]["exceptionDetails"])
             for e in mine
@@ -142,15 +175,32 @@ def open_page(browser: Browser, path: Path) -> tuple[str, dict]:
         "requests": [
             e["params"]["request"]["url"]
             for e in mine
-            if e["method"] == "Network.requestWillBeSent" and not e["params"]["request"]["url"].startswith("file:")
+            if e["method"] == "Network.requestWillBeSent" and not e["params"]["request"]["url"].startswith(own)
         ],
     }
-    return session, report
 
 
-def screenshot(browser: Browser, session: str, box: dict, out: Path) -> Path:
-    """A PNG of one region of the page (page coordinates), however far down it lies."""
-    clip = {k: box[k] for k in ("x", "y", "width", "height")} | {"scale": 1}
-    data = browser.send("Page.captureScreenshot", session, format="png", clip=clip, captureBeyondViewport=True)
+def set_files(browser: Browser, session: str, selector: str, paths: list[Path]):
+    """Choose files in a file input, as a user does in the browser's file dialog."""
+    root = browser.send("DOM.getDocument", session, depth=0)["root"]["nodeId"]
+    node = browser.send("DOM.querySelector", session, nodeId=root, selector=selector)["nodeId"]
+    if not node:
+        raise RuntimeError(f"no {selector} in the page")
+    browser.send("DOM.setFileInputFiles", session, nodeId=node, files=[str(Path(p).resolve()) for p in paths])
+
+
+def drag(browser: Browser, session: str, points: list[tuple[float, float]]):
+    """Press the mouse's left button at the first point, move it through the others and let go at the last."""
+    mouse = lambda kind, x, y, **more: browser.send("Input.dispatchMouseEvent", session, type=kind, x=x, y=y, **more)
+    mouse("mouseMoved", *points[0])
+    mouse("mousePressed", *points[0], button="left", buttons=1, clickCount=1)
+    for x, y in points[1:]:
+        mouse("mouseMoved", x, y, button="left", buttons=1)
+    mouse("mouseReleased", *points[-1], button="left", buttons=1, clickCount=1)
+
+
+def page_screenshot(browser: Browser, session: str, out: Path) -> Path:
+    """A PNG of the whole page as it is shown."""
+    data = browser.send("Page.captureScreenshot", session, format="png", captureBeyondViewport=True)
     out.write_bytes(base64.b64decode(data["data"]))
     return out

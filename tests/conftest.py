@@ -1,5 +1,6 @@
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -9,7 +10,17 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
-from tests.helpers import make_aclimdb, make_mnist, make_speech_commands
+from tests.helpers import (
+    TINY,
+    TINY_SPEECH,
+    TINY_TEXT,
+    make_aclimdb,
+    make_image_folder,
+    make_mnist,
+    make_speech_commands,
+    make_text_table,
+    train,
+)
 
 # A SLURM client without a configuration asks DNS for its controller: every process of the test session has one.
 # Outside the tests' cluster (the `slurm` fixture) it names a file that does not exist, so a client fails at once.
@@ -96,3 +107,68 @@ def slurm(tmp_path_factory):
     conf = slurm_cluster.start(root, nodes=2)
     yield {"SLURM_CONF": str(conf)}
     slurm_cluster.stop(root)
+
+
+ONE_EPOCH = ["trainer.max_epochs=1", "trainer.limit_train_batches=8", "logger=csv"]
+
+
+def recipes(mnist_dir, imdb_dir, speech_dir, data: Path) -> dict:
+    """name -> the overrides that train it (its data made in `data` where it is not a shared fixture)."""
+    return {
+        "mnist-mlp": ["model=mlp", f"paths.data_dir={mnist_dir}", *TINY],
+        "mnist-cnn": ["model=cnn", f"paths.data_dir={mnist_dir}", *TINY],
+        "images-cnn": [
+            "model=cnn",
+            "data=image_folder",
+            f"data.path={data / 'images'}",
+            "data.image_size=20",
+            "data.channels=3",
+            f"paths.data_dir={data}",
+        ],
+        "imdb-lstm": [
+            "model=lstm",
+            f"paths.data_dir={imdb_dir}",
+            *TINY_TEXT,
+            "model.arch.embed_dim=16",
+            "model.arch.hidden=16",
+            "data.eval_max_length=128",
+        ],
+        "table-gru": [
+            "model=gru",
+            "data=text_table",
+            f"data.path={data / 'table.csv'}",
+            "data.vocab_size=200",
+            "data.min_frequency=1",
+            "data.eval_max_length=128",
+            f"paths.data_dir={data}",
+        ],
+        "speech-rnn": ["model=speech_rnn", f"paths.data_dir={speech_dir}", *TINY_SPEECH],
+        "audio-8k": [
+            "model=speech_rnn",
+            f"paths.data_dir={data / 'audio'}",
+            *TINY_SPEECH,
+            "data.sample_rate=8000",
+            "data.clip_seconds=0.5",
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, mnist_dir, imdb_dir, speech_dir):
+    """checkpoint(name): the best checkpoint of a one-epoch run of that recipe, trained on first use (the tests of
+    nnlab export and nnlab demo: one xdist_group, so one worker trains each once)."""
+    root = tmp_path_factory.mktemp("export")
+    data = root / "data"
+    make_image_folder(data / "images", per_class=12)
+    make_text_table(data / "table.csv", rows=60)
+    make_speech_commands(data / "audio", speakers=4, takes=2, rate=8000)
+    made, overrides = {}, recipes(mnist_dir, imdb_dir, speech_dir, data)
+
+    def get(name: str) -> Path:
+        if name not in made:
+            run = root / name
+            train(*overrides[name], *ONE_EPOCH, f"hydra.run.dir={run}")
+            made[name] = run / "checkpoints" / "best.ckpt"
+        return made[name]
+
+    return get

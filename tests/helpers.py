@@ -428,3 +428,38 @@ def datamodule(data_dir, **overrides):
         augment={"rotate": 0.0, "scale": 0.0, "translate": 0.0},
     )
     return MNISTDataModule(**{**args, **overrides})
+
+
+def write_inputs(kind: str, folder: Path, sample_rate: int = 16000) -> list[str]:
+    """Inputs in the real on-disk formats for a kind of data, of every shape the export must take."""
+    import soundfile as sf
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "text":
+        return [
+            "great",  # the shortest: one token
+            "A wonderful moving film, great acting.<br /><br />Seen twice.",
+            "zzyzx qwerty",  # no word of the vocabulary
+            " ".join(["a dull boring mess, awful acting."] * 40),  # the longest: cut to its head and tail (128)
+        ]
+    if kind == "image":
+        images, _ = digit_images(3, seed=7)
+        Image.fromarray(images[0]).save(folder / "digit.png")
+        Image.fromarray(np.stack([images[1]] * 3, -1)).resize((57, 41)).save(folder / "wide.jpg", quality=90)
+        rgba = np.zeros((30, 30, 4), np.uint8)
+        rgba[5:25, 10:14] = (255, 0, 0, 255)  # a bar on a transparent background
+        Image.fromarray(rgba, "RGBA").save(folder / "transparent.png")
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (900, 700, 3), dtype=np.uint8)).save(
+            folder / "large.png"
+        )
+        return [str(folder / n) for n in ("digit.png", "wide.jpg", "transparent.png", "large.png")]
+    rng = np.random.default_rng(1)
+    t = np.arange(int(0.4 * sample_rate)) / sample_rate
+    sf.write(folder / "short.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), sample_rate)
+    sf.write(folder / "long.wav", rng.uniform(-0.2, 0.2, int(2.7 * sample_rate)).astype(np.float32), sample_rate)
+    t = np.arange(int(0.9 * 44100)) / 44100
+    stereo = np.stack([np.sin(2 * np.pi * 300 * t), np.sin(2 * np.pi * 500 * t)], -1) * 0.25
+    sf.write(folder / "stereo-44k.wav", stereo.astype(np.float32), 44100, subtype="PCM_16")
+    sf.write(folder / "clip.flac", rng.uniform(-0.3, 0.3, sample_rate).astype(np.float32), sample_rate)
+    return [str(folder / n) for n in ("short.wav", "long.wav", "stereo-44k.wav", "clip.flac")]

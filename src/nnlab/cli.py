@@ -1,5 +1,6 @@
 """The `nnlab` command: `nnlab train` (one run, or a sweep with -m: the command line of `python train.py`),
-`nnlab predict`, `nnlab export`, `nnlab runs`, `nnlab report`. `python -m nnlab ...` is the same command."""
+`nnlab predict`, `nnlab export`, `nnlab demo`, `nnlab runs`, `nnlab report`. `python -m nnlab ...` is the same
+command."""
 
 from nnlab import timeline  # noqa: F401  first: a run's clock starts before the heavy imports
 
@@ -12,6 +13,7 @@ COMMANDS = {
     "train": ("nnlab.train", "train and test a model, or sweep with -m (Hydra overrides: nnlab train model=cnn)"),
     "predict": ("nnlab.predict", "classify images, texts or audio files with a checkpoint or an export"),
     "export": ("nnlab.export", "export a checkpoint to ONNX and torch.export, for use without nnlab's training code"),
+    "demo": ("nnlab.demo", "a web page to try a checkpoint or an export: draw, type or record an input (nnlab[demo])"),
     "runs": ("nnlab.runs", "list the runs under outputs/, or compare two (runs diff A B)"),
     "report": ("nnlab.report", "write a sweep's report.html and plots"),
 }

@@ -102,6 +102,8 @@ def read_audio(path, sample_rate: int):
         data, rate = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # noqa: BLE001  unreadable: not audio, a format libsndfile does not know, missing
         reason = getattr(e, "error_string", None) or str(e).splitlines()[0][:80]  # libsndfile's reason alone
+        if reason.startswith("Format not recognised"):
+            return None, "not audio (not a WAV, FLAC, OGG or MP3 file that libsndfile reads)", False, False
         return None, f"unreadable ({reason})", False, False
     if data.shape[0] == 0:
         return None, "empty", False, False

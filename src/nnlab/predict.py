@@ -53,6 +53,29 @@ def read(path) -> tuple:
     return model, preprocessing, checkpoint
 
 
+def opened(path) -> tuple:
+    """A checkpoint or an export, ready to classify: (its preprocessing record, score, model). score(batch) gives a
+    batch's probabilities from its array (the kind's stack() of raw() rows): the checkpoint in PyTorch or the exported
+    graph in ONNX Runtime. score is None for a kind of one's own that reads its inputs itself (Kind.read); model is
+    the checkpoint's Classifier (None for an export)."""
+    if is_export(path):
+        export = Export(path)
+        return export.preprocessing, export.probabilities, None
+    try:
+        model, preprocessing = load(path)
+    except ModuleNotFoundError as e:
+        raise PredictError(
+            f"reading a checkpoint needs PyTorch ({e.name} is not installed): pip install 'nnlab[train]', or use "
+            "its export (nnlab export, where PyTorch is installed)"
+        ) from None
+    reader = kind(preprocessing.get("kind"))
+    if not reader.exportable:
+        return preprocessing, None, model
+    from nnlab.served import scorer
+
+    return preprocessing, scorer(model, preprocessing), model
+
+
 def predict(model, preprocessing: dict, inputs: list[str], batch_size: int = 256) -> list:
     """For each input (a text, or a file's path): (probabilities (windows, classes), each window's (start, end) in
     seconds or None), or the PredictError that says why it cannot be classified. The checkpoint's kind of data reads
@@ -180,24 +203,15 @@ def main(argv=None, prog: str = "python -m nnlab.predict"):
     if bool(args.text) == (args.file is not None):
         parser.error("give texts as arguments or --file, one of the two")
     try:
-        if is_export(args.checkpoint):
-            export = Export(args.checkpoint)
-            preprocessing = export.preprocessing
-            classified = lambda reader, inputs: classify(reader, preprocessing, inputs, export.probabilities)
-        else:
-            try:
-                model, preprocessing = load(args.checkpoint)
-            except ModuleNotFoundError as e:
-                raise PredictError(
-                    f"reading a checkpoint needs PyTorch ({e.name} is not installed): pip install 'nnlab[train]', or "
-                    "predict with its export (nnlab export, where PyTorch is installed)"
-                ) from None
-            classified = lambda reader, inputs: predict(model, preprocessing, inputs)
+        preprocessing, score, model = opened(args.checkpoint)
         reader = kind(preprocessing.get("kind"))
         inputs = read_inputs(args, reader.takes_paths)
         if not inputs:
             raise PredictError(f"--file {args.file} holds no non-empty lines")
-        results = classified(reader, inputs)
+        if score is None:  # a kind of one's own that reads its inputs itself (Kind.read)
+            results = predict(model, preprocessing, inputs)
+        else:
+            results = classify(reader, preprocessing, inputs, score)
     except UserError as e:
         sys.exit(f"error: {e}")
     import numpy as np

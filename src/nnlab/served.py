@@ -31,6 +31,18 @@ class Served(nn.Module):
         return logits.softmax(-1), logits
 
 
+def scorer(model, preprocessing: dict):
+    """score(batch) -> probabilities, NumPy in and out, for nnlab.kinds.classify: the checkpoint's model in PyTorch
+    as its export computes them."""
+    served = Served(model, preprocessing)
+
+    def score(batch):
+        with torch.inference_mode():
+            return served(torch.from_numpy(batch))[0].numpy()
+
+    return score
+
+
 class Normalise(nn.Module):
     """uint8 pixels -> (x / 255 - mean) / std per channel, as the training images were."""
 

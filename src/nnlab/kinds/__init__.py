@@ -96,10 +96,9 @@ class Kind:
         import torch
 
         if self.exportable:
-            from nnlab.served import Served
+            from nnlab.served import scorer
 
-            served = Served(model, preprocessing)
-            return classify(self, preprocessing, inputs, lambda batch: served(torch.from_numpy(batch))[0], batch_size)
+            return classify(self, preprocessing, inputs, scorer(model, preprocessing), batch_size)
         results = []
         for path in inputs:
             try:
