@@ -10,6 +10,7 @@
     python scripts/benchmark.py --compare model.compile=false model.compile=true --models mlp cnn   # our pipeline
     python scripts/benchmark.py --compare callbacks/progress_bar=none callbacks/progress_bar=tqdm --models mlp
     python scripts/benchmark.py --trial-overhead 5 --models mlp   # a sweep of one-batch trials: the fixed cost
+    python scripts/benchmark.py --inference outputs/<run>/checkpoints/best.ckpt ...   # a trained model's inference
 
 Ours is `python train.py model=<model>` itself, started as a user starts it: its defaults (every callback, the
 progress bar, the W&B logger, offline without credentials, the run's lifecycle), with augmentation off (what the data
@@ -44,6 +45,15 @@ variant. A variant of several overrides is one quoted argument: "trainer=cpu_bf1
 one batch, and breaks a trial's fixed cost into its phases: from the sweeper's launch of the trial to the end of its
 first training step, and from the end of its last step to the sweeper holding its result (metrics.json's
 `timeline`; the study's `startup_s` and `wind_down_s`).
+
+--inference CHECKPOINT ... times what `nnlab predict` runs once an input is read, for each checkpoint: its export in
+ONNX Runtime (written by nnlab export's own function, read as `nnlab predict EXPORT` reads it), the checkpoint's
+model in eager PyTorch (nnlab.served, as `nnlab predict CHECKPOINT` runs it) and the same model under torch.compile.
+Each takes the kind's input array (uint8 pixels, 16-bit samples as floats, --tokens token ids per text with no
+padding) and gives probabilities; the latency at batch 1 and the throughput at batch 64 are medians over repeated
+calls after warm-up, and torch.compile's first calls (its compilation) are timed apart. On a GPU the PyTorch sides
+run there, with the copies of the input and the probabilities each way; ONNX Runtime runs on the CPU (nnlab[runtime]
+is its CPU build). Reading files (decoding, resizing, tokenizing) is not timed.
 """
 
 import argparse
@@ -397,6 +407,96 @@ def trial_overhead(args, extra: list[str], out: str):
     print(f"| the sweeper: record the result in the study, launch the next trial | {median(gaps):.2f} |")
 
 
+def inference_batch(reader, preprocessing: dict, size: int, tokens: int, rng):
+    """A batch of `size` inputs as the kind's raw() reads them (random values of its type and shape)."""
+    import numpy as np
+
+    shape = [
+        size if d == "batch" else tokens if isinstance(d, str) else d for d in reader.describe(preprocessing)["shape"]
+    ]
+    dtype = reader.describe(preprocessing)["dtype"]
+    if dtype == "uint8":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    if dtype == "int64":
+        return rng.integers(2, 100, shape, dtype=np.int64)  # no padding (id 0): every text `tokens` long
+    return (rng.integers(-8192, 8192, shape) / 32768).astype(np.float32)
+
+
+def timed_calls(score, batch, seconds: float, at_least: int) -> float:
+    """The median seconds of one call of score(batch), over `at_least` calls or `seconds`, whichever is more."""
+    times, started = [], time.perf_counter()
+    while len(times) < at_least or time.perf_counter() - started < seconds:
+        t = time.perf_counter()
+        score(batch)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def on_device(module, device):
+    """score(batch) -> probabilities of a Served module on `device`, NumPy in and out (the copies included)."""
+
+    def score(batch):
+        with torch.inference_mode():
+            return module(torch.from_numpy(batch).to(device))[0].cpu().numpy()
+
+    return score
+
+
+def inference(args, out: str, device):
+    """Latency at batch 1 and throughput at batch 64 of each checkpoint: ONNX Runtime, eager and compiled PyTorch."""
+    import numpy as np
+
+    from nnlab.kinds import kind
+    from nnlab.predict import load
+    from nnlab.served import Served
+
+    rows = []
+    for path in args.inference:
+        model, preprocessing = load(path)
+        reader = kind(preprocessing["kind"])
+        name = Path(path).parent.parent.name if Path(path).parent.name == "checkpoints" else Path(path).name  # the run
+        engines = {}
+        try:
+            from nnlab.export import export
+            from nnlab.exported import Export
+
+            folder = Path(out) / f"export-{len(rows)}"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                export(path, folder)
+            engines["onnxruntime (CPU)"] = Export(folder).probabilities
+        except ImportError as e:
+            print(f"{name}: no ONNX Runtime side ({e.name} is not installed: pip install 'nnlab[train]')")
+        served = Served(model, preprocessing).to(device).eval()
+
+        engines[f"eager PyTorch ({device.type})"] = on_device(served, device)
+        if not args.no_compile:
+            engines[f"torch.compile ({device.type})"] = on_device(torch.compile(served), device)
+        rng = np.random.default_rng(0)
+        one, many = (inference_batch(reader, preprocessing, n, args.tokens, rng) for n in (1, 64))
+        for engine, score in engines.items():
+            started = time.perf_counter()
+            score(one), score(many)  # torch.compile compiles for both shapes here
+            first = time.perf_counter() - started
+            for _ in range(3):
+                score(one), score(many)
+            latency = timed_calls(score, one, seconds=args.seconds, at_least=20)
+            per_batch = timed_calls(score, many, seconds=args.seconds, at_least=5)
+            rows.append((name, reader.name, engine, first, latency * 1000, 64 / per_batch))
+            print(f"{name} {engine}: batch 1 {latency * 1000:.3f} ms, batch 64 {64 / per_batch:,.0f} samples/s",
+                  flush=True)  # fmt: skip
+    from nnlab.cpu import cpu_name
+
+    print(f"\ninference on {cpu_name()}: torch threads {torch.get_num_threads()}, ONNX Runtime's default threads; "
+          f"texts of {args.tokens} tokens; speed-ups against eager PyTorch")  # fmt: skip
+    print("| checkpoint | kind | engine | first calls s | batch 1 ms | speed-up | batch 64 samples/s | speed-up |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, kind_name, engine, first, latency, throughput in rows:
+        eager = next(r for r in rows if r[0] == name and r[2].startswith("eager"))
+        print(f"| {name} | {kind_name} | {engine} | {first:.1f} | {latency:.3f} | {eager[4] / latency:.2f}x | "
+              f"{throughput:,.0f} | {throughput / eager[5]:.2f}x |")  # fmt: skip
+
+
 def main():
     keep_freed_memory()  # as train.py does
     # torch.compile's first epoch is measured cold: an inductor cache of this run's own, not one an earlier run left
@@ -430,6 +530,12 @@ def main():
     p.add_argument(
         "--trial-overhead", type=int, metavar="N", help="a sweep of N one-batch trials: the phases of its fixed cost"
     )
+    p.add_argument(
+        "--inference", nargs="+", metavar="CHECKPOINT", help="checkpoints whose inference is timed (see above)"
+    )
+    p.add_argument("--tokens", type=int, default=256, help="--inference: the tokens of each text (default 256)")
+    p.add_argument("--seconds", type=float, default=2.0, help="--inference: seconds of calls timed per batch size")
+    p.add_argument("--no-compile", action="store_true", help="--inference: no torch.compile side")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for both sides, e.g. data.batch_size=256")
     args = p.parse_args()
     extra = ([f"paths.data_dir={args.data_dir}"] if args.data_dir else []) + args.overrides
@@ -442,6 +548,8 @@ def main():
         return compare(args, extra, out)
     if args.trial_overhead:
         return trial_overhead(args, extra, out)
+    if args.inference:
+        return inference(args, out, device)
 
     # The practical peak, before the models heat the machine: fraction of it below is against fp32, or bf16 where the
     # trainer computes in bf16.

@@ -12,7 +12,8 @@
 #      experiment=mnist_speedrun (3 seeds each); the same throughput and utilisation for the LSTM and the keyword
 #      spotter (30 batches an epoch);
 # 8.   python -m nnlab.predict on the CPU (CUDA_VISIBLE_DEVICES="") from the LSTM's and the keyword spotter's
-#      checkpoints that the GPU trained;
+#      checkpoints that the GPU trained; then inference of the four checkpoints (benchmark.py --inference: latency at
+#      batch 1, throughput at batch 64, eager and compiled PyTorch on the GPU, their exports in ONNX Runtime);
 # 9.   model.compile=true against the plain CNN on the GPU (benchmark.py --compare: first epoch with compilation,
 #      steady samples/s);
 # 10.  this machine's CPU: whether it has bf16 instructions, and trainer=cpu_bf16 against trainer=cpu for the MLP and
@@ -63,6 +64,7 @@ if [ "$device" = gpu ]; then
     bench_seq=(--rounds 2 --batches 30)
     compiled=(--models cnn --rounds 2)
     cpu_bench=(--models mlp cnn --rounds 2 --batches 50)
+    inference=(mlp cnn lstm speech_rnn); inference_args=()
     target=0.99
     gpu_name=$("$python" -c "import torch, sys; print(torch.cuda.get_device_name()) if torch.cuda.is_available() else sys.exit('no CUDA GPU: GPU_CHECK_DEVICE=cpu checks the steps on the CPU')")
 elif [ "$device" = cpu ]; then
@@ -72,6 +74,7 @@ elif [ "$device" = cpu ]; then
     bench_seq=(--rounds 1 --batches 2)
     compiled=(--models mlp --rounds 1 --batches 5)
     cpu_bench=(--models mlp --rounds 1 --batches 5)
+    inference=(mlp); inference_args=(--seconds 0.1 --no-compile)
     target=${GPU_CHECK_TARGET:-0.5}  # the CPU's check: the step runs and reports, not the GPU's figure
     export CUDA_VISIBLE_DEVICES=""
     gpu_name=""
@@ -193,6 +196,11 @@ step predict_text env CUDA_VISIBLE_DEVICES= "$python" -m nnlab.predict "$runs/ls
     "A gripping, beautifully acted film." "Two hours I will never get back."
 step predict_audio env CUDA_VISIBLE_DEVICES= "$python" -m nnlab.predict "$runs/speech_rnn/checkpoints/best.ckpt" \
     "$(find "$speech" -name '*.wav' -path '*nohash*' | sort | head -n 1)"
+inference_checkpoints=()
+for name in "${inference[@]}"; do
+    inference_checkpoints+=("$runs/$name/checkpoints/best.ckpt")
+done
+step benchmark_inference "$python" scripts/benchmark.py --inference "${inference_checkpoints[@]}" "${inference_args[@]}"
 train ddp model=cnn "${ddp[@]}" "${short[@]}" "${mnist_args[@]}"
 step sweep "$python" train.py -m hydra/launcher=parallel model=mlp "${trainer[@]}" "${short[@]}" "${mnist_args[@]}" \
     model.lr=1e-3,3e-3 paths.log_dir="$runs/sweep" hydra.sweeper.study_name=gpu_check

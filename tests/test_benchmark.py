@@ -113,3 +113,19 @@ def test_start_time_measures_the_launch_to_the_first_training_step(mnist_dir, tm
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| `python train.py"))
     median = float(row.split("|")[2].strip().removesuffix(" s"))
     assert 0 < median < 300
+
+
+def test_benchmark_times_a_checkpoints_inference_in_onnx_runtime_eager_and_compiled_pytorch():
+    """--inference: the export (ONNX Runtime), the checkpoint's model eager and under torch.compile, at batch 1 and
+    64, in one table."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--inference",
+         str(ROOT / "tests" / "fixtures" / "mlp-0.1.0.ckpt"), "--seconds", "0.2"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| mlp-0.1.0.ckpt |")]
+    engines = [row[2] for row in rows]
+    assert engines == ["onnxruntime (CPU)", "eager PyTorch (cpu)", "torch.compile (cpu)"], proc.stdout
+    for row in rows:
+        assert float(row[4]) > 0 and float(row[6].replace(",", "")) > 0 and row[5].endswith("x")

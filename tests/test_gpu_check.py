@@ -63,6 +63,7 @@ def test_the_gpu_check_rehearsed_in_the_gpu_image_runs_every_step_on_the_cpu(tmp
         "benchmark_speech",
         "predict_text",
         "predict_audio",
+        "benchmark_inference",
         "ddp",
         "sweep",
         "sweep_trials",
@@ -73,6 +74,8 @@ def test_the_gpu_check_rehearsed_in_the_gpu_image_runs_every_step_on_the_cpu(tmp
     assert any("`model.compile=true`" in row for row in steps["benchmark_compile"]["table"])
     assert any("`trainer=cpu_bf16`" in row for row in steps["benchmark_cpu_bf16"]["table"])
     assert "bf16:" in steps["cpu_bf16"]["output"][-1]
+    engines = [row.split(" | ")[2] for row in steps["benchmark_inference"]["table"] if row.startswith("| mlp |")]
+    assert engines == ["onnxruntime (CPU)", "eager PyTorch (cpu)"], steps["benchmark_inference"]["log_tail"]
     # the image's versions where they differ from what the tests ran with, each named (scripts/gpu_image.txt)
     tested, image = ({n: v for n, _, v in (p.partition("==") for p in (WHEELHOUSE / f).read_text().split())}
                      for f in ("tested.txt", "image.txt"))  # fmt: skip
