@@ -19,7 +19,8 @@ def chromium() -> str | None:
 
 
 class Browser:
-    def __init__(self, profile: Path):
+    def __init__(self, profile: Path, *flags: str):
+        """flags: more of Chromium's command-line switches (--use-fake-device-for-media-stream: a microphone)."""
         read_here, write_there = os.pipe()  # the browser writes to its fd 4
         read_there, write_here = os.pipe()  # and reads from its fd 3
         # Above 10 first, so that moving them to 3 and 4 in the child cannot overwrite one with the other.
@@ -41,6 +42,7 @@ class Browser:
                 "--remote-debugging-pipe",
                 f"--user-data-dir={profile}",
                 "--window-size=1280,900",
+                *flags,
                 "about:blank",
             ],
             stdin=subprocess.DEVNULL,

@@ -118,7 +118,7 @@ def test_the_wheel_installs_the_nnlab_command_which_trains_in_the_working_folder
     assert (
         bad.returncode == 2
         and bad.stderr
-        == "Error: nnlab has no command 'trian': one of train, predict, export, runs, report (nnlab --help)\n"
+        == "Error: nnlab has no command 'trian': one of train, predict, export, demo, runs, report (nnlab --help)\n"
     )
 
 
