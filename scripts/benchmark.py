@@ -411,10 +411,9 @@ def inference_batch(reader, preprocessing: dict, size: int, tokens: int, rng):
     """A batch of `size` inputs as the kind's raw() reads them (random values of its type and shape)."""
     import numpy as np
 
-    shape = [
-        size if d == "batch" else tokens if isinstance(d, str) else d for d in reader.describe(preprocessing)["shape"]
-    ]
-    dtype = reader.describe(preprocessing)["dtype"]
+    described = reader.describe(preprocessing)
+    shape = [size if d == "batch" else tokens if isinstance(d, str) else d for d in described["shape"]]
+    dtype = described["dtype"]
     if dtype == "uint8":
         return rng.integers(0, 256, shape, dtype=np.uint8)
     if dtype == "int64":
@@ -432,23 +431,13 @@ def timed_calls(score, batch, seconds: float, at_least: int) -> float:
     return statistics.median(times)
 
 
-def on_device(module, device):
-    """score(batch) -> probabilities of a Served module on `device`, NumPy in and out (the copies included)."""
-
-    def score(batch):
-        with torch.inference_mode():
-            return module(torch.from_numpy(batch).to(device))[0].cpu().numpy()
-
-    return score
-
-
 def inference(args, out: str, device):
     """Latency at batch 1 and throughput at batch 64 of each checkpoint: ONNX Runtime, eager and compiled PyTorch."""
     import numpy as np
 
     from nnlab.kinds import kind
     from nnlab.predict import load
-    from nnlab.served import Served
+    from nnlab.served import Served, scoring
 
     rows = []
     for path in args.inference:
@@ -468,10 +457,9 @@ def inference(args, out: str, device):
         except ImportError as e:
             print(f"{name}: no ONNX Runtime side ({e.name} is not installed: pip install 'nnlab[train]')")
         served = Served(model, preprocessing).to(device).eval()
-
-        engines[f"eager PyTorch ({device.type})"] = on_device(served, device)
+        engines[f"eager PyTorch ({device.type})"] = scoring(served, device)  # as predict runs a checkpoint
         if not args.no_compile:
-            engines[f"torch.compile ({device.type})"] = on_device(torch.compile(served), device)
+            engines[f"torch.compile ({device.type})"] = scoring(torch.compile(served), device)
         rng = np.random.default_rng(0)
         one, many = (inference_batch(reader, preprocessing, n, args.tokens, rng) for n in (1, 64))
         for engine, score in engines.items():

@@ -18,6 +18,16 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def require_chromium():
+    """Skip the test where no Chromium is installed; fail it instead under NNLAB_REQUIRE_BROWSER (.ci/run)."""
+    import pytest
+
+    if chromium() is None:
+        if os.environ.get("NNLAB_REQUIRE_BROWSER"):
+            pytest.fail("NNLAB_REQUIRE_BROWSER is set but no chromium is installed")
+        pytest.skip("no chromium installed (apt-get install chromium)")
+
+
 class Browser:
     def __init__(self, profile: Path, *flags: str):
         """flags: more of Chromium's command-line switches (--use-fake-device-for-media-stream: a microphone)."""

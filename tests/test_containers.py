@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import ROOT, digit_images, run_module
+from tests.slurm_cluster import free_port
 
 pytestmark = pytest.mark.slow
 BASE = "localhost/nnlab-tests/debian:bookworm"  # localhost/: Docker uses it without asking a registry
@@ -86,9 +87,7 @@ def test_the_runtime_image_predicts_without_torch_and_serves_the_demo(client, tm
         assert inside.split("\t")[0] == outside.split("\t")[0] and inside.strip().endswith("\t/in/digit.png")
         no_torch = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
         run(client, "run", "--rm", "--entrypoint", "python3", TAG, "-c", no_torch)
-        with __import__("socket").socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         name = f"nnlab-tests-demo-{port}"
         run(client, "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:7860", TAG)  # its default: the demo
         try:

@@ -7,7 +7,6 @@ classifying. Screenshots are kept with the test's files."""
 
 import io
 import json
-import os
 import select
 import signal
 import socket
@@ -24,28 +23,20 @@ import pytest
 from PIL import Image, ImageDraw
 
 from nnlab import kinds
-from tests.browser import Browser, chromium, drag, evaluate, open_url, page_events, page_screenshot, set_files
+from tests.browser import Browser, drag, evaluate, open_url, page_events, page_screenshot, require_chromium, set_files
 from tests.helpers import ROOT, run_module, user_env, write_inputs
+from tests.slurm_cluster import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export")]  # the models of tests/test_export.py, trained once
 
 
 @pytest.fixture
 def browser(tmp_path):
-    if chromium() is None:
-        if os.environ.get("NNLAB_REQUIRE_BROWSER"):
-            pytest.fail("NNLAB_REQUIRE_BROWSER is set but no chromium is installed")
-        pytest.skip("no chromium installed (apt-get install chromium)")
+    require_chromium()
     # Chromium's fake microphone (a beep), its permission granted: the audio page records as a user does
     browser = Browser(tmp_path / "profile", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")
     yield browser
     browser.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port: int) -> list[str]:

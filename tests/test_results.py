@@ -17,7 +17,7 @@ import pytest
 
 from nnlab.runs import main as runs_main
 from nnlab.sweep import Estimate, load_study, mean_curve, replicates_of, welch_p, write_summary
-from tests.browser import Browser, chromium, open_page, screenshot
+from tests.browser import Browser, open_page, require_chromium, screenshot
 from tests.helpers import (
     OPTUNA,
     SWEEP_TINY,
@@ -199,10 +199,7 @@ def test_a_search_report_has_its_history_and_importances_and_every_plot_renders(
 def renders_in_a_browser(page: Path, names: set[str], tmp_path: Path):
     """The report in headless Chromium: no console message, no error, no network request, and each named plot drawn
     (its SVG and a trace, its full height) and not blank in a screenshot of its box."""
-    if chromium() is None:
-        if os.environ.get("NNLAB_REQUIRE_BROWSER"):
-            pytest.fail("NNLAB_REQUIRE_BROWSER is set but no chromium is installed")
-        pytest.skip("no chromium to open the report in (apt install chromium)")
+    require_chromium()
     browser = Browser(tmp_path / "profile")
     try:
         session, seen = open_page(browser, page)

@@ -38,15 +38,25 @@ class Demo:
                 "models (nnlab predict reads the others)"
             )
         self.names = list(self.preprocessing.get("class_names") or [])
-        self.top = top or min(len(self.names), 5)
+        self.top = top or 5  # the chart shows fewer where the model has fewer classes
 
     # --- each input: the page's outputs (probabilities by class name, [the image as read,] a message)
     def classified(self, rows: list):
         """Rows of the kind's raw() -> their probabilities (rows, classes)."""
         return self.score(self.kind.stack(rows))
 
+    def raw(self, path: str, name: str):
+        """The kind's raw() of an uploaded file, its errors naming the file as the user named it (not Gradio's copy)."""
+        try:
+            return self.kind.raw(self.preprocessing, path)
+        except PredictError as e:
+            raise PredictError(str(e).replace(str(path), name)) from None
+
+    def class_name(self, c: int) -> str:
+        return self.names[c] if self.names else str(c)
+
     def labels(self, p) -> dict[str, float]:
-        return {(self.names[c] if self.names else str(c)): float(p[c]) for c in range(len(p))}
+        return {self.class_name(c): float(p[c]) for c in range(len(p))}
 
     def text(self, text: str | None):
         if not text or not text.strip():
@@ -59,29 +69,26 @@ class Demo:
         if not path:
             return None, "**No clip**: upload an audio file (WAV, FLAC, OGG, MP3) or record one, then press Classify."
         name = Path(path).name
-        try:
-            rows, spans = self.kind.raw(self.preprocessing, path)
-        except PredictError as e:
-            raise PredictError(str(e).replace(str(path), name)) from None
+        rows, spans = self.raw(path, name)
         p = self.classified(rows)
         best = int(p.max(1).argmax())
         if len(rows) == 1:
             return self.labels(p[best]), ""
-        windows = ", ".join(f"{s:.1f}-{e:.1f} s: {self.names[int(q.argmax())]}" for (s, e), q in zip(spans, p))
+        windows = ", ".join(f"{s:.1f}-{e:.1f} s: {self.class_name(int(q.argmax()))}" for (s, e), q in zip(spans, p))
         start, end = spans[best]
         return self.labels(p[best]), (
             f"{name} is longer than the model's clip: read in {len(rows)} windows ({windows}); "
             f"shown is the most confident, {start:.1f}-{end:.1f} s."
         )
 
-    def image(self, path: str | None, name: str | None = None):
+    def image(self, payload: dict | None):
+        """The upload as Gradio sends it (preprocess=False: Gradio's own reading would fail on a file that is not an
+        image, or one too large to decode safely, before nnlab could say so)."""
+        path, name = (payload or {}).get("path"), (payload or {}).get("orig_name")
         if not path:
             return None, None, "**No image**: upload one (PNG, JPEG, BMP, ...), then press Classify."
         name = name or Path(path).name
-        try:
-            rows, _ = self.kind.raw(self.preprocessing, path)
-        except PredictError as e:
-            raise PredictError(str(e).replace(str(path), name)) from None
+        rows, _ = self.raw(path, name)
         (p,) = self.classified(rows)
         return self.labels(p), self.seen(rows[0]), self.read_as(name, path)
 
@@ -233,24 +240,12 @@ def page(demo: Demo):
         if demo.kind.name == "image":
             outputs = [label, seen, message]
             draw_button.click(guarded(demo.drawing, 3), sketch, outputs, api_name="drawing")
-            upload_button.click(guarded(uploaded(demo), 3), upload, outputs, api_name="image", preprocess=False)
+            upload_button.click(guarded(demo.image, 3), upload, outputs, api_name="image", preprocess=False)
         elif demo.kind.name == "text":
             text_button.click(guarded(demo.text, 2), text, [label, message], api_name="text")
         else:
             clip_button.click(guarded(demo.audio, 2), clip, [label, message], api_name="audio")
     return blocks
-
-
-def uploaded(demo: Demo):
-    """The upload's file as sent (preprocess=False): Gradio's own reading would fail on a file that is not an image,
-    or one too large to decode safely, before nnlab could say so."""
-
-    def image(payload):
-        payload = payload or {}
-        path, name = payload.get("path"), payload.get("orig_name")
-        return demo.image(path, name)
-
-    return image
 
 
 def main(argv=None, prog: str = "python -m nnlab.demo"):

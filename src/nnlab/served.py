@@ -34,11 +34,16 @@ class Served(nn.Module):
 def scorer(model, preprocessing: dict):
     """score(batch) -> probabilities, NumPy in and out, for nnlab.kinds.classify: the checkpoint's model in PyTorch
     as its export computes them."""
-    served = Served(model, preprocessing)
+    return scoring(Served(model, preprocessing))
+
+
+def scoring(served, device="cpu"):
+    """score(batch) -> probabilities of a Served module (or its torch.compile) on `device`, NumPy in and out: the
+    batch copied there and the probabilities back."""
 
     def score(batch):
         with torch.inference_mode():
-            return served(torch.from_numpy(batch))[0].numpy()
+            return served(torch.from_numpy(batch).to(device))[0].cpu().numpy()
 
     return score
 
