@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from tests.helpers import TINY_TEXT, make_numeric_table, make_text_table, predict, train
+from tests.helpers import TINY_TEXT, make_numeric_table, make_text_table, predict, run_module, train
 
 pytestmark = pytest.mark.slow
 SMALL_GRU = ["model=gru", "model.arch.embed_dim=16", "model.arch.hidden=8", "trainer.max_epochs=3", "logger=csv"]
@@ -63,6 +63,15 @@ def test_numeric_features_from_a_csv_table_train_the_mlp_and_predict_from_a_row(
     assert lines[0].startswith("setosa ") and lines[1].startswith("virginica ") and lines[2].startswith("virginica ")
     assert "error: '1,2': give 3 finite numbers, for x, y, noise" in proc.stderr
     assert "error: 'a,b,c' is not a row of numbers: give 3, comma-separated" in proc.stderr
+    # exported with no edit but the kind's raw(), preparation() and describe(): the graph standardises the rows
+    out = tmp_path / "export"
+    run_module("nnlab.export", run_dir / "checkpoints" / "best.ckpt", "--out", out, timeout=300)
+    manifest = json.loads((out / "nnlab.json").read_text())
+    assert manifest["kind"] == "table" and manifest["input"]["shape"] == ["batch", 3], manifest["input"]
+    assert manifest["onnx"]["max_logit_difference"] <= 1e-4
+    exported = predict(out, "0.1,0.2,0.5", "6.1,-3.9,0", "1,2", check=False)
+    assert exported.stdout.splitlines() == [proc.stdout.splitlines()[i] for i in (0, 1)], exported.stderr
+    assert "error: '1,2': give 3 finite numbers, for x, y, noise" in exported.stderr
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,6 @@ from nnlab.errors import UserError
 
 FORMATS = ("onnx", "torch")
 OPSET = 18
-TOKENS = 1024  # the tokens a text model's torch.export program reads when its checkpoint sets no maximum length
 TOLERANCE = 1e-4  # the largest difference in a logit between the ONNX graph in ONNX Runtime and PyTorch
 
 
@@ -81,34 +80,8 @@ def load(path: Path):
     return model, checkpoint, preprocessing
 
 
-def examples(reader, preprocessing: dict):
-    """Two inputs of the exported form, of different lengths where the kind has lengths (a batch of 1 or equal
-    lengths would let an exporter fix those sizes)."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    if reader.name == "text":
-        vocab = json.loads(preprocessing["tokenizer"])["model"]["vocab"]
-        high = max(3, len(vocab))
-        return reader.stack([rng.integers(2, high, 7), rng.integers(2, high, 4)])
-    if reader.name == "audio":
-        n = preprocessing["samples"]
-        return (np.round(rng.uniform(-0.3, 0.3, (2, n)) * 32767) / 32768).astype(np.float32)
-    if reader.name == "image":
-        c, s = preprocessing["channels"], preprocessing["image_size"]
-        return rng.integers(0, 256, (2, c, s, s), dtype=np.uint8)
-    raise ExportError(f"nnlab export knows no example input of {reader.name!r} data")
-
-
-def dynamic(reader) -> dict[int, str]:
-    return {0: "batch", 1: "tokens"} if reader.name == "text" else {0: "batch"}
-
-
-# Which ONNX exporter writes which kind, and why: PyTorch's dynamo-based exporter (torch.onnx.export(dynamo=True),
-# the default of torch 2.11) where it works; for the recurrent text networks the TorchScript-based one, because the
-# dynamo exporter of torch 2.11 writes an LSTM's or GRU's loop for the example's length only (pytorch/pytorch#191855)
-# and the graph then fails on every other length.
-EXPORTERS = {"text": "torchscript"}
+# Which ONNX exporter writes a kind's graph is the kind's (Kind.onnx_exporter): PyTorch's dynamo-based exporter
+# (torch.onnx.export(dynamo=True), the default of torch 2.11) where it works, the TorchScript-based one for texts.
 WHY = {
     "dynamo": "PyTorch's dynamo-based exporter (torch.onnx.export(dynamo=True))",
     "torchscript": (
@@ -118,15 +91,15 @@ WHY = {
 }
 
 
-def write_onnx(served, reader, x, path: Path, name: str) -> str:
-    """The ONNX graph of `served` at `path`, its input called `name`; which exporter wrote it."""
+def write_onnx(served, reader, x, path: Path, preprocessing: dict) -> str:
+    """The ONNX graph of `served` at `path`, its input named and its varying axes as the kind describes them; which
+    exporter wrote it."""
     import torch
 
     from nnlab.served import for_export
 
     graph = for_export(served)
-    exporter = EXPORTERS.get(reader.name, "dynamo")
-    axes = dynamic(reader)
+    exporter, name, axes = reader.onnx_exporter, reader.describe(preprocessing)["name"], reader.varying(preprocessing)
     kwargs = dict(input_names=[name], output_names=["probabilities", "logits"], opset_version=OPSET)
     if exporter == "dynamo":
         shapes = ({i: torch.export.Dim(a, min=1) for i, a in axes.items()},)
@@ -141,17 +114,12 @@ def write_onnx(served, reader, x, path: Path, name: str) -> str:
 
 
 def write_torch(served, reader, x, path: Path, preprocessing: dict) -> dict:
-    """The torch.export program of `served` at `path`, for any batch size; what its input must be. A text model's
-    program reads texts padded to its longest (max_length tokens): torch.export of torch 2.11 fixes an LSTM's or GRU's
-    length to the example's, and padding changes no logit (each text's length is read from it)."""
+    """The torch.export program of `served` at `path`, for any batch size; what its input must be (the kind's
+    torch_program_input: a text model's reads texts padded to its longest)."""
     import torch
 
     batch = torch.export.Dim("batch", min=1)
-    shape = {"shape": ["batch", *x.shape[1:]]}
-    if reader.name == "text":
-        tokens = preprocessing["max_length"] or TOKENS
-        x = torch.nn.functional.pad(x, (0, tokens - x.shape[1]))
-        shape = {"shape": ["batch", tokens], "prepare": f"as for the ONNX graph, then pad each text to {tokens} tokens"}
+    x, shape = reader.torch_program_input(x, preprocessing)
     program = torch.export.export(served, (x,), dynamic_shapes=({0: batch},))  # the other sizes as given
     torch.export.save(program, str(path))
     return shape
@@ -221,7 +189,7 @@ def export(checkpoint_path, out=None, chosen=("onnx",)) -> Path:
     model, checkpoint, preprocessing = load(checkpoint_path)
     reader = kind(preprocessing["kind"])
     description = reader.describe(preprocessing)
-    x = examples(reader, preprocessing)
+    x = reader.example(preprocessing)
     staging = out.absolute().parent / f".{out.name}.partial{os.getpid()}"
     clear_stale(out)
     try:
@@ -233,7 +201,7 @@ def export(checkpoint_path, out=None, chosen=("onnx",)) -> Path:
         served = Served(model, preprocessing).eval()
         if "onnx" in chosen:
             try:
-                exporter = write_onnx(served, reader, torch.from_numpy(x), staging / "model.onnx", description["name"])
+                exporter = write_onnx(served, reader, torch.from_numpy(x), staging / "model.onnx", preprocessing)
             except Exception as e:
                 raise ExportError(
                     f"{checkpoint_path}: its network (model.net={model.hparams.net}) cannot be exported to ONNX "
@@ -266,6 +234,7 @@ def export(checkpoint_path, out=None, chosen=("onnx",)) -> Path:
         manifest = {
             "format": "nnlab export 1",
             "kind": reader.name,
+            "data_module": (record.get("data") or {}).get("_target_"),  # a kind of one's own is defined beside it
             "classes": preprocessing.get("class_names"),
             "input": description,
             "outputs": {

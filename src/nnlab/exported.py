@@ -6,7 +6,7 @@ Needs only nnlab's own dependencies and ONNX Runtime: `pip install "nnlab[runtim
 import json
 from pathlib import Path
 
-from nnlab.kinds import PredictError
+from nnlab.kinds import PredictError, import_kind
 
 
 def is_export(path) -> bool:
@@ -37,6 +37,7 @@ class Export:
             raise PredictError(
                 f"{folder} holds no ONNX graph (exported with --format torch?): export with --format onnx"
             )
+        import_kind(self.manifest.get("kind"), self.manifest.get("data_module") or "")  # a kind of one's own
         self.preprocessing = dict(self.manifest["preprocessing"])
         if isinstance(self.preprocessing.get("tokenizer"), str):
             try:

@@ -7,8 +7,9 @@ whose samples are one tensor each):
 A kind of data is two classes. The data module reads the files, splits them and gives batches; it says what it
 provides (`kind = "table"`), what turns an input into the network's input (`preprocessing()`, stored in every
 checkpoint) and what it finds in the data (`settings_found()`: the number of features and of classes, which the
-configs leave null). The Kind (nnlab.kinds) says how the test report shows a sample and how `nnlab.predict` reads
-one: here a row of numbers, `python -m nnlab.predict best.ckpt "5.1,3.5,1.4,0.2"`.
+configs leave null). The Kind (nnlab.kinds) says how the test report shows a sample, how `nnlab.predict` reads
+one (here a row of numbers, `python -m nnlab.predict best.ckpt "5.1,3.5,1.4,0.2"`: raw()) and what turns it into
+the network's input (preparation(): the standardisation, which `nnlab export` puts in the graph; describe()).
 """
 
 import csv
@@ -40,7 +41,10 @@ class TableKind(Kind):
                 out.writerow([*row, names[label], names[int(p.argmax())], f"{float(p.max()):.4f}"])
         return {}
 
-    def read(self, preprocessing, text):
+    def raw(self, preprocessing, text):
+        """A row as the file has it, in its own units: one float32 array of the feature columns' values."""
+        import numpy as np
+
         columns = preprocessing["columns"]
         try:
             values = [float(v) for v in text.replace(";", ",").split(",")]
@@ -48,8 +52,33 @@ class TableKind(Kind):
             raise PredictError(f"{text!r} is not a row of numbers: give {len(columns)}, comma-separated") from None
         if len(values) != len(columns) or not all(math.isfinite(v) for v in values):
             raise PredictError(f"{text!r}: give {len(columns)} finite numbers, for {', '.join(columns)}")
-        x = (torch.tensor([values]) - torch.tensor(preprocessing["mean"])) / torch.tensor(preprocessing["std"])
-        return x, None
+        return [np.array(values, dtype=np.float32)], None
+
+    def preparation(self, preprocessing):
+        """Each column standardised with the training rows' mean and standard deviation, as in training."""
+        return Standardise(preprocessing["mean"], preprocessing["std"])
+
+    def describe(self, preprocessing):
+        columns = preprocessing["columns"]
+        return {
+            "name": "features",
+            "dtype": "float32",
+            "shape": ["batch", len(columns)],
+            "prepare": f"the values of {', '.join(columns)}, in the file's units (the graph standardises them)",
+            "columns": columns,
+        }
+
+
+class Standardise(torch.nn.Module):
+    """Rows in the file's units -> (x - mean) / std per column."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
 
 
 def read_table(path: Path, label: str) -> tuple[list[str], torch.Tensor, list[str]]:

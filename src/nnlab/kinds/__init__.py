@@ -77,8 +77,35 @@ class Kind:
         raise NotImplementedError
 
     def describe(self, preprocessing: dict) -> dict:
-        """The exported model's input for another program: name, dtype, shape and how an input is prepared."""
+        """The exported model's input for another program: name, dtype, shape (a name such as "batch" or "tokens" for
+        a size that varies, a number for one that is fixed) and how an input is prepared."""
         raise NotImplementedError
+
+    # --- how nnlab export traces the model: defaults read from describe(); a kind overrides what differs
+    onnx_exporter = "dynamo"  # torch.onnx.export(dynamo=True); "torchscript" where dynamo cannot write the network
+
+    def example(self, preprocessing: dict):
+        """Two inputs of the exported form to trace and check the graph with (where a size varies within a batch,
+        texts' lengths say, the two should differ, or an exporter may fix it): random values of describe()'s dtype
+        and shape, its varying sizes 2 (integers 0-255, floats from a standard normal)."""
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        described = self.describe(preprocessing)
+        shape = [2 if isinstance(d, str) else d for d in described["shape"]]
+        dtype = np.dtype(described["dtype"])
+        if dtype.kind in "iu":
+            return rng.integers(0, 256, shape, dtype=dtype)
+        return rng.standard_normal(shape).astype(dtype)
+
+    def varying(self, preprocessing: dict) -> dict[int, str]:
+        """The input's axes whose size varies (their names in describe()'s shape): the graph's dynamic axes."""
+        return {i: d for i, d in enumerate(self.describe(preprocessing)["shape"]) if isinstance(d, str)}
+
+    def torch_program_input(self, x, preprocessing: dict):
+        """The example as torch.export traces it, and the program's input shape for nnlab.json (its batch varies,
+        the other sizes are the example's)."""
+        return x, {"shape": ["batch", *x.shape[1:]]}
 
     @property
     def exportable(self) -> bool:

@@ -64,6 +64,13 @@ class AudioKind(Kind):
 
         return nn.Identity()  # the network computes its features from the samples
 
+    def example(self, preprocessing):
+        """Two clips of noise, as 16-bit audio read from a file is."""
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        return (np.round(rng.uniform(-0.3, 0.3, (2, preprocessing["samples"])) * 32767) / 32768).astype(np.float32)
+
     def describe(self, preprocessing):
         rate, n = preprocessing["sample_rate"], preprocessing["samples"]
         return {

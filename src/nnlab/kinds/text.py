@@ -5,6 +5,7 @@ from pathlib import Path
 from nnlab.kinds import Kind
 
 COLUMNS = ["text", "label", "prediction", "confidence", "correct"]
+TOKENS = 1024  # the tokens a text model's torch.export program reads when its checkpoint sets no maximum length
 
 
 def tokenizer_of(preprocessing: dict):
@@ -24,6 +25,9 @@ class TextKind(Kind):
     name = "text"
     takes_paths = False
     one_tensor = False  # (tokens, lengths)
+    # torch 2.11's dynamo exporter writes a recurrent network's loop for the example's length only
+    # (pytorch/pytorch#191855) and the graph then fails on every other length: the TorchScript exporter
+    onnx_exporter = "torchscript"
 
     def feed(self, net, x):
         return net(*x)
@@ -99,6 +103,26 @@ class TextKind(Kind):
             "max_length": m,
             "pad_id": 0,
         }
+
+    def example(self, preprocessing):
+        """Two texts of different lengths (7 and 4 tokens) from the tokenizer's vocabulary."""
+        import json
+
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        high = max(3, len(json.loads(preprocessing["tokenizer"])["model"]["vocab"]))
+        return self.stack([rng.integers(2, high, 7), rng.integers(2, high, 4)])
+
+    def torch_program_input(self, x, preprocessing):
+        """Texts padded to the longest the model reads (max_length, else TOKENS): torch.export of torch 2.11 fixes a
+        recurrent network's length to the example's, and padding changes no logit (each length is read from it)."""
+        import torch
+
+        tokens = preprocessing["max_length"] or TOKENS
+        x = torch.nn.functional.pad(x, (0, tokens - x.shape[1]))
+        prepare = f"as for the ONNX graph, then pad each text to {tokens} tokens"
+        return x, {"shape": ["batch", tokens], "prepare": prepare}
 
     def shown(self, text):
         text = " ".join(text.split())
