@@ -77,6 +77,7 @@ from nnlab import app
 from nnlab import optim as optimization
 from nnlab.callbacks import steady_rate
 from nnlab.memory import keep_freed_memory
+from nnlab.run.settle import found_in_data
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
@@ -549,9 +550,8 @@ def main():
     for name in args.models:
         overrides = measured(args, name, extra, out)
         cfg = load_cfg(name, overrides, out)
+        found_in_data(cfg)  # as train.py: data settings left null, read from the data (its classes, say)
         dm = app.data(cfg)
-        if cfg.data.get("num_classes", 0) is None:  # as train.py: the classes the data set finds
-            cfg.data.num_classes = len(dm.class_names_found())
         dm.prepare_data()
         dm.setup()
         train_size = sum(len(y) for _, y in dm.train_dataloader())  # one whole epoch, before a trainer has used it

@@ -26,6 +26,12 @@ def hydra_value(value) -> str:
     return "'" + escaped.replace("${", "\\${") + "'"
 
 
+def key(override: str) -> str:
+    """The key an override sets, without its + (add), ++ (force) or ~ (delete): `+model.anneal_to=0.1` ->
+    `model.anneal_to`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def override(key: str, value) -> str:
     """`key=value` as one command-line argument Hydra reads back as `value` (not yet quoted for a shell)."""
     return f"{key}={hydra_value(value)}"

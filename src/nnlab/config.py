@@ -6,6 +6,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from nnlab import commands
+
 
 def wandb_offline() -> bool:
     """Offline unless W&B credentials are found (WANDB_API_KEY or ~/.netrc) or WANDB_MODE says otherwise."""
@@ -42,7 +44,7 @@ def overridden(key: str) -> bool:
 
     if not HydraConfig.initialized():
         return False
-    return any(o.lstrip("+~").split("=", 1)[0] == key for o in HydraConfig.get().overrides.task)
+    return any(commands.key(o) == key for o in HydraConfig.get().overrides.task)
 
 
 # use_cache: one id per config, however often the run directory is resolved.

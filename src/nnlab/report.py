@@ -20,6 +20,7 @@ import optuna
 
 from nnlab import sweep as S
 from nnlab.atomic import atomic_open
+from nnlab.upstream import id_of
 
 log = logging.getLogger("nnlab.report")
 HEIGHT = 460  # pixels per plot in the page
@@ -230,7 +231,7 @@ def plottable(study: optuna.Study) -> optuna.Study:
         copy.add_trial(
             optuna.trial.FrozenTrial(
                 number=t.number,
-                trial_id=t._trial_id,
+                trial_id=id_of(t),
                 state=t.state,
                 value=t.value if t.state == optuna.trial.TrialState.COMPLETE else None,
                 datetime_start=t.datetime_start,

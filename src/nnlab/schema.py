@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from nnlab import commands
 from nnlab.errors import ConfigError
 
 # Lightning 2.6's precision names (lightning.fabric.connector._PRECISION_INPUT; tests/test_schema.py compares them)
@@ -274,7 +275,7 @@ RENAMED = {
 def renamed(overrides: list[str]) -> str | None:
     """The first command-line override that names a key of an earlier version, with its new name."""
     for o in overrides:
-        key = o.lstrip("+~").split("=", 1)[0]
+        key = commands.key(o)
         if key in RENAMED:
             value = o.split("=", 1)[1] if "=" in o else ""
             new = RENAMED[key]

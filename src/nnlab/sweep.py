@@ -46,7 +46,7 @@ class SearchSpace:
             key = override.get_key_element()
             # A later override of the same key (the command line after hydra.sweeper.params) replaces the earlier.
             bare = key.lstrip("+~")
-            space.fixed = [f for f in space.fixed if f.split("=", 1)[0].lstrip("+~") != bare]
+            space.fixed = [f for f in space.fixed if commands.key(f) != bare]
             for table in (space.grid, space.distributions):
                 for k in [k for k in table if k.lstrip("+~") == bare]:
                     del table[k]
@@ -694,8 +694,8 @@ def write_best_experiment(
             for p in parents:
                 node = node.setdefault(p, {})
             node[leaf] = o.value()
-    if "max_epochs" in values.get("trainer", {}):  # the sweep trained that many epochs exactly (TrainingBudget)
-        values.setdefault("callbacks", {}).setdefault("training_budget", {})["exact"] = True
+    if "max_epochs" in values.get("trainer", {}):  # the sweep trained that many epochs exactly (train.yaml's budget)
+        values.setdefault("budget", {})["exact"] = True
     from omegaconf import OmegaConf
 
     body = OmegaConf.to_yaml(OmegaConf.create(values)) if values else ""

@@ -491,7 +491,7 @@ class StudySweeper(Sweeper):
         """The trial's settings for its run k: replicates replace any seed with their own and say which they are."""
         if self.replicates == 1:
             return fixed + params
-        kept = [o for o in fixed + params if o.lstrip("+~").split("=", 1)[0] != "seed"]
+        kept = [o for o in fixed + params if commands.key(o) != "seed"]
         return kept + [f"seed={seed}", f"sweep.replicate={k}"]
 
     def which(self, k: int) -> str:
@@ -509,7 +509,7 @@ class StudySweeper(Sweeper):
         """The seed replicates count from: the trial's own `seed` if swept, else the sweep's."""
         if "seed" in trial.params:
             return int(trial.params["seed"])
-        fixed = [o.split("=", 1)[1] for o in self.space.fixed if o.lstrip("+~").split("=", 1)[0] == "seed"]
+        fixed = [o.split("=", 1)[1] for o in self.space.fixed if commands.key(o) == "seed"]
         return int(fixed[-1]) if fixed else int(self.config.seed)
 
     def overrides_for(self, trial: optuna.trial.FrozenTrial, k: int, resumed: bool) -> list[str]:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from nnlab import commands
 from nnlab.atomic import write_atomic
 from nnlab.errors import ConfigError
-from nnlab.run.signals import in_slurm_batch_job
+from nnlab.run.signals import in_slurm_batch_job, job_id
 
 log = logging.getLogger("nnlab")
 
@@ -74,6 +74,23 @@ def count_agent_start(out: Path, restarts: int):
         marker = agent_marker(out)
         marker.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(marker, str(restarts + 1))
+
+
+def continue_restarted(restarts: int, slurm_job: bool):
+    """A requeued job (ours, or SLURM's after a preemption or node failure) or torchrun's restarted workers continue:
+    say who restarted them; a SLURM job's attempt takes a rendezvous port of its own."""
+    who = (
+        f"SLURM restarted job {job_id()}"
+        if slurm_job and os.environ.get("SLURM_RESTART_COUNT")
+        else "torchrun restarted the workers"
+    )
+    log.info(f"{who} (restart {restarts}): resuming")
+    if slurm_job and "MASTER_PORT" not in os.environ:
+        # Lightning's rendezvous port is 15000 + the job id's last 4 digits, the same for every attempt: a requeued
+        # job that starts again on the same node within seconds found it still held by the attempt before
+        # (EADDRINUSE). Each attempt takes its own, the same on every rank (SLURM_RESTART_COUNT).
+        base = int(os.environ["SLURM_JOB_ID"][-4:])  # what Lightning takes
+        os.environ["MASTER_PORT"] = str(15000 + (base + 1000 * restarts) % 10000)
 
 
 def tasks_on_this_node() -> int:

@@ -38,6 +38,7 @@ from nnlab.run.checks import check_settings
 from nnlab.run.cluster import (
     check_launch,
     check_slurm,
+    continue_restarted,
     count_agent_start,
     env_rank,
     leave_process_group,
@@ -58,7 +59,7 @@ from nnlab.run.directory import (
 from nnlab.run.errors import DETAILS, quiet, quiet_lightning
 from nnlab.run.resume import check_same_run
 from nnlab.run.settle import settle
-from nnlab.run.signals import SignalStop, Stopped, in_slurm_batch_job, job_id, requeue_job, requeue_signal
+from nnlab.run.signals import SignalStop, Stopped, in_slurm_batch_job, requeue_job, requeue_signal
 
 log = logging.getLogger("nnlab")
 
@@ -169,19 +170,8 @@ class Run:
             )
         warn_more_processes_than_cores(cfg)
         count_agent_start(self.out, self.restarts)
-        if self.restarts:  # a requeued job (ours, or SLURM's after a preemption or node failure) continues
-            who = (
-                f"SLURM restarted job {job_id()}"
-                if self.slurm_job and os.environ.get("SLURM_RESTART_COUNT")
-                else "torchrun restarted the workers"
-            )
-            log.info(f"{who} (restart {self.restarts}): resuming")
-            if self.slurm_job and "MASTER_PORT" not in os.environ:
-                # Lightning's rendezvous port is 15000 + the job id's last 4 digits, the same for every attempt: a
-                # requeued job that starts again on the same node within seconds found it still held by the attempt
-                # before (EADDRINUSE). Each attempt takes its own, the same on every rank (SLURM_RESTART_COUNT).
-                base = int(os.environ["SLURM_JOB_ID"][-4:])  # what Lightning takes
-                os.environ["MASTER_PORT"] = str(15000 + (base + 1000 * self.restarts) % 10000)
+        if self.restarts:
+            continue_restarted(self.restarts, self.slurm_job)
         check_launch(cfg)
         check_slurm(cfg)
         import lightning  # noqa: F401  (the checks have passed: the run is going to train or test)

@@ -10,7 +10,7 @@ import logging
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nnlab import earlier
+from nnlab import commands, earlier
 from nnlab.run.checks import check_pairing
 
 log = logging.getLogger("nnlab")
@@ -84,7 +84,7 @@ def settle(cfg: DictConfig, run_id: str | None) -> tuple[DictConfig, object | No
     from nnlab.checkpoint import model_from_checkpoint, read_checkpoint
 
     cfg, evaluated, recorded_by_checkpoint = copy.deepcopy(cfg), None, None
-    given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    given = {commands.key(o) for o in HydraConfig.get().overrides.task}
     with open_dict(cfg):
         if run_id:
             cfg.run_id = run_id
