@@ -172,3 +172,24 @@ def checkpoint(tmp_path_factory, mnist_dir, imdb_dir, speech_dir):
         return made[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def exported(checkpoint, tmp_path_factory):
+    """exported(name): the ONNX export of checkpoint(name), written on first use by nnlab export's own function in
+    this process (tests/test_export.py runs the command itself): for the tests that use an export, not make one."""
+    import warnings
+
+    root = tmp_path_factory.mktemp("exported")
+    made = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            from nnlab.export import export
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                made[name] = export(checkpoint(name), root / name)
+        return made[name]
+
+    return get

@@ -1,5 +1,6 @@
-"""scripts/benchmark.py runs end to end on the tests' small data, for each kind of data (the figures are the
-docs/performance.md's, measured with nothing else running; here only that the script works and prints its table)."""
+"""scripts/benchmark.py runs end to end on the tests' small data (the figures are the docs/performance.md's, measured
+with nothing else running; here only that the script works and prints its tables). The LSTM's and the keyword
+spotter's benchmark run in the GPU check's rehearsal (tests/test_gpu_check.py), on the same data."""
 
 import os
 import subprocess
@@ -65,27 +66,6 @@ def test_benchmark_script_runs(mnist_dir):
     row = next(line for line in out.splitlines() if line.startswith(f"| `{recipe}` |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[1:3] == ["1-1", "1 of 1"] and cells[3].endswith(" s"), row
-
-
-def test_benchmark_script_runs_the_lstm(imdb_dir):
-    out = benchmark(
-        imdb_dir,
-        "lstm",
-        "--batches",
-        "2",
-        "data.val_size=8",
-        "data.batch_size=8",
-        "data.vocab_size=200",
-        "data.min_frequency=1",
-    )
-    row = next(line for line in out.splitlines() if line.startswith("| lstm | 8 |"))
-    assert "tokens/s" in out and row.count("|") == 9
-
-
-def test_benchmark_script_runs_the_speech_rnn(speech_dir):
-    out = benchmark(speech_dir, "speech_rnn", "data.batch_size=16", "data.max_bad_share=0.05", "data.workers=1")
-    row = next(line for line in out.splitlines() if line.startswith("| speech_rnn | 16 |"))
-    assert "samples/s" in out and row.count("|") == 9
 
 
 def test_benchmark_breaks_a_sweep_trials_fixed_cost_into_its_phases(mnist_dir):

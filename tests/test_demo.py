@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -161,15 +160,6 @@ def kinds_of_words(export: Path) -> list[str]:
     return json.loads((export / "nnlab.json").read_text())["classes"]
 
 
-def export_to(checkpoint: Path, out: Path):
-    """nnlab export CHECKPOINT --out OUT, by its own function (tests/test_export.py runs the command)."""
-    from nnlab.export import export
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export(checkpoint, out)
-
-
 def assert_clean(page: Page):
     events = page.events()
     assert not events["console"] and not events["exceptions"], events
@@ -177,7 +167,7 @@ def assert_clean(page: Page):
 
 
 def test_the_demo_page_classifies_what_is_drawn_uploaded_typed_and_recorded_and_says_what_it_cannot(
-    checkpoint, browser, tmp_path
+    checkpoint, exported, browser, tmp_path
 ):
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -193,8 +183,7 @@ def test_the_demo_page_classifies_what_is_drawn_uploaded_typed_and_recorded_and_
     huge.save(inputs / "huge.png")
 
     # An image model's export: a drawn digit, uploads, the bad ones between good ones.
-    export = tmp_path / "mnist-export"
-    export_to(checkpoint("mnist-cnn"), export)
+    export = exported("mnist-cnn")
     with served(export, tmp_path) as (url, _):
         port = int(url.rsplit(":", 1)[1].strip("/"))
         assert listening(port) == ["0100007F"], "the demo must listen on 127.0.0.1 alone"
@@ -253,8 +242,7 @@ def test_the_demo_page_classifies_what_is_drawn_uploaded_typed_and_recorded_and_
         page.screenshot("text")
 
     # An audio model's export: clips shorter and longer than the model's second, a file that is not audio.
-    export = tmp_path / "speech-export"
-    export_to(checkpoint("speech-rnn"), export)
+    export = exported("speech-rnn")
     with served(export, tmp_path) as (url, _):
         page = Page(browser, url, shots)
         assert_clean(page)

@@ -177,7 +177,7 @@ def test_a_network_that_cannot_be_exported_is_one_line(checkpoint, tmp_path):
     assert not (tmp_path / "export").exists() and not list(tmp_path.glob(".export*"))
 
 
-def test_an_export_predicts_in_an_environment_without_torch(checkpoint, tmp_path):
+def test_an_export_predicts_in_an_environment_without_torch(exported, tmp_path):
     """The wheel with the extra "runtime" alone (onnxruntime, numpy, tokenizers, soundfile, Pillow): no torch."""
     uv = str(Path(sys.executable).parent / "uv")
 
@@ -186,10 +186,7 @@ def test_an_export_predicts_in_an_environment_without_torch(checkpoint, tmp_path
         assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
         return proc
 
-    exports = {}
-    for name in ("mnist-cnn", "imdb-lstm", "speech-rnn"):
-        exports[name] = tmp_path / name
-        export(checkpoint(name), "--out", exports[name])
+    exports = {name: exported(name) for name in ("mnist-cnn", "imdb-lstm", "speech-rnn")}
     run(uv, "build", "--offline", "--wheel", "--out-dir", tmp_path / "dist", ROOT)
     (wheel,) = (tmp_path / "dist").glob("nnlab-*.whl")
     run(uv, "venv", "--python", sys.executable, tmp_path / "venv")

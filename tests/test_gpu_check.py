@@ -96,8 +96,12 @@ def test_the_gpu_check_rehearsed_in_the_gpu_image_runs_every_step_on_the_cpu(tmp
     assert [m for m in models if m in ("mlp", "cnn")] == ["mlp", "cnn", "mlp", "cnn"]
     recipes = [row.split("|")[1].strip() for row in steps["benchmark"]["time_to_accuracy"]]
     assert recipes == ["`model=cnn`", "`experiment=mnist_speedrun`"]
-    for name in ("benchmark_sequences", "benchmark_speech"):
-        assert any("(fp32)" in row for row in steps[name]["table"])
+    # the LSTM's and the keyword spotter's throughput (tokens/s for text) and their GFLOP/s, on the tests' data
+    sequences = (("benchmark_sequences", "lstm", "tokens/s"), ("benchmark_speech", "speech_rnn", "samples/s"))
+    for name, model, unit in sequences:
+        table = steps[name]["table"]
+        rows = [row for row in table if row.startswith(f"| {model} |")]
+        assert any(unit in row for row in table) and rows[0].count("|") == 9 and "(fp32)" in rows[1], table
     assert len(steps["predict_text"]["output"]) == 2 and steps["predict_audio"]["output"][0].endswith(".wav")
 
 
