@@ -10,7 +10,7 @@ import pytest
 
 from nnlab.errors import ConfigError
 from nnlab.kinds import KINDS, kind
-from tests.helpers import ROOT, train
+from tests.helpers import ROOT, run_module, train
 
 
 def test_the_three_kinds_are_registered_and_an_unknown_one_is_named():
@@ -57,3 +57,10 @@ def test_a_new_kind_trains_tests_and_predicts_with_no_change_to_the_core(tmp_pat
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert proc.stdout.startswith("high ") and "'one,two' is not a row of numbers" in proc.stderr
+    # a kind that reads its inputs itself (read()) has no exported form: one line naming what it lacks
+    refused = run_module("nnlab", "export", run / "checkpoints" / "best.ckpt", "--out", tmp_path / "x", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"error: {run / 'checkpoints' / 'best.ckpt'} reads 'table' data, whose kind does not define raw(), "
+        "preparation(), describe(), which nnlab export needs (docs/export.md, Kinds of data of your own)"
+    ]

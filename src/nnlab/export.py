@@ -72,10 +72,10 @@ def load(path: Path):
 
     model, preprocessing, checkpoint = read(path)
     reader = kind(preprocessing["kind"])
-    if not reader.exportable:
+    if missing := reader.missing_for_export():
         raise ExportError(
-            f"{path} reads {reader.name!r} data, whose kind defines no raw() and preparation() to export with "
-            "(docs/export.md, Kinds of data of your own)"
+            f"{path} reads {reader.name!r} data, whose kind does not define {', '.join(f'{m}()' for m in missing)}, "
+            "which nnlab export needs (docs/export.md, Kinds of data of your own)"
         )
     return model, checkpoint, preprocessing
 

@@ -111,6 +111,10 @@ class Kind:
     def exportable(self) -> bool:
         return type(self).raw is not Kind.raw
 
+    def missing_for_export(self) -> list[str]:
+        """What nnlab export needs of a kind that this one does not define: raw, preparation, describe."""
+        return [m for m in ("raw", "preparation", "describe") if getattr(type(self), m) is getattr(Kind, m)]
+
     def read(self, preprocessing: dict, path: str):
         """One input as the model reads it: (x holding one or more windows, each window's (start, end) in seconds or
         None), prepared as the training data was; a PredictError saying why it cannot be. A kind of one's own may
